@@ -1,0 +1,3 @@
+from miab_remote.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The `miab-remote` command: one subcommand per job; every job over several hosts runs them in parallel.
+
+Exit codes: 0 all went well, 1 a host failed, 2 bad usage or bad input (nothing was changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from miab_remote import __version__
+from miab_remote.deploy import DeployOptions, HostRun, deploy_host
+from miab_remote.errors import InputError, MiabError
+from miab_remote.inventory import Inventory
+from miab_remote.output import Progress, stdout_console
+
+T = TypeVar("T")
+PROVIDERS = ("local",)
+PLANNED_PROVIDERS = ("digitalocean", "linode", "vultr", "ec2")
+
+
+def inventory_of(args: argparse.Namespace) -> Inventory:
+    root = args.inventory or os.environ.get("MIAB_REMOTE_INVENTORY") or "hosts"
+    return Inventory(Path(root))
+
+
+def in_parallel(names: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
+    """Run `job` for each host at once; results keep the order the operator gave."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
+        futures = {n: pool.submit(job, n) for n in names}
+        return {n: futures[n].result() for n in names}
+
+
+def confirm(question: str, assume_yes: bool) -> None:
+    if assume_yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(f"{question} needs confirmation: pass --yes (no terminal to ask on)")
+    answer = input(f"{question} Type 'yes' to go on: ")
+    if answer.strip() != "yes":
+        raise InputError("not confirmed; nothing was changed")
+
+
+# -- deploy ------------------------------------------------------------------------------------------------
+def cmd_deploy(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    names = inv.names() if args.all else args.names
+    if not names:
+        raise InputError("name at least one box, or --all")
+    for n in names:  # every name is checked before any box is touched
+        inv.load(n)
+    opts = DeployOptions(dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout)
+    progress = Progress(names, verbose=args.verbose)
+    with progress.running():
+        runs = in_parallel(names, lambda n: deploy_host(inv, n, opts, progress))
+    if args.json:
+        print(json.dumps({"hosts": {n: r.as_dict() for n, r in runs.items()}}, indent=2))
+    else:
+        print_runs(runs, args)
+    return 1 if any(r.failed for r in runs.values()) else 0
+
+
+def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:
+    out = stdout_console()
+    for name, run in runs.items():
+        verb = "would change" if args.dry_run else "changed"
+        head = (
+            f"{run.changed} {verb}, {run.failed} failed, {run.round_trips} round trips, {run.seconds:.1f} s"
+        )
+        if run.error:
+            out.print(f"[bold red]{name}: FAILED[/] ({head})")
+        else:
+            out.print(f"[bold green]{name}: ok[/] ({head})")
+        for a in run.actions:
+            style = {"changed": "yellow", "failed": "red", "planned": "cyan"}.get(a.status, "dim")
+            out.print(f"  [{style}]{a.status:9}[/] {escape(a.resource)}: {escape(a.why)}")
+        if args.verbose:
+            for resource, why in run.unchanged:
+                out.print(f"  [dim]ok        {escape(resource)}: {escape(why)}[/]")
+        for note in run.notes:
+            out.print(f"  note: {note}", markup=False)
+        if run.error:
+            out.print(f"  [red]error:[/] {escape(run.error)}")
+        if run.diff:
+            for line in run.diff.splitlines():
+                colour = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+                out.print(line, style=colour, markup=False)
+
+
+# -- create / destroy -----------------------------------------------------------------------------------------
+def cmd_create(args: argparse.Namespace) -> int:
+    from miab_remote import inventory as inventory_mod
+    from miab_remote import operator_key
+
+    if args.provider in PLANNED_PROVIDERS:
+        raise InputError(
+            f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}"
+        )
+    from miab_remote.providers import local
+
+    inv = inventory_of(args)
+    key_path, key_line = operator_key.resolve(args.identity_file)
+    local.check_requirements()
+    progress = Progress(args.names, verbose=True)
+
+    def one(name: str) -> str:
+        box = local.create(name, key_line, progress=lambda msg: progress(name, msg))
+        if inv.path_for(name).exists():
+            with inv.edit(name) as doc:
+                doc["address"] = box.address
+                doc["host_keys"] = [box.host_key_public]
+                doc["provider"] = "local"
+                doc["os"] = box.os
+            return f"{name}: created at {box.address}; kept the existing inventory {inv.path_for(name)} (re-pinned)"
+        doc = inventory_mod.new_document(
+            name,
+            box.address,
+            provider="local",
+            host_keys=[box.host_key_public],
+            os=box.os,
+            identity_file=str(key_path),
+        )
+        inv.create(name, doc)
+        return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
+
+    return report_each(args.names, one, progress)
+
+
+def report_each(names: Sequence[str], job: Callable[[str], str], progress: Progress | None = None) -> int:
+    """Run `job` per host in parallel; print its line or its error; exit 1 if any failed."""
+
+    def safe(name: str) -> tuple[bool, str]:
+        try:
+            return True, job(name)
+        except MiabError as e:
+            return False, f"{name}: FAILED: {e}"
+
+    if progress is not None:
+        with progress.running():
+            results = in_parallel(names, safe)
+    else:
+        results = in_parallel(names, safe)
+    out = stdout_console()
+    for ok, line in results.values():
+        out.print(line, style=None if ok else "red", markup=False)
+    return 0 if all(ok for ok, _ in results.values()) else 1
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from miab_remote.providers import local
+
+    inv = inventory_of(args)
+    for name in args.names:
+        if inv.path_for(name).exists():
+            provider = inv.load(name).provider
+            if provider not in (None, "local"):
+                raise InputError(f"{name}: destroy for provider {provider!r} is not available yet")
+    confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
+
+    def one(name: str) -> str:
+        removed = local.destroy(name)
+        if not args.keep_inventory and inv.path_for(name).exists():
+            inv.path_for(name).unlink()
+            removed.append(f"inventory {inv.path_for(name)}")
+        return f"{name}: destroyed ({'; '.join(removed) or 'nothing was left'})"
+
+    return report_each(args.names, one)
+
+
+# -- hosts / trust ------------------------------------------------------------------------------------------
+def cmd_hosts(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    hosts = [inv.load(n) for n in inv.names()]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "hosts": {
+                        h.name: {
+                            "address": h.address,
+                            "provider": h.provider,
+                            "os": h.os,
+                            "domains": list(h.domains),
+                            "users": len(h.users),
+                            "aliases": len(h.aliases),
+                        }
+                        for h in hosts
+                    }
+                },
+                indent=2,
+            )
+        )
+        return 0
+    table = Table("box", "address", "provider", "os", "domains", "users", "aliases", box=None)
+    for h in hosts:
+        table.add_row(
+            h.name,
+            h.address,
+            h.provider or "-",
+            h.os or "-",
+            " ".join(h.domains),
+            str(len(h.users)),
+            str(len(h.aliases)),
+        )
+    stdout_console().print(table if hosts else f"no boxes in {inv.root}/")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from miab_remote.ssh import fetch_host_keys
+    from miab_remote.sshkeys import fingerprint
+
+    inv = inventory_of(args)
+    host = inv.load(args.name)
+    keys = fetch_host_keys(host.address, host.ssh.port)
+    if not keys:
+        raise MiabError(f"{host.name}: the server offered no host key we can use")
+    offered = {fingerprint(k.get_name(), k.asbytes()): f"{k.get_name()} {k.get_base64()}" for k in keys}
+    out = stdout_console()
+    for fp in offered:
+        out.print(f"{host.name} offers {fp}", markup=False)
+    if args.fingerprint:
+        chosen = [line for fp, line in offered.items() if fp.split()[-1] == args.fingerprint.split()[-1]]
+        if not chosen:
+            raise InputError(
+                f"{host.name}: no offered key has fingerprint {args.fingerprint}; nothing pinned"
+            )
+    else:
+        confirm("Pin these keys (check them out of band first)?", args.yes)
+        chosen = list(offered.values())
+    with inv.edit(host.name) as doc:
+        doc["host_keys"] = [f"{line} {host.name}" for line in chosen]
+    out.print(f"{host.name}: pinned {len(chosen)} key(s) in {inv.path_for(host.name)}", markup=False)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--inventory",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="inventory folder (default ./hosts, or $MIAB_REMOTE_INVENTORY)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show each step and every unchanged resource with its reason",
+    )
+    parser = argparse.ArgumentParser(
+        prog="miab-remote",
+        parents=[common],
+        description="A mail server in a box, deployed agentless over SSH from your laptop.",
+    )
+    parser.add_argument("--version", action="version", version=f"miab-remote {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("create", parents=[common], help="make a new box and write its inventory")
+    p.add_argument("--provider", required=True, choices=PROVIDERS + PLANNED_PROVIDERS)
+    p.add_argument(
+        "--identity-file", metavar="PATH", help="operator SSH key to authorise (default: ~/.ssh/id_*)"
+    )
+    p.add_argument("names", nargs="+", metavar="NAME", help="the box's FQDN, e.g. box1.example.org")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("deploy", parents=[common], help="converge boxes to their recipes (in parallel)")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every box in the inventory")
+    p.add_argument("--dry-run", action="store_true", help="plan and show, change nothing")
+    p.add_argument("--diff", action="store_true", help="show unified diffs of changed files (secrets masked)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with per-host results")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for another deploy on the same box (default 300)",
+    )
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("destroy", parents=[common], help="stop and remove boxes made by create")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--keep-inventory", action="store_true", help="keep hosts/NAME.toml (users, aliases)")
+    p.set_defaults(func=cmd_destroy)
+
+    p = sub.add_parser("hosts", parents=[common], help="list the boxes in the inventory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hosts)
+
+    p = sub.add_parser("trust", parents=[common], help="deliberately (re-)pin a box's SSH host key")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--fingerprint", metavar="SHA256:...", help="pin only the key with this fingerprint")
+    p.add_argument("--yes", action="store_true", help="pin every offered key without asking")
+    p.set_defaults(func=cmd_trust)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.inventory = getattr(args, "inventory", None)
+    args.verbose = getattr(args, "verbose", False)
+    try:
+        code: int = args.func(args)
+        return code
+    except MiabError as e:
+        Console(stderr=True, highlight=False).print(f"miab-remote: {e}", markup=False, style="red")
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

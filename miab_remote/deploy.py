@@ -1,0 +1,215 @@
+"""Converging one box: probe once, plan on the laptop, stage changed files in one SFTP session, apply once.
+
+A no-op deploy costs one round trip (the probe). A deploy that changes something costs three: the probe,
+the SFTP session and the apply script. If another deploy changed the box between our probe and our apply,
+the apply refuses to touch anything ("stale") and we probe and plan again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from miab_remote.diffing import Masker, plan_diff
+from miab_remote.errors import HostError, MiabError
+from miab_remote.inventory import Inventory
+from miab_remote.model import Host
+from miab_remote.planner import Plan, plan, probe_spec
+from miab_remote.profiles import DEBIAN_12, OSProfile, profile_by_id, profile_for_os_release
+from miab_remote.recipes import RecipeContext, load_resources, render_files
+from miab_remote.resources import Resource
+from miab_remote.ssh import Transport
+from miab_remote.templates import TemplateSet
+
+STALE = 75
+LOCK_TIMEOUT = 3
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    dry_run: bool = False
+    diff: bool = False
+    lock_timeout: float = 300.0
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class ActionReport:
+    resource: str
+    why: str
+    status: str  # planned | changed | unchanged | failed | skipped
+
+    def as_dict(self) -> dict[str, str]:
+        return {"resource": self.resource, "why": self.why, "status": self.status}
+
+
+@dataclass
+class HostRun:
+    name: str
+    changed: int = 0
+    failed: int = 0
+    round_trips: int = 0
+    seconds: float = 0.0
+    os: str | None = None
+    actions: list[ActionReport] = field(default_factory=list)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
+    diff: str = ""
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "failed": self.failed,
+            "round_trips": self.round_trips,
+            "seconds": round(self.seconds, 3),
+            "os": self.os,
+            "error": self.error,
+            "actions": [a.as_dict() for a in self.actions],
+            "unchanged": [{"resource": r, "why": w} for r, w in self.unchanged],
+            "notes": self.notes,
+        }
+
+
+Progress = Callable[[str, str], None]
+
+
+def secrets_of(host: Host) -> Masker:
+    return Masker(u.password_hash for u in host.users)
+
+
+def build(host: Host, profile: OSProfile, inventory_root: Path) -> tuple[list[Resource], dict[str, bytes]]:
+    resources = load_resources(host, profile, inventory_root)
+    templates = TemplateSet(inventory_root / "templates", profile.template_variants)
+    ctx = RecipeContext(host, profile)
+    return resources, render_files(resources, ctx.template_vars(), templates)
+
+
+def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: Progress) -> HostRun:
+    """Converge one box; every failure ends up in the returned HostRun, never as an exception."""
+    run = HostRun(name)
+    start = time.monotonic()
+    transport: Transport | None = None
+    try:
+        host = inventory.load(name)
+        mask = secrets_of(host)
+        transport = Transport(host, connect_timeout=opts.connect_timeout)
+        progress(name, "connecting")
+        transport.connect()
+        profile = (profile_by_id(host.os) if host.os else None) or DEBIAN_12
+        for _attempt in range(4):
+            resources, rendered = build(host, profile, inventory.root)
+            progress(name, "reading facts")
+            facts = transport.run_json("probe", probe_spec(resources, rendered, opts.diff))
+            detected = profile_for_os_release(facts["os_release"], name)
+            run.os = detected.id
+            if detected.id != host.os and not opts.dry_run:
+                with inventory.edit(name) as doc:
+                    doc["os"] = detected.id
+                run.notes.append(f"recorded os = {detected.id!r} in the inventory")
+                host = inventory.load(name)
+            if detected.id != profile.id:
+                profile = detected
+                continue
+            the_plan = plan(resources, rendered, facts)
+            run.unchanged = [(s.resource, s.reason) for s in the_plan.unchanged]
+            if opts.diff:
+                run.diff = plan_diff(the_plan, facts, rendered, mask)
+            if opts.dry_run or not the_plan.actions:
+                run.actions = [ActionReport(a.resource, mask(a.why), "planned") for a in the_plan.actions]
+                run.changed = len(the_plan.changed_resources) if opts.dry_run else 0
+                break
+            if _apply(transport, the_plan, rendered, opts, run, progress, mask):
+                break
+            progress(name, "the box changed since it was read; reading it again")
+        else:
+            raise HostError(
+                f"{name}: the box kept changing under this deploy; is another tool writing to it?"
+            )
+    except MiabError as e:
+        run.error = str(e)
+        run.failed += 1
+    finally:
+        if transport is not None:
+            run.round_trips = transport.round_trips
+            transport.close()
+        run.seconds = time.monotonic() - start
+    return run
+
+
+def _apply(
+    transport: Transport,
+    the_plan: Plan,
+    rendered: dict[str, bytes],
+    opts: DeployOptions,
+    run: HostRun,
+    progress: Progress,
+    mask: Masker,
+) -> bool:
+    """Stage and apply; False when the box changed since the probe (nothing was touched then)."""
+    name = run.name
+    wire: list[dict[str, Any]] = []
+    staged: dict[str, bytes] = {}
+    for i, action in enumerate(the_plan.actions):
+        item = action.to_wire()
+        if action.op == "file" and action.params["content"]:
+            item["staged"] = f"f{i}"
+            staged[item["staged"]] = rendered[action.params["path"]]
+        wire.append(item)
+    progress(name, f"staging {len(staged)} file(s)")
+    with transport.sftp() as sftp:
+        stage = f"{sftp.normalize('.')}/.miab-remote-stage-{uuid.uuid4().hex[:12]}"
+        sftp.mkdir(stage, 0o700)
+        for fname, data in staged.items():
+            with sftp.open(f"{stage}/{fname}", "wb") as f:
+                f.chmod(0o600)
+                f.set_pipelined(True)
+                f.write(data)
+    reports = [ActionReport(a.resource, mask(a.why), "skipped") for a in the_plan.actions]
+    state: dict[str, Any] = {"error": None, "stale": None, "lock": None}
+
+    def on_line(line: bytes) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        kind = event.get("event")
+        if kind == "start":
+            i = event["index"]
+            progress(name, f"[{i + 1}/{len(wire)}] {reports[i].why}")
+        elif kind == "done":
+            reports[event["index"]].status = "changed" if event["changed"] else "unchanged"
+        elif kind == "fail":
+            reports[event["index"]].status = "failed"
+            state["error"] = f"{the_plan.actions[event['index']].resource}: {mask(event['error'])}"
+        elif kind == "stale":
+            state["stale"] = event["path"]
+        elif kind == "lock":
+            state["lock"] = event
+            if event["state"] == "waiting":
+                progress(name, "waiting: another deploy holds this box's lock")
+
+    res = transport.run_script(
+        "apply", {"stage": stage, "lock_timeout": opts.lock_timeout, "actions": wire}, on_line=on_line
+    )
+    lock = state["lock"]
+    if lock and lock["state"] == "acquired":
+        run.notes.append(f"waited {lock['seconds']} s for another deploy on this box")
+    if res.exit_code == STALE:
+        run.notes.append(f"{state['stale']} changed between reading and applying; planned again")
+        return False
+    if res.exit_code == LOCK_TIMEOUT:
+        raise HostError(
+            f"{name}: another deploy held this box's lock for more than {opts.lock_timeout:.0f} s; nothing was changed"
+        )
+    run.actions = reports
+    run.changed = len({r.resource for r in reports if r.status == "changed"})
+    if res.exit_code != 0:
+        detail = state["error"] or mask(res.stderr.decode(errors="replace").strip()[-2000:])
+        raise HostError(f"{name}: {detail}")
+    return True

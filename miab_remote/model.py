@@ -1,0 +1,48 @@
+"""The validated, immutable view of one box's inventory that the rest of the tool works from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RECIPES: tuple[str, ...] = ("base",)
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    user: str = "root"
+    port: int = 22
+    identity_file: str | None = None
+
+
+@dataclass(frozen=True)
+class MailUser:
+    email: str
+    password_hash: str
+    quota: str | None = None
+
+
+@dataclass(frozen=True)
+class Alias:
+    source: str
+    destinations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Host:
+    """One box. `name` is the inventory file's stem and equals `hostname` (the box's FQDN)."""
+
+    name: str
+    path: Path
+    hostname: str
+    address: str
+    ssh: SSHSettings = SSHSettings()
+    host_keys: tuple[str, ...] = ()
+    os: str | None = None
+    domains: tuple[str, ...] = ()
+    users: tuple[MailUser, ...] = ()
+    aliases: tuple[Alias, ...] = ()
+    recipes: tuple[str, ...] = DEFAULT_RECIPES
+    provider: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,67 @@
+"""OS profiles: what differs between supported systems, as data (package names, paths, template variants).
+
+Recipes speak of logical names; a profile maps them to the real ones. Adding Ubuntu 24.04 or Debian 13
+(dovecot 2.4) means adding a profile here plus template variants, never forking a recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from miab_remote.errors import HostError
+
+
+@dataclass(frozen=True)
+class OSProfile:
+    id: str
+    description: str
+    os_release_id: str
+    version_id: str
+    # Logical package name -> real package names on this system (absent key: same name).
+    packages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Logical service name -> systemd unit on this system (absent key: same name).
+    services: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    # Template variant tags tried in order before the plain template: `templates/PATH@TAG`.
+    template_variants: tuple[str, ...] = ()
+
+    def package_names(self, logical: str) -> tuple[str, ...]:
+        return self.packages.get(logical, (logical,))
+
+    def service_name(self, logical: str) -> str:
+        return self.services.get(logical, logical)
+
+
+DEBIAN_12 = OSProfile(
+    id="debian-12",
+    description="Debian 12 (bookworm)",
+    os_release_id="debian",
+    version_id="12",
+    packages={"spamd": ("spamd",)},
+    paths={"php_fpm_socket": "/run/php/php8.2-fpm.sock"},
+    template_variants=("debian-12", "dovecot-2.3"),
+)
+
+PROFILES: dict[str, OSProfile] = {p.id: p for p in (DEBIAN_12,)}
+
+
+def supported_list() -> str:
+    return ", ".join(f"{p.description} [{p.id}]" for p in PROFILES.values())
+
+
+def profile_for_os_release(os_release: dict[str, str], host: str) -> OSProfile:
+    """Pick the profile for a box's /etc/os-release, or refuse it before anything changes."""
+    for profile in PROFILES.values():
+        if (
+            os_release.get("ID") == profile.os_release_id
+            and os_release.get("VERSION_ID") == profile.version_id
+        ):
+            return profile
+    pretty = (
+        os_release.get("PRETTY_NAME") or f"{os_release.get('ID', '?')} {os_release.get('VERSION_ID', '?')}"
+    )
+    raise HostError(f"{host}: unsupported OS {pretty!r}; nothing was changed. Supported: {supported_list()}")
+
+
+def profile_by_id(profile_id: str) -> OSProfile | None:
+    return PROFILES.get(profile_id)

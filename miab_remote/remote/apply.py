@@ -1,0 +1,301 @@
+# Runs on the box as root: carries out a plan made on the laptop, in order, stopping at the first failure.
+# Input: one JSON object on stdin (after this script): {"stage": dir, "lock_timeout": s, "actions": [...]}.
+# Output: JSON lines on stdout, one event each: hb (heartbeat), lock, stale, start, done, fail, end.
+# It takes the box's deploy lock, checks that the files it replaces are still what the plan saw (else it
+# reports "stale" and changes nothing), keeps a backup of every replaced file, and puts those back when a
+# service's validator rejects the new configuration, leaving the running service untouched.
+# stdlib only, Python >= 3.8.
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+LOCK_PATH = "/run/lock/miab-remote.lock"
+OUT_LOCK = threading.Lock()
+ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8", NEEDRESTART_MODE="a")
+APT_OPTS = [
+    "-q",
+    "-y",
+    "-o",
+    "DPkg::Lock::Timeout=300",
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+]
+
+
+class Failed(Exception):
+    pass
+
+
+def emit(**event):
+    with OUT_LOCK:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+
+def heartbeat():
+    while True:
+        time.sleep(5)
+        emit(event="hb")
+
+
+def run(argv, stdin=None, shell=False):
+    proc = subprocess.run(
+        argv,
+        shell=shell,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
+    out = proc.stdout.decode("utf-8", "replace")
+    if len(out) > 4000:
+        out = "...\n" + out[-4000:]
+    return proc.returncode, out
+
+
+def check(argv, what, shell=False):
+    rc, out = run(argv, shell=shell)
+    if rc != 0:
+        raise Failed(f"{what} failed (exit {rc}):\n{out.strip()}")
+    return out
+
+
+def sha256_of(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def set_meta(path, mode, owner, group):
+    uid = pwd.getpwnam(owner).pw_uid
+    gid = grp.getgrnam(group).gr_gid
+    os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, mode)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Runner:
+    def __init__(self, stage):
+        self.stage = stage
+        self.backups = {}  # path -> backup path in the stage dir, or None when the file did not exist
+
+    def apt_update(self, a):
+        check(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], "apt-get update")
+        return True
+
+    def apt_install(self, a):
+        check(
+            ["apt-get", "install", "--no-install-recommends", *APT_OPTS, "--", *a["packages"]],
+            "apt-get install",
+        )
+        return True
+
+    def apt_remove(self, a):
+        check(["apt-get", "remove", *APT_OPTS, "--", *a["packages"]], "apt-get remove")
+        return True
+
+    def group(self, a):
+        try:
+            grp.getgrnam(a["name"])
+            return False
+        except KeyError:
+            check(["groupadd", *(["--system"] if a["system"] else []), "--", a["name"]], "groupadd")
+            return True
+
+    def user(self, a):
+        try:
+            p = pwd.getpwnam(a["name"])
+        except KeyError:
+            p = None
+        if p is None:
+            argv = ["useradd"]
+            if a["system"]:
+                argv.append("--system")
+            if a["home"]:
+                argv += ["--home-dir", a["home"]]
+            argv += ["--no-create-home", "--shell", a["shell"]]
+            argv += ["--gid", a["group"]] if a["group"] else ["--user-group"]
+            if a["groups"]:
+                argv += ["--groups", ",".join(a["groups"])]
+            check([*argv, "--", a["name"]], "useradd")
+            return True
+        argv = ["usermod", "--shell", a["shell"]]
+        if a["home"]:
+            argv += ["--home", a["home"]]
+        if a["group"]:
+            argv += ["--gid", a["group"]]
+        if a["groups"]:
+            argv += ["--append", "--groups", ",".join(a["groups"])]
+        check([*argv, "--", a["name"]], "usermod")
+        return True
+
+    def directory(self, a):
+        path = a["path"]
+        if not os.path.isdir(path):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        set_meta(path, a["mode"], a["owner"], a["group"])
+        return True
+
+    def file(self, a):
+        path = a["path"]
+        if a["content"]:
+            staged = os.path.join(self.stage, a["staged"])
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise Failed(f"{path}: parent directory {parent} does not exist")
+            if os.path.lexists(path):
+                backup = os.path.join(self.stage, a["staged"] + ".orig")
+                shutil.copy2(path, backup)
+                self.backups.setdefault(path, backup)
+            else:
+                self.backups.setdefault(path, None)
+            tmp = os.path.join(parent, f".{os.path.basename(path)}.miab-remote.tmp")
+            shutil.copyfile(staged, tmp)
+            if sha256_of(tmp) != a["sha256"]:
+                os.unlink(tmp)
+                raise Failed(f"{path}: staged copy does not match the planned content")
+            set_meta(tmp, a["mode"], a["owner"], a["group"])
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(parent)
+        else:
+            set_meta(path, a["mode"], a["owner"], a["group"])
+        return True
+
+    def restore(self, paths):
+        restored = []
+        for path in paths:
+            if path not in self.backups:
+                continue
+            backup = self.backups.pop(path)
+            if backup is None:
+                if os.path.lexists(path):
+                    os.unlink(path)
+            else:
+                tmp = path + ".miab-remote.restore"
+                shutil.copy2(backup, tmp)
+                st = os.stat(backup)
+                os.chown(tmp, st.st_uid, st.st_gid)
+                os.replace(tmp, path)
+            restored.append(path)
+        return restored
+
+    def service(self, a):
+        name = a["name"]
+        unit = name if "." in name else name + ".service"
+        did = False
+        if a["validator"]:
+            rc, out = run(a["validator"], shell=True)
+            if rc != 0:
+                restored = self.restore(a["rollback"])
+                raise Failed(
+                    f"validation of {name} failed (`{a['validator']}` exit {rc}), previous files put back "
+                    f"({', '.join(restored) or 'none'}), service left untouched:\n{out.strip()}"
+                )
+        active = run(["systemctl", "is-active", "--quiet", unit])[0] == 0
+        if a["restart"] and a["running"]:
+            verb = a["restart"] if active else "start"
+            check(["systemctl", verb, unit], f"systemctl {verb} {unit}")
+            did = True
+        elif a["running"] and not active:
+            check(["systemctl", "start", unit], f"systemctl start {unit}")
+            did = True
+        elif not a["running"] and active:
+            check(["systemctl", "stop", unit], f"systemctl stop {unit}")
+            did = True
+        state = run(["systemctl", "is-enabled", unit])[1].strip()
+        if a["enabled"] and state in ("disabled", "masked"):
+            check(["systemctl", "enable", unit], f"systemctl enable {unit}")
+            did = True
+        elif not a["enabled"] and state == "enabled":
+            check(["systemctl", "disable", unit], f"systemctl disable {unit}")
+            did = True
+        if a["running"]:
+            time.sleep(0.2)
+            rc, out = run(["systemctl", "is-active", unit])
+            if out.strip() not in ("active", "activating", "reloading"):
+                _, log = run(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"])
+                raise Failed(f"{unit} is {out.strip()} after the change:\n{log.strip()}")
+        return did
+
+    def command(self, a):
+        if a["creates"] and os.path.lexists(a["creates"]):
+            return False
+        if a["unless"] and run(a["unless"], shell=True)[0] == 0:
+            return False
+        check(["/bin/sh", "-c", a["run"]], "command")
+        return True
+
+
+def stale_files(actions):
+    for a in actions:
+        if a["op"] == "file" and a.get("content") and sha256_of(a["path"]) != a["expect"]:
+            return a["path"]
+    return None
+
+
+def main():
+    spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    t = threading.Thread(target=heartbeat, daemon=True)
+    t.start()
+    runner = Runner(spec["stage"])
+    lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    waited = time.monotonic()
+    told = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not told:
+                emit(event="lock", state="waiting")
+                told = True
+            if time.monotonic() - waited > spec["lock_timeout"]:
+                emit(event="lock", state="timeout", seconds=round(time.monotonic() - waited, 1))
+                sys.exit(3)
+            time.sleep(0.2)
+    if told:
+        emit(event="lock", state="acquired", seconds=round(time.monotonic() - waited, 1))
+    try:
+        stale = stale_files(spec["actions"])
+        if stale:
+            emit(event="stale", path=stale)
+            sys.exit(75)
+        for i, a in enumerate(spec["actions"]):
+            emit(event="start", index=i)
+            try:
+                changed = getattr(runner, a["op"])(a)
+            except Failed as e:
+                emit(event="fail", index=i, error=str(e))
+                sys.exit(1)
+            except Exception as e:
+                emit(event="fail", index=i, error=f"{type(e).__name__}: {e}")
+                sys.exit(1)
+            emit(event="done", index=i, changed=bool(changed))
+        emit(event="end")
+    finally:
+        shutil.rmtree(spec["stage"], ignore_errors=True)
+
+
+main()

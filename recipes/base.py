@@ -1,0 +1,16 @@
+"""The base every box gets: its name, as mail software reads it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from miab_remote.recipes import RecipeContext
+from miab_remote.resources import Command, File, Resource
+
+
+def resources(ctx: RecipeContext) -> Iterator[Resource]:
+    name = ctx.host.hostname
+    yield File("/etc/hostname", content=f"{name}\n", notify=("command:set-hostname",))
+    yield Command("set-hostname", run="hostname -F /etc/hostname", on_notify=True)
+    # postfix and other MTAs take the name they announce from /etc/mailname.
+    yield File("/etc/mailname", content=f"{name}\n")

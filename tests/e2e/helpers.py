@@ -1,0 +1,123 @@
+"""Helpers for e2e tests: run the real CLI as a subprocess, and talk to a box over pinned SSH."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+FIXTURES = Path(__file__).parent / "fixture_inventory"
+
+# The e2e boxes live on their own bridge, subnet and state folder, so a leftover of a developer's own
+# boxes (or of a killed earlier run) never collides with them.
+E2E_ENV = {
+    "MIAB_REMOTE_LOCAL_DIR": "/var/lib/miab-remote/test-e2e",
+    "MIAB_REMOTE_LOCAL_SUBNET": "10.78.0.0/24",
+    "MIAB_REMOTE_LOCAL_BRIDGE": "miabe2e0",
+}
+
+
+@dataclass
+class CLIResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def cli(
+    inventory: Path,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 900,
+    cwd: Path | None = None,
+    exe: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> CLIResult:
+    env = {**os.environ, **E2E_ENV, **(env or {}), "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inventory)}
+    proc = subprocess.run(
+        [*(exe or [sys.executable, "-m", "miab_remote"]), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def new_inventory(root: Path) -> Path:
+    """A fresh inventory folder holding the test recipe and its templates (as an operator's own)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("recipes", "templates"):
+        shutil.copytree(FIXTURES / sub, root / sub, dirs_exist_ok=True)
+    return root
+
+
+class Box:
+    """Root SSH access to a test box, checking its host key against the given public key line."""
+
+    def __init__(self, address: str, host_key_line: str, identity: Path) -> None:
+        self.address = address
+        self.identity = identity
+        self.set_host_key(host_key_line)
+
+    def set_host_key(self, line: str) -> None:
+        kind, b64 = line.split()[:2]
+        self.host_key = paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+
+    def run(self, command: str, check: bool = True, stdin: bytes = b"") -> tuple[int, str]:
+        client = paramiko.SSHClient()
+        expected = self.host_key
+
+        class Pinned(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+                if key.asbytes() != expected.asbytes():
+                    raise paramiko.SSHException("test helper: host key mismatch")
+
+        client.set_missing_host_key_policy(Pinned())
+        for attempt in range(50):  # sshd may be restarting (a test changed its key): wait up to ~10 s
+            try:
+                self._connect(client)
+                break
+            except paramiko.ssh_exception.NoValidConnectionsError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
+        try:
+            stdin_f, stdout, _ = client.exec_command(command + " 2>&1", timeout=300)
+            if stdin:
+                stdin_f.write(stdin)
+            stdin_f.channel.shutdown_write()
+            out = stdout.read().decode(errors="replace")
+            code = stdout.channel.recv_exit_status()
+        finally:
+            client.close()
+        if check and code != 0:
+            raise AssertionError(f"on box: {command!r} exited {code}:\n{out}")
+        return code, out
+
+    def _connect(self, client: paramiko.SSHClient) -> None:
+        client.connect(
+            self.address,
+            username="root",
+            key_filename=str(self.identity),
+            timeout=10,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+
+    def sha256(self, path: str) -> str:
+        return self.run(f"sha256sum {path} | cut -d' ' -f1")[1].strip()

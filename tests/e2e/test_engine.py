@@ -1,0 +1,224 @@
+"""The converge engine against a real local box: idempotence, dry runs, validation rollback, pinned host
+keys, concurrent deploys, and an installed wheel that needs no source tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+from miab_remote.sshkeys import fingerprint_line, generate_ed25519
+from tests.e2e.helpers import Box, CLIResult, cli, new_inventory
+
+pytestmark = pytest.mark.e2e
+
+NAME = "engine.e2e-one.test"
+NGINX_CONF = "/etc/nginx/conf.d/miab-test.conf"
+
+
+@pytest.fixture(scope="module")
+def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return new_inventory(tmp_path_factory.mktemp("inventory") / "hosts")
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("operator")
+    pair = generate_ed25519("e2e operator")
+    key = folder / "id_ed25519"
+    key.write_bytes(pair.private_openssh)
+    key.chmod(0o600)
+    (folder / "id_ed25519.pub").write_text(pair.public_line + "\n")
+    return key
+
+
+@pytest.fixture(scope="module")
+def box(inv: Path, identity: Path) -> Iterator[Box]:
+    res = cli(inv, "create", "--provider", "local", "--identity-file", str(identity), NAME)
+    assert res.code == 0, res.err + res.out
+    doc = tomlkit.parse((inv / f"{NAME}.toml").read_text())
+    assert doc["os"] == "debian-12"
+    # The test recipe joins the built-in base recipe.
+    doc["recipes"] = ["base", "testbox"]
+    (inv / f"{NAME}.toml").write_text(tomlkit.dumps(doc))
+    b = Box(str(doc["address"]), str(doc["host_keys"][0]), identity)
+    yield b
+    res = cli(inv, "destroy", "--yes", NAME)
+    assert res.code == 0, res.err + res.out
+
+
+def deploy(inv: Path, *args: str) -> CLIResult:
+    return cli(inv, "deploy", NAME, *args)
+
+
+def test_first_deploy_converges_and_second_changes_nothing(inv: Path, box: Box) -> None:
+    first = deploy(inv, "--json")
+    assert first.code == 0, first.err + first.out
+    run = first.json()["hosts"][NAME]
+    assert run["failed"] == 0 and run["changed"] >= 10
+    assert box.run("systemctl is-active nginx")[1].strip() == "active"
+    assert (
+        "miab-test on engine.e2e-one.test"
+        in box.run(
+            'python3 -c "import urllib.request;'
+            "print(urllib.request.urlopen('http://127.0.0.1:8080').read().decode())\""
+        )[1]
+    )
+    assert box.run("stat -c '%a %U %G' /etc/miab-test/secret.conf")[1].split() == ["640", "root", "miabtest"]
+    assert box.run("id -nG miabtest")[1].split() == ["miabtest"]
+    assert box.run("test -s /var/lib/miab-test/initialized")[0] == 0
+    second = deploy(inv, "--json")
+    assert second.code == 0, second.err
+    again = second.json()["hosts"][NAME]
+    assert again["changed"] == 0 and again["failed"] == 0
+    assert again["round_trips"] <= 2
+    assert again["actions"] == []
+    assert all(u["why"] for u in again["unchanged"])
+
+
+def test_dry_run_diff_shows_change_and_touches_nothing(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    before = box.sha256(NGINX_CONF)
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    original = override.read_text()
+    try:
+        override.write_text(original.replace("listen 8080;", "listen 8081;"))
+        res = deploy(inv, "--dry-run", "--diff")
+        assert res.code == 0, res.err
+        assert f"--- {NGINX_CONF}" in res.out
+        assert "-    listen 8080;" in res.out and "+    listen 8081;" in res.out
+        assert "would change" in res.out
+        assert box.sha256(NGINX_CONF) == before
+        assert "listen 8080" in box.run(f"cat {NGINX_CONF}")[1]
+        # The secret file's content never appears in a diff.
+        secret = inv / "templates" / "etc/miab-test/secret.conf"
+        secret_original = secret.read_text()
+        secret.write_text(secret_original + "# changed\n")
+        res = deploy(inv, "--dry-run", "--diff")
+        assert "(secret file: content differs, not shown)" in res.out
+        assert "s3cr3t-token-value" not in res.out + res.err
+        secret.write_text(secret_original)
+    finally:
+        override.write_text(original)
+    assert deploy(inv, "--json").json()["hosts"][NAME]["changed"] == 0
+
+
+def test_invalid_config_is_rolled_back_and_service_untouched(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    before = box.sha256(NGINX_CONF)
+    pid_before = box.run("systemctl show -p MainPID --value nginx")[1].strip()
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    original = override.read_text()
+    try:
+        override.write_text(original.replace("listen 8080;", "listen 8080; this_is_not_a_directive;"))
+        res = deploy(inv, "--json")
+        assert res.code == 1
+        run = res.json()["hosts"][NAME]
+        assert run["failed"] == 1
+        assert "validation of nginx failed" in run["error"] and "this_is_not_a_directive" in run["error"]
+        assert box.sha256(NGINX_CONF) == before
+        assert box.run("systemctl is-active nginx")[1].strip() == "active"
+        assert box.run("systemctl show -p MainPID --value nginx")[1].strip() == pid_before
+        assert box.run(f"ls -a {Path(NGINX_CONF).parent}")[1].split().count("miab-test.conf") == 1
+    finally:
+        override.write_text(original)
+    assert deploy(inv, "--json").json()["hosts"][NAME]["changed"] == 0
+
+
+def test_changed_host_key_is_refused_before_anything_is_sent(inv: Path, box: Box) -> None:
+    pinned_line = str(tomlkit.parse((inv / f"{NAME}.toml").read_text())["host_keys"][0])
+    new = generate_ed25519(f"root@{NAME}")
+    box.run(
+        "cat > /etc/ssh/ssh_host_ed25519_key.new && chmod 600 /etc/ssh/ssh_host_ed25519_key.new && "
+        "mv /etc/ssh/ssh_host_ed25519_key.new /etc/ssh/ssh_host_ed25519_key && "
+        f"echo '{new.public_line}' > /etc/ssh/ssh_host_ed25519_key.pub && systemctl reload ssh",
+        stdin=new.private_openssh,
+    )
+    box.set_host_key(new.public_line)
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    original = override.read_text()
+    before = box.sha256(NGINX_CONF)
+    inventory_before = (inv / f"{NAME}.toml").read_bytes()
+    try:
+        override.write_text(original.replace("listen 8080;", "listen 8082;"))
+        res = deploy(inv)
+        assert res.code == 1
+        text = res.out + res.err
+        assert "host key mismatch" in text
+        assert fingerprint_line(new.public_line).split()[-1] in text
+        assert fingerprint_line(pinned_line).split()[-1] in text
+        assert f"miab-remote trust {NAME}" in text
+        assert box.sha256(NGINX_CONF) == before
+        assert (inv / f"{NAME}.toml").read_bytes() == inventory_before
+        # Re-pinning deliberately, with the fingerprint checked out of band, lets deploys through again.
+        wrong = cli(inv, "trust", NAME, "--fingerprint", fingerprint_line(pinned_line).split()[-1])
+        assert wrong.code == 2 and (inv / f"{NAME}.toml").read_bytes() == inventory_before
+        res = cli(inv, "trust", NAME, "--fingerprint", fingerprint_line(new.public_line).split()[-1])
+        assert res.code == 0, res.err
+    finally:
+        override.write_text(original)
+    assert deploy(inv).code == 0
+
+
+def test_concurrent_deploys_wait_for_each_other(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    # A deploy that finds the box locked waits for it, then converges.
+    holder = threading.Thread(target=box.run, args=("flock /run/lock/miab-remote.lock sleep 4",))
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    original = override.read_text()
+    try:
+        override.write_text(original.replace("listen 8080;", "listen 8083;"))
+        holder.start()
+        time.sleep(1.0)
+        short = deploy(inv, "--json", "--lock-timeout", "1")
+        assert short.code == 1
+        assert "another deploy held this box's lock" in short.json()["hosts"][NAME]["error"]
+        waited = deploy(inv, "--json")
+        holder.join()
+        assert waited.code == 0, waited.err
+        assert any("waited" in n for n in waited.json()["hosts"][NAME]["notes"])
+        # Two real deploys at once: both succeed, the box ends consistent, and a third changes nothing.
+        override.write_text(original.replace("listen 8080;", "listen 8084;"))
+        results: list[CLIResult] = []
+        threads = [threading.Thread(target=lambda: results.append(deploy(inv, "--json"))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.code for r in results] == [0, 0], [r.err for r in results]
+        assert "listen 8084;" in box.run(f"cat {NGINX_CONF}")[1]
+        assert deploy(inv, "--json").json()["hosts"][NAME]["changed"] == 0
+    finally:
+        override.write_text(original)
+    assert deploy(inv).code == 0
+
+
+def test_installed_wheel_works_without_the_source_tree(inv: Path, box: Box, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run(
+        [str(venv / "bin/pip"), "install", "-q", str(repo)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert pip.returncode == 0, pip.stderr
+    exe = [str(venv / "bin/miab-remote")]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    assert cli(inv, "--help", exe=exe, cwd=outside).code == 0
+    # An inventory that uses only the built-in recipes: they and their templates come from the wheel.
+    plain = outside / "hosts"
+    plain.mkdir()
+    doc = tomlkit.parse((inv / f"{NAME}.toml").read_text())
+    doc["recipes"] = ["base"]
+    (plain / f"{NAME}.toml").write_text(tomlkit.dumps(doc))
+    (plain / f"{NAME}.toml").chmod(0o600)
+    res = cli(plain, "deploy", NAME, "--json", exe=exe, cwd=outside)
+    assert res.code == 0, res.err + res.out
+    assert res.json()["hosts"][NAME]["failed"] == 0
+    assert box.run("cat /etc/mailname")[1].strip() == NAME

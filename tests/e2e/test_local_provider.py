@@ -1,0 +1,344 @@
+"""End to end: the local provider builds real Debian 12 boxes (systemd in systemd-nspawn), no mocks.
+
+Uses a configuration of its own (state dir, subnet 10.79.0.0/24, bridge miabtp0) so that it never
+meets the operator's boxes or a leftover of theirs. Traffic goes only to the boxes and, from inside
+a box, to the Debian mirror through the NAT (the network rule); nothing is sent anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from miab_remote.errors import InputError, ProviderError
+from miab_remote.providers import local
+from miab_remote.providers.local import CreatedBox, LocalConfig
+from miab_remote.sshkeys import KeyPair, generate_ed25519
+
+pytestmark = pytest.mark.e2e
+
+STATE_DIR = Path("/var/lib/miab-remote/test-provider")
+SUBNET = ipaddress.IPv4Network("10.79.0.0/24")
+BRIDGE = "miabtp0"
+BOX_A = "tpa.example.test"
+BOX_B = "tpb.example.test"
+BOX_DEAD = "tpdead.example.test"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept exactly one host key (the one the provider returned), reject any other before auth."""
+
+    def __init__(self, expected_line: str) -> None:
+        self.expected = expected_line.split()[:2]
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        offered = [key.get_name(), key.get_base64()]
+        if offered != self.expected:
+            raise paramiko.SSHException(f"{hostname}: host key {offered[0]} is not the pinned one")
+
+
+def connect(address: str, host_key_line: str, operator: KeyPair) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()  # no known_hosts loaded: the policy is the only judge
+    client.set_missing_host_key_policy(PinnedKeyPolicy(host_key_line))
+    client.connect(
+        address,
+        username="root",
+        pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(operator.private_openssh.decode())),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+        banner_timeout=10,
+        auth_timeout=10,
+    )
+    return client
+
+
+def run(client: paramiko.SSHClient, command: str, timeout: float = 60) -> tuple[int, str, str]:
+    _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
+    rc = stdout.channel.recv_exit_status()
+    return rc, stdout.read().decode(), stderr.read().decode()
+
+
+def record(config: LocalConfig, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((config.state_dir / name / "box.json").read_text())
+    return data
+
+
+def netns_list() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def link_exists(dev: str) -> bool:
+    return Path("/sys/class/net", dev).exists()
+
+
+def nft_table_text(config: LocalConfig) -> str | None:
+    proc = subprocess.run(["nft", "list", "table", "ip", config.nft_table], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def assert_box_gone(config: LocalConfig, name: str, rec: dict[str, Any]) -> None:
+    assert rec["netns"] not in netns_list()
+    assert not link_exists(rec["veth"])
+    assert not (config.state_dir / name).exists()
+    assert local.status(name, config) == "absent"
+    assert name not in local.list_boxes(config)
+    assert local._container_inits(Path(rec["rootfs"])) == []
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def config() -> Iterator[LocalConfig]:
+    try:
+        local.check_requirements()
+    except ProviderError as exc:
+        pytest.skip(str(exc))
+    # The machine's mirror, apt proxy and rootfs cache; our own state dir, subnet and bridge.
+    cfg = dataclasses.replace(LocalConfig.from_env(), state_dir=STATE_DIR, subnet=SUBNET, bridge=BRIDGE)
+    for name in local.list_boxes(cfg):  # leftovers of an earlier, interrupted run
+        local.destroy(name, cfg)
+    for name in (BOX_A, BOX_B, BOX_DEAD):
+        local.destroy(name, cfg)
+    yield cfg
+    for name in local.list_boxes(cfg):
+        local.destroy(name, cfg)
+
+
+@pytest.fixture(scope="module")
+def operator() -> KeyPair:
+    return generate_ed25519("operator@test")
+
+
+@pytest.fixture(scope="module")
+def boxes(config: LocalConfig, operator: KeyPair) -> Iterator[dict[str, CreatedBox]]:
+    """Two boxes created in parallel, shared by the tests below (boot is the expensive part)."""
+    lines: list[str] = []
+
+    def make(name: str) -> tuple[CreatedBox, float]:
+        start = time.monotonic()
+        box = local.create(name, operator.public_line, config, progress=lambda line: lines.append(f"{name}: {line}"))
+        return box, time.monotonic() - start
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(make, [BOX_A, BOX_B]))
+    print(f"\n[timing] parallel create of 2 boxes: {time.monotonic() - start:.1f} s")
+    for box, took in results:
+        print(f"[timing] create {box.name}: {took:.1f} s")
+    print("\n".join(lines))
+    yield {box.name: box for box, _ in results}
+    for name in (BOX_A, BOX_B):
+        local.destroy(name, config)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_invalid_names_are_refused(config: LocalConfig, operator: KeyPair) -> None:
+    for bad in ("-box.example.test", "box_1.example.test", "a..b", "x" * 70, "../etc", ""):
+        with pytest.raises(InputError):
+            local.create(bad, operator.public_line, config)
+    with pytest.raises(InputError):
+        local.create("ok.example.test", "not a key", config)
+
+
+def test_parallel_create(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:
+    a, b = boxes[BOX_A], boxes[BOX_B]
+    assert a.address != b.address
+    for box in (a, b):
+        assert ipaddress.IPv4Address(box.address) in SUBNET
+        assert box.address != str(config.gateway)
+        assert box.os == "debian-12"
+        assert box.host_key_public.startswith("ssh-ed25519 ")
+        assert box.host_key_public.endswith(f" root@{box.name}")
+        assert local.status(box.name, config) == "running"
+        rec = record(config, box.name)
+        assert rec["address"] == box.address
+        assert len(rec["veth"]) <= 15
+        assert rec["netns"] in netns_list()
+        assert link_exists(rec["veth"])
+    assert a.host_key_public != b.host_key_public
+    assert local.list_boxes(config) == sorted([BOX_A, BOX_B])
+
+
+def test_ssh_pinned_host_key_and_system_running(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
+    for box in boxes.values():
+        # Any other key is refused before authentication.
+        with pytest.raises(paramiko.SSHException):
+            connect(box.address, generate_ed25519("other").public_line, operator).close()
+        client = connect(box.address, box.host_key_public, operator)
+        try:
+            rc, out, _ = run(client, "systemctl is-system-running --wait", timeout=90)
+            assert out.strip() in ("running", "degraded"), out
+            assert run(client, "hostname")[1].strip() == box.name
+            assert run(client, "cat /etc/hostname")[1].strip() == box.name
+            hosts = run(client, "getent hosts " + box.name)[1].split()
+            assert hosts[0] == box.address
+            # sshd serves only the key generated before boot; the image's shared keys are gone.
+            rc, out, _ = run(client, "ls /etc/ssh/ | grep ssh_host_; sshd -T | grep -i '^hostkey '")
+            assert out.split() == [
+                "ssh_host_ed25519_key",
+                "ssh_host_ed25519_key.pub",
+                "hostkey",
+                "/etc/ssh/ssh_host_ed25519_key",
+            ]
+            assert run(client, "systemctl is-enabled ssh")[1].strip() == "enabled"
+            assert run(client, "stat -c %a /root/.ssh /root/.ssh/authorized_keys")[1].split() == ["700", "600"]
+            assert run(client, "systemd-detect-virt --container")[1].strip() == "systemd-nspawn"
+        finally:
+            client.close()
+
+
+def test_machine_ids_differ(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
+    ids = set()
+    for box in boxes.values():
+        client = connect(box.address, box.host_key_public, operator)
+        try:
+            ids.add(run(client, "cat /etc/machine-id")[1].strip())
+        finally:
+            client.close()
+    assert len(ids) == 2
+
+
+def test_boxes_reach_each_other(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
+    a, b = boxes[BOX_A], boxes[BOX_B]
+    probe = (
+        "python3 -c \"import socket,sys; s=socket.create_connection((sys.argv[1], 22), 3); "
+        'print(s.recv(64).decode().strip())" '
+    )
+    for src, dst in ((a, b), (b, a)):
+        client = connect(src.address, src.host_key_public, operator)
+        try:
+            rc, out, err = run(client, probe + dst.address)
+            assert rc == 0, err
+            assert out.startswith("SSH-2.0-"), out
+        finally:
+            client.close()
+
+
+def test_apt_update_through_nat(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
+    box = boxes[BOX_A]
+    client = connect(box.address, box.host_key_public, operator)
+    try:
+        sources = run(client, "cat /etc/apt/sources.list")[1]
+        for suite in ("bookworm main", "bookworm-updates main", "bookworm-security main"):
+            assert suite in sources
+        assert "/debian-security bookworm-security" in sources
+        rc, out, err = run(client, "apt-get update", timeout=180)
+        assert rc == 0, out + err
+        assert "bookworm-security" in out
+    finally:
+        client.close()
+
+
+def test_nat_allows_only_dns_and_http(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:
+    # Checked on the ruleset, not by sending traffic out: no test traffic may leave this machine.
+    text = nft_table_text(config)
+    assert text is not None
+    out = re.escape(f'ip saddr {SUBNET} oifname != "{BRIDGE}"')
+    assert re.search(rf"type nat hook postrouting .*\n\s*{out} masquerade", text), text
+    forward = text[text.index("chain forward") :]
+    assert re.search(r"type filter hook forward priority filter; policy accept;", forward)
+    rules = [line.strip() for line in forward.splitlines() if line.strip().startswith("ip saddr")]
+    assert len(rules) == 4, text
+    assert re.fullmatch(rf"{out} ct state established,related accept", rules[0])
+    assert re.fullmatch(rf"{out} tcp dport \{{ 53, 80, 443 \}} accept", rules[1])
+    assert re.fullmatch(rf"{out} udp dport 53 accept", rules[2])
+    assert re.fullmatch(rf"{out} counter packets \d+ bytes \d+ drop", rules[3])
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    assert Path("/sys/class/net", BRIDGE, "bridge").is_dir()
+
+
+def test_running_box_cannot_be_created_again(
+    config: LocalConfig, boxes: dict[str, CreatedBox], operator: KeyPair
+) -> None:
+    with pytest.raises(ProviderError, match="already exists"):
+        local.create(BOX_A, operator.public_line, config)
+    assert local.status(BOX_A, config) == "running"
+
+
+def test_destroy_removes_everything_and_is_idempotent(
+    config: LocalConfig, boxes: dict[str, CreatedBox]
+) -> None:
+    records = {name: record(config, name) for name in boxes}
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(boxes, pool.map(lambda n: local.destroy(n, config), boxes), strict=True))
+    print(f"\n[timing] parallel destroy of 2 boxes: {time.monotonic() - start:.1f} s")
+    for name, lines in results.items():
+        print(f"{name}: " + "; ".join(lines))
+        assert any(line.startswith("stopped the box") for line in lines), lines
+        assert any(records[name]["netns"] in line for line in lines), lines
+    for name, rec in records.items():
+        assert_box_gone(config, name, rec)
+    assert not link_exists(BRIDGE)
+    assert nft_table_text(config) is None
+    for name in boxes:
+        assert local.destroy(name, config) == [f"{name}: nothing to remove"]
+
+
+def test_dead_box_is_cleaned_up_by_create_and_destroy(config: LocalConfig, operator: KeyPair) -> None:
+    start = time.monotonic()
+    first = local.create(BOX_DEAD, operator.public_line, config)
+    print(f"\n[timing] create {BOX_DEAD}: {time.monotonic() - start:.1f} s")
+    rec = record(config, BOX_DEAD)
+    rootfs = Path(rec["rootfs"])
+
+    # A killed session: nspawn gets SIGKILL. Its container's systemd outlives it (reparented to PID 1).
+    os.kill(rec["pid"], signal.SIGKILL)
+    wait_for(lambda: local.status(BOX_DEAD, config) == "stopped", 10, "status stopped")
+    orphans = local._container_inits(rootfs)
+    assert len(orphans) == 1
+
+    start = time.monotonic()
+    second = local.create(BOX_DEAD, operator.public_line, config)
+    print(f"[timing] create over a dead box: {time.monotonic() - start:.1f} s")
+    assert second.host_key_public != first.host_key_public
+    assert local.status(BOX_DEAD, config) == "running"
+    assert not any(Path(f"/proc/{pid}/root").exists() for pid in orphans), "the dead box's systemd survived"
+    client = connect(second.address, second.host_key_public, operator)
+    try:
+        assert run(client, "hostname")[1].strip() == BOX_DEAD
+    finally:
+        client.close()
+
+    # Half gone: nspawn killed and its namespace deleted by hand; destroy still removes the rest.
+    rec = record(config, BOX_DEAD)
+    os.kill(rec["pid"], signal.SIGKILL)
+    subprocess.run(["ip", "netns", "delete", rec["netns"]], check=True)
+    start = time.monotonic()
+    lines = local.destroy(BOX_DEAD, config)
+    print(f"[timing] destroy of a half-gone box: {time.monotonic() - start:.1f} s: " + "; ".join(lines))
+    assert any("killed the box's systemd" in line for line in lines), lines
+    assert_box_gone(config, BOX_DEAD, rec)
+    assert not link_exists(BRIDGE)
+    assert nft_table_text(config) is None
+    assert local.destroy(BOX_DEAD, config) == [f"{BOX_DEAD}: nothing to remove"]

@@ -1,0 +1,412 @@
+"""Planning from recorded facts: (resources, rendered files, facts) -> actions, and every skip's reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from miab_remote.errors import InputError
+from miab_remote.planner import PlanError, check_resources, plan, probe_spec, sha256
+from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
+
+CONF = b"listen 80;\n"
+ABSENT: dict[str, Any] = {"exists": False}
+
+
+def fact_file(
+    data: bytes = CONF, mode: int = 0o644, owner: str = "root", group: str = "root"
+) -> dict[str, Any]:
+    return {
+        "exists": True,
+        "type": "file",
+        "sha256": sha256(data),
+        "mode": mode,
+        "owner": owner,
+        "group": group,
+    }
+
+
+def facts(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "packages": {},
+        "services": {},
+        "users": {},
+        "groups": {},
+        "files": {},
+        "guards": {},
+        "apt_lists_age": 60.0,
+    }
+    base.update(kw)
+    return base
+
+
+RUNNING = {"load": "loaded", "active": "active", "enabled": "enabled"}
+
+CASES: list[tuple[str, list[Resource], dict[str, Any], list[tuple[str, str]], list[tuple[str, str]]]] = [
+    # id, resources, facts, expected actions (resource, op), expected skips (resource, reason substring)
+    (
+        "package installed",
+        [Package("nginx")],
+        facts(packages={"nginx": "installed"}),
+        [],
+        [("package:nginx", "installed")],
+    ),
+    (
+        "package missing, fresh lists",
+        [Package("nginx")],
+        facts(packages={"nginx": "absent"}),
+        [("package:nginx", "apt_install")],
+        [],
+    ),
+    (
+        "package missing, old lists",
+        [Package("nginx"), Package("jq")],
+        facts(packages={"nginx": "absent", "jq": "absent"}, apt_lists_age=86400.0),
+        [("apt:update", "apt_update"), ("packages", "apt_install")],
+        [],
+    ),
+    (
+        "package to remove",
+        [Package("exim4", present=False)],
+        facts(packages={"exim4": "installed"}),
+        [("packages", "apt_remove")],
+        [],
+    ),
+    (
+        "package absent as wanted",
+        [Package("exim4", present=False)],
+        facts(packages={"exim4": "absent"}),
+        [],
+        [("package:exim4", "not installed")],
+    ),
+    (
+        "group exists",
+        [Group("vmail")],
+        facts(groups={"vmail": {"gid": 5000}}),
+        [],
+        [("group:vmail", "gid 5000")],
+    ),
+    ("group missing", [Group("vmail")], facts(groups={"vmail": None}), [("group:vmail", "group")], []),
+    (
+        "user missing",
+        [User("vmail", home="/var/mail")],
+        facts(users={"vmail": None}),
+        [("user:vmail", "user")],
+        [],
+    ),
+    (
+        "user as declared",
+        [User("vmail", home="/var/mail", groups=("mail",))],
+        facts(
+            users={
+                "vmail": {
+                    "uid": 999,
+                    "home": "/var/mail",
+                    "shell": "/usr/sbin/nologin",
+                    "group": "vmail",
+                    "groups": ["mail", "extra"],
+                }
+            }
+        ),
+        [],
+        [("user:vmail", "uid 999")],
+    ),
+    (
+        "user missing a group",
+        [User("vmail", home="/var/mail", groups=("mail",))],
+        facts(
+            users={
+                "vmail": {
+                    "uid": 999,
+                    "home": "/var/mail",
+                    "shell": "/usr/sbin/nologin",
+                    "group": "vmail",
+                    "groups": [],
+                }
+            }
+        ),
+        [("user:vmail", "user")],
+        [],
+    ),
+    (
+        "directory missing",
+        [Directory("/srv/x")],
+        facts(files={"/srv/x": ABSENT}),
+        [("directory:/srv/x", "directory")],
+        [],
+    ),
+    (
+        "directory fine",
+        [Directory("/srv/x")],
+        facts(
+            files={
+                "/srv/x": {
+                    "exists": True,
+                    "type": "directory",
+                    "mode": 0o755,
+                    "owner": "root",
+                    "group": "root",
+                }
+            }
+        ),
+        [],
+        [("directory:/srv/x", "exists, 0755 root:root")],
+    ),
+    (
+        "directory wrong mode",
+        [Directory("/srv/x", mode=0o700)],
+        facts(
+            files={
+                "/srv/x": {
+                    "exists": True,
+                    "type": "directory",
+                    "mode": 0o755,
+                    "owner": "root",
+                    "group": "root",
+                }
+            }
+        ),
+        [("directory:/srv/x", "directory")],
+        [],
+    ),
+    (
+        "file identical",
+        [File("/etc/x", content=CONF)],
+        facts(files={"/etc/x": fact_file()}),
+        [],
+        [("file:/etc/x", "content identical")],
+    ),
+    (
+        "file absent",
+        [File("/etc/x", content=CONF)],
+        facts(files={"/etc/x": ABSENT}),
+        [("file:/etc/x", "file")],
+        [],
+    ),
+    (
+        "file content differs",
+        [File("/etc/x", content=CONF)],
+        facts(files={"/etc/x": fact_file(b"old\n")}),
+        [("file:/etc/x", "file")],
+        [],
+    ),
+    (
+        "file mode differs",
+        [File("/etc/x", content=CONF, mode=0o600)],
+        facts(files={"/etc/x": fact_file()}),
+        [("file:/etc/x", "file")],
+        [],
+    ),
+    (
+        "service running, nothing changed",
+        [File("/etc/x", content=CONF, notify=("service:nginx",)), Service("nginx")],
+        facts(files={"/etc/x": fact_file()}, services={"nginx": RUNNING}),
+        [],
+        [("file:/etc/x", "identical"), ("service:nginx", "running, enabled, no notifying change")],
+    ),
+    (
+        "service notified by a changed file",
+        [
+            File("/etc/x", content=CONF, notify=("service:nginx",)),
+            Service("nginx", reload=True, validator="nginx -t"),
+        ],
+        facts(files={"/etc/x": ABSENT}, services={"nginx": RUNNING}),
+        [("file:/etc/x", "file"), ("service:nginx", "service")],
+        [],
+    ),
+    (
+        "service stopped",
+        [Service("nginx")],
+        facts(services={"nginx": {"load": "loaded", "active": "inactive", "enabled": "enabled"}}),
+        [("service:nginx", "service")],
+        [],
+    ),
+    (
+        "service disabled",
+        [Service("nginx")],
+        facts(services={"nginx": {"load": "loaded", "active": "active", "enabled": "disabled"}}),
+        [("service:nginx", "service")],
+        [],
+    ),
+    (
+        "service comes with a package",
+        [Package("nginx"), Service("nginx")],
+        facts(
+            packages={"nginx": "absent"},
+            services={"nginx": {"load": "not-found", "active": "inactive", "enabled": ""}},
+        ),
+        [("package:nginx", "apt_install"), ("service:nginx", "service")],
+        [],
+    ),
+    (
+        "command guarded by creates, done",
+        [Command("init", run="touch /x", creates="/x")],
+        facts(guards={"command:init": True}),
+        [],
+        [("command:init", "/x exists")],
+    ),
+    (
+        "command guarded by creates, to do",
+        [Command("init", run="touch /x", creates="/x")],
+        facts(guards={"command:init": False}),
+        [("command:init", "command")],
+        [],
+    ),
+    (
+        "command guarded by unless",
+        [Command("k", run="gen", unless="test -s /k")],
+        facts(guards={"command:k": True}),
+        [],
+        [("command:k", "guard `test -s /k` succeeded")],
+    ),
+    (
+        "on_notify command not notified",
+        [
+            File("/etc/x", content=CONF, notify=("command:postmap",)),
+            Command("postmap", run="postmap /etc/x", on_notify=True),
+        ],
+        facts(files={"/etc/x": fact_file()}),
+        [],
+        [("command:postmap", "not notified")],
+    ),
+    (
+        "on_notify command notified",
+        [
+            File("/etc/x", content=CONF, notify=("command:postmap",)),
+            Command("postmap", run="postmap /etc/x", on_notify=True),
+        ],
+        facts(files={"/etc/x": fact_file(b"old")}),
+        [("file:/etc/x", "file"), ("command:postmap", "command")],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("resources", "the_facts", "want_actions", "want_skips"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_plan(
+    resources: list[Resource],
+    the_facts: dict[str, Any],
+    want_actions: list[tuple[str, str]],
+    want_skips: list[tuple[str, str]],
+) -> None:
+    rendered = {r.path: r.content for r in resources if isinstance(r, File) and isinstance(r.content, bytes)}
+    result = plan(resources, rendered, the_facts)
+    assert [(a.resource, a.op) for a in result.actions] == want_actions
+    for a in result.actions:
+        assert a.why, "every action says why"
+    skips = {s.resource: s.reason for s in result.unchanged}
+    for resource, reason in want_skips:
+        assert reason in skips[resource]
+    # Every resource is accounted for: it either acts or says why not.
+    acted = {a.resource for a in result.actions}
+    for r in resources:
+        assert r.id in skips or r.id in acted or (isinstance(r, Package) and "packages" in acted)
+
+
+def test_notified_service_gets_validator_and_rollback_list() -> None:
+    res = [
+        File("/etc/x", content=CONF, notify=("service:nginx",)),
+        Service("nginx", reload=True, validator="nginx -t"),
+    ]
+    p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": fact_file(b"old")}, services={"nginx": RUNNING}))
+    svc = p.actions[-1].params
+    assert svc["validator"] == "nginx -t"
+    assert svc["rollback"] == ["/etc/x"]
+    assert svc["restart"] == "reload"
+    file_action = p.actions[0].params
+    assert file_action["expect"] == sha256(b"old")
+
+
+def test_restart_when_not_reloadable_or_not_running() -> None:
+    res = [File("/etc/x", content=CONF, notify=("service:s",)), Service("s")]
+    p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": ABSENT}, services={"s": RUNNING}))
+    assert p.actions[-1].params["restart"] == "restart"
+
+
+def test_metadata_only_change_does_not_restage() -> None:
+    res = [File("/etc/x", content=CONF, mode=0o600)]
+    p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": fact_file()}))
+    assert p.actions[0].params["content"] is False
+    assert "mode 0644->0600" in p.actions[0].why
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ([Package("a"), Package("a")], "declared twice"),
+        ([Command("c", run="x")], "exactly one guard"),
+        ([Command("c", run="x", creates="/a", unless="true")], "exactly one guard"),
+        ([File("/x", content="a", notify=("service:nope",))], "which no recipe declares"),
+        ([Service("s"), File("/x", content="a", notify=("service:s",))], "declared before it"),
+        (
+            [File("/x", content="a", notify=("command:c",)), Command("c", run="x", creates="/y")],
+            "not on_notify",
+        ),
+        ([File("/x", content="a", template="x")], "both a template and content"),
+    ],
+)
+def test_recipe_errors(resources: list[Resource], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        check_resources(resources)
+
+
+@pytest.mark.parametrize(
+    ("resource", "fact", "message"),
+    [
+        (File("/etc/x", content=CONF), {"exists": True, "type": "directory"}, "should be a regular file"),
+        (Directory("/srv/x"), fact_file(), "should be a directory"),
+    ],
+)
+def test_plan_refuses_wrong_kind(resource: Resource, fact: dict[str, Any], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        plan([resource], {"/etc/x": CONF}, facts(files={resource.path: fact}))
+
+
+def test_unknown_service_without_package_is_an_error() -> None:
+    with pytest.raises(PlanError, match="does not exist on the box"):
+        plan(
+            [Service("nope")],
+            {},
+            facts(services={"nope": {"load": "not-found", "active": "inactive", "enabled": ""}}),
+        )
+
+
+def test_probe_spec_reads_everything_once_and_no_secret_content() -> None:
+    res: list[Resource] = [
+        Package("nginx"),
+        Group("g"),
+        User("u"),
+        Directory("/d"),
+        File("/f", content="x"),
+        File("/s", content="k", secret=True),
+        Service("nginx"),
+        Command("c", run="x", creates="/c"),
+        Command("d", run="y", unless="true"),
+    ]
+    spec = probe_spec(res, {"/f": b"x", "/s": b"k"}, want_content=True)
+    assert spec["packages"] == ["nginx"] and spec["services"] == ["nginx"]
+    assert spec["files"] == ["/d", "/f", "/s"]
+    assert set(spec["want_content"]) == {"/f"}, "a secret file's content is never read back"
+    assert spec["guards"] == {"command:c": {"creates": "/c"}, "command:d": {"unless": "true"}}
+    assert probe_spec(res, {"/f": b"x", "/s": b"k"}, want_content=False)["want_content"] == {}
+
+
+def test_plan_is_deterministic() -> None:
+    res: list[Resource] = [
+        Package("nginx"),
+        File("/etc/x", content=CONF, notify=("service:nginx",)),
+        Service("nginx"),
+    ]
+    f = facts(
+        packages={"nginx": "absent"},
+        files={"/etc/x": ABSENT},
+        services={"nginx": {"load": "not-found", "active": "inactive", "enabled": ""}},
+    )
+    a = plan(res, {"/etc/x": CONF}, f)
+    b = plan(res, {"/etc/x": CONF}, f)
+    assert [x.to_wire() for x in a.actions] == [x.to_wire() for x in b.actions]
