@@ -59,7 +59,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise InputError("name at least one box, or --all")
     for n in names:  # every name is checked before any box is touched
         inv.load(n)
-    opts = DeployOptions(dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout)
+    opts = DeployOptions(
+        dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout, connect_timeout=args.connect_timeout
+    )
     progress = Progress(names, verbose=args.verbose)
     with progress.running():
         runs = in_parallel(names, lambda n: deploy_host(inv, n, opts, progress))
@@ -288,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="how long to wait for another deploy on the same box (default 300)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on a box that does not answer SSH within this time (default 10)",
     )
     p.set_defaults(func=cmd_deploy)
 

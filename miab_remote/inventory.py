@@ -162,7 +162,10 @@ class InventoryError(InputError):
 
 def display_path(path: Path) -> str:
     """The path as the operator would type it: relative to the current folder when under it."""
-    absolute = Path(os.path.abspath(path))
+    try:
+        absolute = Path(os.path.abspath(path))
+    except OSError:  # the current folder is gone
+        return str(path)
     try:
         return str(absolute.relative_to(Path.cwd()))
     except (ValueError, OSError):
@@ -494,11 +497,14 @@ def _password_problem(value: str) -> str | None:
     """Why `value` is not a supported Dovecot hash; never echoes what may be a clear password."""
     accepted = ", ".join(PASSWORD_SCHEMES)
     for prefix, shape in PASSWORD_SCHEMES.items():
-        if value.startswith(prefix):
+        scheme = prefix.split("}")[0] + "}"
+        if value.startswith(scheme):
             if shape.fullmatch(value):
                 return None
-            scheme = prefix.split("}")[0] + "}"
-            return f"malformed or truncated {scheme} hash; paste the whole hash (for example from doveadm pw)"
+            return (
+                f"malformed or truncated {scheme} hash; expected {prefix}..., the whole hash "
+                "(for example from doveadm pw)"
+            )
     if value.startswith("$"):
         hint = "prefix it with {SHA512-CRYPT}" if value.startswith("$6$") else f"accepted: {accepted}"
         hint = "prefix it with {BLF-CRYPT}" if value.startswith("$2") else hint

@@ -198,7 +198,7 @@ def create(
                     f"{name}: already exists and is running; destroy it first (miab-remote destroy {name})"
                 )
             say("cleaning up what a dead box of the same name left behind")
-            _teardown(cfg, name, paths, record or {}, [], drop_shared=False)
+            _teardown(cfg, name, paths, record or {}, [], drop_shared=False, graceful=False)
 
         host_key = generate_ed25519(f"root@{name}")
         netns, veth = _net_names(cfg, name)
@@ -243,7 +243,7 @@ def create(
         except BaseException:
             # Leave nothing half made: a failed create undoes itself.
             with contextlib.suppress(Exception):
-                _teardown(cfg, name, paths, record, [], drop_shared=True)
+                _teardown(cfg, name, paths, record, [], drop_shared=True, graceful=False)
             raise
 
     say(f"{name} is up at {address}")
@@ -259,8 +259,8 @@ def destroy(name: str, config: LocalConfig | None = None) -> list[str]:
     paths = _paths(cfg, name)
     lines: list[str] = []
     with _box_lock(cfg, name):
-        _teardown(cfg, name, paths, _read_record(paths) or {}, lines, drop_shared=True)
-    return lines or [f"{name}: nothing to remove"]
+        _teardown(cfg, name, paths, _read_record(paths) or {}, lines, drop_shared=True, graceful=True)
+    return lines or ["nothing to remove"]
 
 
 def status(name: str, config: LocalConfig | None = None) -> str:
@@ -766,15 +766,22 @@ def _remove_shared_network(cfg: LocalConfig, lines: list[str]) -> None:
 # --------------------------------------------------------------------------- processes
 
 
+def _proc_gone(pid: int) -> bool:
+    """No such process, or only its zombie (this machine's PID 1 does not always reap)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return True
+    return not fields or fields[0] in ("Z", "X")
+
+
 def _is_nspawn_of(pid: int, rootfs: Path) -> bool:
     """Is `pid` a live systemd-nspawn running this box's tree? (A recycled PID or a zombie is not.)"""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    fields = stat.rpartition(")")[2].split()
-    if not fields or fields[0] in ("Z", "X"):
+    if _proc_gone(pid):
         return False
     return os.path.basename(argv[0]) == b"systemd-nspawn" and b"--directory=" + os.fsencode(rootfs) in argv
 
@@ -792,15 +799,22 @@ def _nspawn_pids(paths: _BoxPaths, record: Mapping[str, Any]) -> list[int]:
     return sorted(pids)
 
 
-def _container_inits(rootfs: Path) -> list[int]:
-    """Live processes that are PID 1 of a PID namespace rooted at this box's tree: the box's systemd.
+def _container_inits(rootfs: Path, netns_names: Iterable[str] = ()) -> list[int]:
+    """The box's systemd: a PID namespace's PID 1 rooted at the box's tree or in its network namespace.
 
     A SIGKILLed nspawn does not take its container with it: systemd goes on running, reparented
     to the host's PID 1, still holding the box's address. Killing it ends every process of the box.
     """
-    try:
-        root = os.stat(rootfs)
-    except OSError:
+    wanted_roots: set[tuple[int, int]] = set()
+    wanted_nets: set[tuple[int, int]] = set()
+    with contextlib.suppress(OSError):
+        st = os.stat(rootfs)
+        wanted_roots.add((st.st_dev, st.st_ino))
+    for netns in netns_names:
+        with contextlib.suppress(OSError):
+            st = os.stat(Path("/run/netns", netns))  # a bind mount of the namespace: its nsfs inode
+            wanted_nets.add((st.st_dev, st.st_ino))
+    if not wanted_roots and not wanted_nets:
         return []
     found: list[int] = []
     with contextlib.suppress(OSError):
@@ -809,10 +823,14 @@ def _container_inits(rootfs: Path) -> list[int]:
                 continue
             try:
                 proc_root = os.stat(f"/proc/{entry}/root")  # fails for zombies: they hold no root
+                proc_net = os.stat(f"/proc/{entry}/ns/net")
                 status_text = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
-            if (proc_root.st_dev, proc_root.st_ino) != (root.st_dev, root.st_ino):
+            if (proc_root.st_dev, proc_root.st_ino) not in wanted_roots and (
+                proc_net.st_dev,
+                proc_net.st_ino,
+            ) not in wanted_nets:
                 continue
             for line in status_text.splitlines():
                 fields = line.split()
@@ -839,8 +857,11 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def _stop(paths: _BoxPaths, pids: list[int], lines: list[str]) -> None:
+def _stop(paths: _BoxPaths, pids: list[int], netns_names: Sequence[str], lines: list[str], *, graceful: bool) -> None:
     """SIGTERM makes nspawn shut systemd down cleanly; SIGKILL if it has not after STOP_TIMEOUT.
+
+    Not graceful (a create that failed half-way): SIGKILL at once, a box still booting may ignore
+    the shutdown request until STOP_TIMEOUT and there is nothing on it worth a clean shutdown.
 
     Then any box systemd left without its nspawn (nspawn killed earlier) is killed outright:
     the box is being deleted, there is nothing to shut down cleanly for.
@@ -848,20 +869,22 @@ def _stop(paths: _BoxPaths, pids: list[int], lines: list[str]) -> None:
     rootfs = paths.rootfs
     pid_list = ", ".join(map(str, pids))
     if pids:
-        _signal(pids, signal.SIGTERM)
-        alive = _wait_gone(pids, lambda pid: _is_nspawn_of(pid, rootfs), STOP_TIMEOUT)
+        _signal(pids, signal.SIGTERM if graceful else signal.SIGKILL)
+        alive = _wait_gone(pids, lambda pid: _is_nspawn_of(pid, rootfs), STOP_TIMEOUT if graceful else KILL_TIMEOUT)
         if alive:
             _signal(alive, signal.SIGKILL)
             if _wait_gone(alive, lambda pid: _is_nspawn_of(pid, rootfs), KILL_TIMEOUT):
                 raise ProviderError(f"systemd-nspawn (pid {pid_list}) survived SIGKILL")
             lines.append(f"killed the box (systemd-nspawn pid {pid_list} did not stop within {STOP_TIMEOUT:.0f} s)")
-        else:
+        elif graceful:
             lines.append(f"stopped the box (systemd-nspawn pid {pid_list})")
-    orphans = _container_inits(rootfs)
+        else:
+            lines.append(f"killed the box (systemd-nspawn pid {pid_list})")
+    orphans = _container_inits(rootfs, netns_names)
     if orphans:
         _signal(orphans, signal.SIGKILL)
         orphan_list = ", ".join(map(str, orphans))
-        if _wait_gone(orphans, lambda pid: pid in _container_inits(rootfs), KILL_TIMEOUT):
+        if _wait_gone(orphans, lambda pid: pid in _container_inits(rootfs, netns_names), KILL_TIMEOUT):
             raise ProviderError(f"the box's systemd (pid {orphan_list}) survived SIGKILL")
         lines.append(f"killed the box's systemd left running without its nspawn (pid {orphan_list})")
 
@@ -902,9 +925,17 @@ def _spawn(paths: _BoxPaths, name: str, netns: str) -> int:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ProviderError(f"could not start systemd-nspawn: {exc}") from None
     try:
-        return int(proc.stdout.strip())
+        pid = int(proc.stdout.strip())
     except ValueError:
         raise ProviderError(f"could not start systemd-nspawn: {proc.stderr.strip() or proc.stdout!r}") from None
+    # The background shell has forked but may not have exec'd nspawn yet: wait, so that the PID we
+    # record and watch is nspawn's own command line, not the shell's.
+    deadline = time.monotonic() + 10.0
+    while not _is_nspawn_of(pid, paths.rootfs) and time.monotonic() < deadline:
+        if _proc_gone(pid):
+            break
+        time.sleep(0.02)
+    return pid
 
 
 def _console_tail(paths: _BoxPaths, lines: int = 30) -> str:
@@ -963,13 +994,14 @@ def _teardown(
     lines: list[str],
     *,
     drop_shared: bool,
+    graceful: bool,
 ) -> None:
     """Remove whatever exists of the box, in an order that works however much of it is already gone."""
-    _stop(paths, _nspawn_pids(paths, record), lines)
     derived = _net_names(cfg, name)
-    netns_names = {str(record.get("netns") or derived[0]), derived[0]}
-    veth_names = {str(record.get("veth") or derived[1]), derived[1]}
-    _remove_box_network(sorted(netns_names), sorted(veth_names), lines)
+    netns_names = sorted({str(record.get("netns") or derived[0]), derived[0]})
+    veth_names = sorted({str(record.get("veth") or derived[1]), derived[1]})
+    _stop(paths, _nspawn_pids(paths, record), netns_names, lines, graceful=graceful)
+    _remove_box_network(netns_names, veth_names, lines)
     existed = paths.dir.exists()
     if existed:
         _rmtree(paths.rootfs)  # the slow part, outside the network lock; box.json still holds the address

@@ -222,3 +222,71 @@ def test_installed_wheel_works_without_the_source_tree(inv: Path, box: Box, tmp_
     assert res.code == 0, res.err + res.out
     assert res.json()["hosts"][NAME]["failed"] == 0
     assert box.run("cat /etc/mailname")[1].strip() == NAME
+
+
+def test_non_root_user_deploys_through_sudo(inv: Path, box: Box, identity: Path) -> None:
+    pub = identity.with_name("id_ed25519.pub").read_text().strip()
+    box.run(
+        "id admin >/dev/null 2>&1 || useradd --create-home --shell /bin/bash admin; "
+        "install -d -m 700 -o admin -g admin /home/admin/.ssh; "
+        f"echo '{pub}' > /home/admin/.ssh/authorized_keys; chown admin: /home/admin/.ssh/authorized_keys; "
+        "echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/admin; chmod 440 /etc/sudoers.d/admin"
+    )
+    path = inv / f"{NAME}.toml"
+    original = path.read_text()
+    doc = tomlkit.parse(original)
+    doc["ssh"]["user"] = "admin"  # type: ignore[index]
+    path.write_text(tomlkit.dumps(doc))
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    template = override.read_text()
+    try:
+        override.write_text(template.replace("listen 8080;", "listen 8085;"))
+        res = deploy(inv, "--json")
+        assert res.code == 0, res.err + res.out
+        assert res.json()["hosts"][NAME]["changed"] == 2  # the file, and nginx reloaded
+        assert box.run(f"stat -c '%U %a' {NGINX_CONF}")[1].split() == ["root", "644"]
+        assert box.run("ls -a /home/admin")[1].count(".miab-remote-stage") == 0, "the staging folder is removed"
+        # Without passwordless sudo the error says so, and nothing changes.
+        box.run("rm /etc/sudoers.d/admin")
+        override.write_text(template)
+        res = deploy(inv, "--json")
+        assert res.code == 1
+        assert "cannot become root without a password" in res.json()["hosts"][NAME]["error"]
+        assert "listen 8085;" in box.run(f"cat {NGINX_CONF}")[1]
+    finally:
+        path.write_text(original)
+        override.write_text(template)
+    assert deploy(inv).code == 0
+
+
+def test_unsupported_os_is_refused_before_anything_changes(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    template = override.read_text()
+    before = box.sha256(NGINX_CONF)
+    box.run(
+        'rm /etc/os-release && printf \'ID=centos\\nVERSION_ID="7"\\nPRETTY_NAME="CentOS Linux 7"\\n\' > /etc/os-release'
+    )
+    try:
+        override.write_text(template.replace("listen 8080;", "listen 8086;"))
+        res = deploy(inv, "--json")
+        assert res.code == 1
+        error = res.json()["hosts"][NAME]["error"]
+        assert "unsupported OS 'CentOS Linux 7'" in error and "Debian 12 (bookworm) [debian-12]" in error
+        assert box.sha256(NGINX_CONF) == before
+    finally:
+        box.run("rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release")
+        override.write_text(template)
+    assert deploy(inv).code == 0
+
+
+def test_vanished_box_fails_in_bounded_time_with_a_clear_message(inv: Path, box: Box, tmp_path: Path) -> None:
+    # An address on the test bridge that no box holds: packets go nowhere, nothing leaves this machine.
+    other = tmp_path / "hosts"
+    other.mkdir()
+    doc = tomlkit.parse((inv / f"{NAME}.toml").read_text())
+    doc["address"] = "10.78.0.250"
+    (other / f"{NAME}.toml").write_text(tomlkit.dumps(doc))
+    res = cli(other, "deploy", NAME, "--json", "--connect-timeout", "2")
+    assert res.code == 1
+    assert "no answer from 10.78.0.250:22 within 2 s" in res.json()["hosts"][NAME]["error"]

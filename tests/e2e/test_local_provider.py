@@ -196,14 +196,14 @@ def test_ssh_pinned_host_key_and_system_running(boxes: dict[str, CreatedBox], op
             connect(box.address, generate_ed25519("other").public_line, operator).close()
         client = connect(box.address, box.host_key_public, operator)
         try:
-            rc, out, _ = run(client, "systemctl is-system-running --wait", timeout=90)
+            _rc, out, _ = run(client, "systemctl is-system-running --wait", timeout=90)
             assert out.strip() in ("running", "degraded"), out
             assert run(client, "hostname")[1].strip() == box.name
             assert run(client, "cat /etc/hostname")[1].strip() == box.name
             hosts = run(client, "getent hosts " + box.name)[1].split()
             assert hosts[0] == box.address
             # sshd serves only the key generated before boot; the image's shared keys are gone.
-            rc, out, _ = run(client, "ls /etc/ssh/ | grep ssh_host_; sshd -T | grep -i '^hostkey '")
+            _rc, out, _ = run(client, "ls /etc/ssh/ | grep ssh_host_; sshd -T | grep -i '^hostkey '")
             assert out.split() == [
                 "ssh_host_ed25519_key",
                 "ssh_host_ed25519_key.pub",
@@ -231,7 +231,7 @@ def test_machine_ids_differ(boxes: dict[str, CreatedBox], operator: KeyPair) -> 
 def test_boxes_reach_each_other(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
     a, b = boxes[BOX_A], boxes[BOX_B]
     probe = (
-        "python3 -c \"import socket,sys; s=socket.create_connection((sys.argv[1], 22), 3); "
+        'python3 -c "import socket,sys; s=socket.create_connection((sys.argv[1], 22), 3); '
         'print(s.recv(64).decode().strip())" '
     )
     for src, dst in ((a, b), (b, a)):
@@ -285,9 +285,53 @@ def test_running_box_cannot_be_created_again(
     assert local.status(BOX_A, config) == "running"
 
 
-def test_destroy_removes_everything_and_is_idempotent(
-    config: LocalConfig, boxes: dict[str, CreatedBox]
+def test_second_configuration_coexists(
+    config: LocalConfig, boxes: dict[str, CreatedBox], operator: KeyPair, tmp_path: Path
 ) -> None:
+    other = dataclasses.replace(
+        config,
+        state_dir=tmp_path / "state",
+        subnet=ipaddress.IPv4Network("10.79.1.0/24"),
+        bridge="miabtp1",
+    )
+    box = local.create(BOX_A, operator.public_line, other)  # same name, other configuration
+    try:
+        assert box.address == "10.79.1.2"
+        assert record(other, BOX_A)["netns"] != record(config, BOX_A)["netns"]
+        client = connect(box.address, box.host_key_public, operator)
+        try:
+            assert run(client, "hostname")[1].strip() == BOX_A
+        finally:
+            client.close()
+        assert nft_table_text(other) is not None
+    finally:
+        local.destroy(BOX_A, other)
+    assert not link_exists("miabtp1")
+    assert nft_table_text(other) is None
+    # The first configuration is untouched.
+    assert link_exists(BRIDGE)
+    assert nft_table_text(config) is not None
+    assert local.status(BOX_A, config) == "running"
+
+
+def test_subnet_colliding_with_a_host_route_is_refused(config: LocalConfig, operator: KeyPair, tmp_path: Path) -> None:
+    routes = json.loads(subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, check=True).stdout)
+    nets = [
+        ipaddress.IPv4Network(r["dst"], strict=False)
+        for r in routes
+        if r.get("dst") not in (None, "default") and not str(r.get("dev", "")).startswith("miab")
+    ]
+    nets = [n for n in nets if n.prefixlen <= 29]
+    if not nets:
+        pytest.skip("no host route of /29 or larger to collide with")
+    other = dataclasses.replace(config, state_dir=tmp_path / "state", subnet=nets[0], bridge="miabtp2")
+    with pytest.raises(ProviderError, match="collides with the host's route"):
+        local.create("collide.example.test", operator.public_line, other)
+    assert not link_exists("miabtp2")
+    assert local.list_boxes(other) == []
+
+
+def test_destroy_removes_everything_and_is_idempotent(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:
     records = {name: record(config, name) for name in boxes}
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -302,7 +346,20 @@ def test_destroy_removes_everything_and_is_idempotent(
     assert not link_exists(BRIDGE)
     assert nft_table_text(config) is None
     for name in boxes:
-        assert local.destroy(name, config) == [f"{name}: nothing to remove"]
+        assert local.destroy(name, config) == ["nothing to remove"]
+
+
+def test_boot_timeout_fails_clearly_and_cleans_up(config: LocalConfig, operator: KeyPair) -> None:
+    with pytest.raises(ProviderError, match="no SSH banner") as info:
+        local.create(BOX_DEAD, operator.public_line, config, boot_timeout=0)
+    assert "last lines of its console" in str(info.value)
+    assert local.status(BOX_DEAD, config) == "absent"
+    assert not (config.state_dir / BOX_DEAD).exists()
+    netns, veth = local._net_names(config, BOX_DEAD)
+    assert netns not in netns_list()
+    assert not link_exists(veth)
+    assert not link_exists(BRIDGE)
+    assert nft_table_text(config) is None
 
 
 def test_dead_box_is_cleaned_up_by_create_and_destroy(config: LocalConfig, operator: KeyPair) -> None:
@@ -341,4 +398,4 @@ def test_dead_box_is_cleaned_up_by_create_and_destroy(config: LocalConfig, opera
     assert_box_gone(config, BOX_DEAD, rec)
     assert not link_exists(BRIDGE)
     assert nft_table_text(config) is None
-    assert local.destroy(BOX_DEAD, config) == [f"{BOX_DEAD}: nothing to remove"]
+    assert local.destroy(BOX_DEAD, config) == ["nothing to remove"]

@@ -53,6 +53,7 @@ host_keys = [
     "{KEY}",  # the ed25519 key
 ]
 domains = [ "example.test" ,"example.net" ]
+options = {{ greylist_delay = 60 }}  # inline
 
 [ssh]
 user = "root"
@@ -236,8 +237,19 @@ password_hash = "{HASH}"
      f"{P}:5: users[0].password_hash: unsupported hash scheme {{PLAIN}}; accepted: {{SHA512-CRYPT}}$6$, "
      "{BLF-CRYPT}$2, {ARGON2ID}$argon2id$"),
     ("user-truncated-hash", HEAD + f'[[users]]\nemail = "bob@example.test"\npassword_hash = "{HASH[:-5]}"\n',
-     f"{P}:5: users[0].password_hash: malformed or truncated {{BLF-CRYPT}} hash; paste the whole hash "
-     "(for example from doveadm pw)"),
+     f"{P}:5: users[0].password_hash: malformed or truncated {{BLF-CRYPT}} hash; expected {{BLF-CRYPT}}$2..., "
+     "the whole hash (for example from doveadm pw)"),
+    ("user-scheme-without-crypt", HEAD + '[[users]]\nemail = "b@example.test"\npassword_hash = "{SHA512-CRYPT}x"\n',
+     f"{P}:5: users[0].password_hash: malformed or truncated {{SHA512-CRYPT}} hash; expected "
+     "{SHA512-CRYPT}$6$..., the whole hash (for example from doveadm pw)"),
+    ("user-email-newline", HEAD + '[[users]]\nemail = "b@example.test\\n"\npassword_hash = "x"\n',
+     f"{P}:4: users[0].email: 'b@example.test\\n' is not an email address\n"
+     f"{P}:5: users[0].password_hash: looks like a clear-text password (not shown); store a hash instead, "
+     "for example from `doveadm pw -s BLF-CRYPT`; accepted: {SHA512-CRYPT}$6$, {BLF-CRYPT}$2, "
+     "{ARGON2ID}$argon2id$"),
+    ("hostname-newline", 'hostname = "box1.example.test\\n"\naddress = "192.0.2.10"\n',
+     f"{P}:1: hostname: 'box1.example.test\\n' is not a fully qualified domain name; expected lower-case "
+     "labels joined by dots, like 'box1.example.org'"),
     ("user-quota", HEAD + f'[[users]]\nemail = "b@example.test"\npassword_hash = "{HASH}"\nquota = "2 GB"\n',
      f'{P}:6: users[0].quota: \'2 GB\' is not a quota; expected a size like "500M" or "2G" (suffix K, M, G '
      'or T), or "0" for none'),
@@ -660,10 +672,18 @@ def test_edit_keeps_untouched_text(hosts: Inventory) -> None:
     path = put(hosts, STYLED)
     with hosts.edit(NAME) as doc:
         doc["ssh"]["port"] = 2222
+        doc["options"]["dns"] = "external"
     after = path.read_text()
     changed = [(a, b) for a, b in zip(STYLED.splitlines(), after.splitlines(), strict=True) if a != b]
-    assert changed == [("port = 22   # non-standard later", "port = 2222   # non-standard later")]
-    assert hosts.load(NAME).ssh.port == 2222
+    assert changed == [
+        (
+            "options = { greylist_delay = 60 }  # inline",
+            'options = { greylist_delay = 60, dns = "external"}  # inline',  # tomlkit's spacing, its key
+        ),
+        ("port = 22   # non-standard later", "port = 2222   # non-standard later"),
+    ]
+    host = hosts.load(NAME)
+    assert (host.ssh.port, host.options["dns"], host.options["greylist_delay"]) == (2222, "external", 60)
 
 
 def test_edit_appending_keeps_everything_before(hosts: Inventory) -> None:
@@ -684,15 +704,15 @@ def test_edit_appending_keeps_everything_before(hosts: Inventory) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["ssh"].__setitem__("port", 0), f"{P}:11: ssh.port: 0 is out of range; accepted: 1..65535"),
+        (lambda d: d["ssh"].__setitem__("port", 0), f"{P}:12: ssh.port: 0 is out of range; accepted: 1..65535"),
         (lambda d: d.__setitem__("hostname", "other.example.test"), f"{P}:2: hostname: 'other.example.test' "
          "does not match the file name box1.example.test.toml; an inventory file is named after its box: "
          "other.example.test.toml"),
         (lambda d: d["users"].append({"email": "eve@example.test", "password_hash": "clear"}),
-         f"{P}:21: users[1].password_hash: looks like a clear-text password (not shown); store a hash instead, "
+         f"{P}:22: users[1].password_hash: looks like a clear-text password (not shown); store a hash instead, "
          "for example from `doveadm pw -s BLF-CRYPT`; accepted: {SHA512-CRYPT}$6$, {BLF-CRYPT}$2, "
          "{ARGON2ID}$argon2id$"),
-        (lambda d: d.__setitem__("colour", "blue"), f"{P}:8: colour: unknown key; accepted: hostname, address, "
+        (lambda d: d.__setitem__("colour", "blue"), f"{P}:9: colour: unknown key; accepted: hostname, address, "
          "provider, ssh, host_keys, os, domains, recipes, users, aliases, options"),
         (lambda d: d.remove("address"), f"{P}:1: address: required key is missing; expected an IP address or "
          "DNS name to reach the box at"),
@@ -752,26 +772,28 @@ def test_edit_of_a_file_with_a_syntax_error(hosts: Inventory) -> None:
 
 
 def test_edit_reads_the_current_file_inside_the_lock(hosts: Inventory) -> None:
-    """A writer that replaced the file while we waited for the lock is not overwritten with stale data."""
-    path = put(hosts, STYLED)
+    """A writer that changed the file while we waited for the lock is not overwritten with stale data."""
+    put(hosts, STYLED)
+    absolute = Inventory(hosts.root.resolve())  # the thread must not depend on the current folder
     entered = threading.Event()
 
     def slow_editor() -> None:
-        with hosts.edit(NAME) as doc:
+        with absolute.edit(NAME) as doc:
             entered.set()
             time.sleep(0.3)
             doc["os"] = "debian-12"
 
     worker = threading.Thread(target=slow_editor)
     worker.start()
-    assert entered.wait(5)
-    with hosts.edit(NAME) as doc:  # waits for slow_editor, then must see its change
-        assert doc["os"] == "debian-12"
-        doc["ssh"]["port"] = 2200
-    worker.join()
-    host = hosts.load(NAME)
+    try:
+        assert entered.wait(5)
+        with absolute.edit(NAME) as doc:  # waits for slow_editor, then must see its change
+            assert doc.get("os") == "debian-12"
+            doc["ssh"]["port"] = 2200
+    finally:
+        worker.join()
+    host = absolute.load(NAME)
     assert (host.os, host.ssh.port) == ("debian-12", 2200)
-    assert "os = " in path.read_text()
 
 
 CONCURRENT = 20
