@@ -8,6 +8,7 @@ the apply refuses to touch anything ("stale") and we probe and plan again.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 import uuid
 from collections.abc import Callable
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from miab_remote.diffing import Masker, plan_diff
-from miab_remote.errors import HostError, MiabError
+from miab_remote.errors import HostError, InputError, MiabError
 from miab_remote.inventory import Inventory
+from miab_remote.layout import mailbox_dir
 from miab_remote.model import Host
-from miab_remote.planner import Plan, plan, probe_spec
+from miab_remote.planner import Plan, plan, probe_spec, push_actions
 from miab_remote.profiles import DEBIAN_12, OSProfile, profile_by_id, profile_for_os_release
 from miab_remote.recipes import RecipeContext, load_resources, render_files
 from miab_remote.resources import Resource
@@ -92,13 +94,9 @@ def build(host: Host, profile: OSProfile, inventory_root: Path) -> tuple[list[Re
 
 def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: Progress) -> HostRun:
     """Converge one box; every failure ends up in the returned HostRun, never as an exception."""
-    run = HostRun(name)
-    start = time.monotonic()
-    transport: Transport | None = None
-    try:
-        host = inventory.load(name)
+
+    def job(host: Host, transport: Transport, run: HostRun) -> None:
         mask = secrets_of(host)
-        transport = Transport(host, connect_timeout=opts.connect_timeout)
         progress(name, "connecting")
         transport.connect()
         profile = (profile_by_id(host.os) if host.os else None) or DEBIAN_12
@@ -123,23 +121,13 @@ def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: 
             if opts.dry_run or not the_plan.actions:
                 run.actions = [ActionReport(a.resource, mask(a.why), "planned") for a in the_plan.actions]
                 run.changed = len(the_plan.changed_resources) if opts.dry_run else 0
-                break
+                return
             if _apply(transport, the_plan, rendered, opts, run, progress, mask):
-                break
+                return
             progress(name, "the box changed since it was read; reading it again")
-        else:
-            raise HostError(
-                f"{name}: the box kept changing under this deploy; is another tool writing to it?"
-            )
-    except MiabError as e:
-        run.error = str(e)
-        run.failed += 1
-    finally:
-        if transport is not None:
-            run.round_trips = transport.round_trips
-            transport.close()
-        run.seconds = time.monotonic() - start
-    return run
+        raise HostError(f"{name}: the box kept changing under this deploy; is another tool writing to it?")
+
+    return _with_transport(inventory, name, job, opts.connect_timeout)
 
 
 def _apply(
@@ -152,7 +140,6 @@ def _apply(
     mask: Masker,
 ) -> bool:
     """Stage and apply; False when the box changed since the probe (nothing was touched then)."""
-    name = run.name
     wire: list[dict[str, Any]] = []
     staged: dict[str, bytes] = {}
     for i, action in enumerate(the_plan.actions):
@@ -161,7 +148,7 @@ def _apply(
             item["staged"] = f"f{i}"
             staged[item["staged"]] = rendered[action.params["path"]]
         wire.append(item)
-    progress(name, f"staging {len(staged)} file(s)")
+    progress(run.name, f"staging {len(staged)} file(s)")
     with transport.sftp() as sftp:
         stage = f"{sftp.normalize('.')}/.miab-remote-stage-{uuid.uuid4().hex[:12]}"
         sftp.mkdir(stage, 0o700)
@@ -170,7 +157,21 @@ def _apply(
                 f.chmod(0o600)
                 f.set_pipelined(True)
                 f.write(data)
-    reports = [ActionReport(a.resource, mask(a.why), "skipped") for a in the_plan.actions]
+    return _run_apply(transport, wire, stage, opts.lock_timeout, run, progress, mask)
+
+
+def _run_apply(
+    transport: Transport,
+    wire: list[dict[str, Any]],
+    stage: str,
+    lock_timeout: float,
+    run: HostRun,
+    progress: Progress,
+    mask: Masker,
+) -> bool:
+    """Run the apply script over `wire` actions, following its events; False if the box was stale."""
+    name = run.name
+    reports = [ActionReport(a["resource"], mask(a["why"]), "skipped") for a in wire]
     state: dict[str, Any] = {"error": None, "stale": None, "lock": None}
 
     def on_line(line: bytes) -> None:
@@ -186,7 +187,7 @@ def _apply(
             reports[event["index"]].status = "changed" if event["changed"] else "unchanged"
         elif kind == "fail":
             reports[event["index"]].status = "failed"
-            state["error"] = f"{the_plan.actions[event['index']].resource}: {mask(event['error'])}"
+            state["error"] = f"{wire[event['index']]['resource']}: {mask(event['error'])}"
         elif kind == "stale":
             state["stale"] = event["path"]
         elif kind == "lock":
@@ -195,7 +196,7 @@ def _apply(
                 progress(name, "waiting: another deploy holds this box's lock")
 
     res = transport.run_script(
-        "apply", {"stage": stage, "lock_timeout": opts.lock_timeout, "actions": wire}, on_line=on_line
+        "apply", {"stage": stage, "lock_timeout": lock_timeout, "actions": wire}, on_line=on_line
     )
     lock = state["lock"]
     if lock and lock["state"] == "acquired":
@@ -205,7 +206,7 @@ def _apply(
         return False
     if res.exit_code == LOCK_TIMEOUT:
         raise HostError(
-            f"{name}: another deploy held this box's lock for more than {opts.lock_timeout:.0f} s; nothing was changed"
+            f"{name}: another deploy held this box's lock for more than {lock_timeout:.0f} s; nothing was changed"
         )
     run.actions = reports
     run.changed = len({r.resource for r in reports if r.status == "changed"})
@@ -213,3 +214,76 @@ def _apply(
         detail = state["error"] or mask(res.stderr.decode(errors="replace").strip()[-2000:])
         raise HostError(f"{name}: {detail}")
     return True
+
+
+def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRun:
+    """Push only what users and aliases change (maps, password file), in one round trip.
+
+    Call it while holding `inventory.lock(name)`, so that a push never sends an older inventory after a
+    newer one. The box compares and replaces under its deploy lock; unchanged files are not touched.
+    """
+
+    def job(host: Host, transport: Transport, run: HostRun) -> None:
+        profile = profile_by_id(host.os) if host.os else None
+        if profile is None:
+            raise HostError(f"{name}: never deployed (no os recorded); run `miab-remote deploy {name}` first")
+        resources, rendered = build(host, profile, inventory.root)
+        wire = push_actions(resources, rendered, "accounts")
+        if not wire:
+            run.notes.append("no recipe of this box renders users or aliases: nothing to push")
+            return
+        progress(name, "pushing users and aliases")
+        _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
+
+    return _with_transport(inventory, name, job)
+
+
+def purge_mailbox(inventory: Inventory, name: str, email: str, progress: Progress) -> HostRun:
+    """Delete a removed user's mailbox on the box (after the operator confirmed)."""
+
+    def job(host: Host, transport: Transport, run: HostRun) -> None:
+        if any(u.email == email.lower() for u in host.users):
+            raise InputError(f"{email} is still a user of {name}; remove it first")
+        path = mailbox_dir(email)
+        wire = [
+            {
+                "resource": f"mailbox:{email}",
+                "op": "command",
+                "why": f"delete {path}",
+                "run": f"rm -rf -- {shlex.quote(path)}",
+                "creates": None,
+                "unless": f"! test -e {shlex.quote(path)}",
+            }
+        ]
+        progress(name, f"deleting {path}")
+        _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
+
+    return _with_transport(inventory, name, job)
+
+
+def _private_stage() -> str:
+    # Pushes carry their content inline; the box stages it on tmpfs, readable by root only.
+    return f"/run/miab-remote/push-{uuid.uuid4().hex[:12]}"
+
+
+def _with_transport(
+    inventory: Inventory, name: str, job: Callable[[Host, Transport, HostRun], None], connect_timeout: float = 10.0
+) -> HostRun:
+    """Run `job` over one pinned connection; every failure ends up in the returned HostRun."""
+    run = HostRun(name)
+    start = time.monotonic()
+    transport: Transport | None = None
+    try:
+        host = inventory.load(name)
+        run.os = host.os
+        transport = Transport(host, connect_timeout=connect_timeout)
+        job(host, transport, run)
+    except MiabError as e:
+        run.error = str(e)
+        run.failed += 1
+    finally:
+        if transport is not None:
+            run.round_trips = transport.round_trips
+            transport.close()
+        run.seconds = time.monotonic() - start
+    return run

@@ -951,16 +951,29 @@ class Inventory:
         return self._read(name, self.path_for(name))
 
     @contextlib.contextmanager
-    def edit(self, name: str) -> Iterator[tomlkit.TOMLDocument]:
+    def lock(self, name: str, timeout: float = 120.0) -> Iterator[None]:
+        """Hold one box's inventory lock across several steps (an edit and the push that follows it, so
+        concurrent pushes never send an older inventory after a newer one). Use `edit(name, locked=True)`
+        inside it."""
+        path = self.path_for(name)
+        if not path.is_file():
+            raise self._unknown(name)
+        with fsutil.file_lock(self._lock_path(name), timeout=timeout, what=display_path(path)):
+            yield
+
+    @contextlib.contextmanager
+    def edit(self, name: str, locked: bool = False) -> Iterator[tomlkit.TOMLDocument]:
         """Change one box's file under its lock: validated before writing, comments and layout kept.
 
         The file is read inside the lock, so concurrent edits (threads or processes) never lose each
         other's changes. An exception in the caller's block, or an invalid result, writes nothing.
+        `locked=True` means the caller already holds `lock(name)`.
         """
         path = self.path_for(name)
         if not path.is_file():
             raise self._unknown(name)
-        with fsutil.file_lock(self._lock_path(name), what=display_path(path)):
+        held = contextlib.nullcontext() if locked else fsutil.file_lock(self._lock_path(name), what=display_path(path))
+        with held:
             old = self._read(name, path)
             document = parse_document(old, path)
             yield document

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RECIPES: tuple[str, ...] = ("base",)
+DEFAULT_RECIPES: tuple[str, ...] = ("base", "tls", "opendkim", "spamassassin", "dovecot", "postfix")
 
 
 @dataclass(frozen=True)

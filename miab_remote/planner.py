@@ -7,6 +7,7 @@ including the restart that a changed file will cause.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,20 +63,17 @@ def check_resources(resources: Sequence[Resource]) -> None:
         position[r.id] = i
     for i, r in enumerate(resources):
         if isinstance(r, Command):
-            guards = sum(bool(g) for g in (r.creates, r.unless, r.on_notify))
-            if guards != 1:
-                raise InputError(
-                    f"recipe error: {r.id} needs exactly one guard (creates, unless or on_notify), has {guards}"
-                )
+            if not (r.creates or r.unless or r.on_notify):
+                raise InputError(f"recipe error: {r.id} needs a guard (creates, unless or on_notify)")
+            if r.creates and r.unless:
+                raise InputError(f"recipe error: {r.id} has both creates and unless; use one")
         if isinstance(r, File) and r.template is not None and r.content is not None:
             raise InputError(f"recipe error: {r.id} has both a template and content")
         for target in getattr(r, "notify", ()):
             if target not in position:
                 raise InputError(f"recipe error: {r.id} notifies {target}, which no recipe declares")
             if position[target] < i:
-                raise InputError(
-                    f"recipe error: {r.id} notifies {target}, declared before it; declare it after"
-                )
+                raise InputError(f"recipe error: {r.id} notifies {target}, declared before it; declare it after")
             if not target.startswith(("service:", "command:")):
                 raise InputError(f"recipe error: {r.id} notifies {target}; only services and commands react")
             tr = resources[position[target]]
@@ -83,15 +81,11 @@ def check_resources(resources: Sequence[Resource]) -> None:
                 raise InputError(f"recipe error: {r.id} notifies {target}, which is not on_notify")
 
 
-def probe_spec(
-    resources: Sequence[Resource], rendered: Mapping[str, bytes], want_content: bool
-) -> dict[str, Any]:
+def probe_spec(resources: Sequence[Resource], rendered: Mapping[str, bytes], want_content: bool) -> dict[str, Any]:
     """What the single probe must read for these resources."""
     files = [r.path for r in resources if isinstance(r, File | Directory)]
     want = {
-        r.path: sha256(rendered[r.path])
-        for r in resources
-        if isinstance(r, File) and want_content and not r.secret
+        r.path: sha256(rendered[r.path]) for r in resources if isinstance(r, File) and want_content and not r.secret
     }
     guards: dict[str, dict[str, str]] = {}
     for r in resources:
@@ -157,9 +151,7 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
         elif isinstance(r, Directory):
             _plan_directory(out, r, facts.get("files", {}).get(r.path, {"exists": False}), changed)
         elif isinstance(r, File):
-            _plan_file(
-                out, r, rendered[r.path], facts.get("files", {}).get(r.path, {"exists": False}), changed
-            )
+            _plan_file(out, r, rendered[r.path], facts.get("files", {}).get(r.path, {"exists": False}), changed)
         elif isinstance(r, Service):
             _plan_service(
                 out, r, facts.get("services", {}).get(r.name), bool(installing), notifiers, changed, resources
@@ -183,9 +175,7 @@ def _plan_packages(out: Plan, installing: list[str], removing: list[str], lists_
             )
         )
     if removing:
-        out.actions.append(
-            Action("packages", "apt_remove", "remove " + " ".join(removing), {"packages": removing})
-        )
+        out.actions.append(Action("packages", "apt_remove", "remove " + " ".join(removing), {"packages": removing}))
 
 
 def _plan_user(out: Plan, r: User, fact: Mapping[str, Any] | None, changed: set[str]) -> None:
@@ -212,9 +202,7 @@ def _plan_user(out: Plan, r: User, fact: Mapping[str, Any] | None, changed: set[
     if missing:
         diffs.append("add to groups " + ",".join(missing))
     if diffs:
-        out.actions.append(
-            Action(r.id, "user", f"user {r.name}: " + ", ".join(diffs), {**params, "create": False})
-        )
+        out.actions.append(Action(r.id, "user", f"user {r.name}: " + ", ".join(diffs), {**params, "create": False}))
         changed.add(r.id)
     else:
         out.unchanged.append(Skip(r.id, f"exists (uid {fact['uid']}), home, shell and groups as declared"))
@@ -245,9 +233,7 @@ def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed
         "secret": r.secret,
     }
     if not fact.get("exists"):
-        out.actions.append(
-            Action(r.id, "file", f"create {r.path}", {**params, "content": True, "expect": None})
-        )
+        out.actions.append(Action(r.id, "file", f"create {r.path}", {**params, "content": True, "expect": None}))
         changed.add(r.id)
         return
     if fact.get("type") != "file":
@@ -265,9 +251,7 @@ def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed
         )
         changed.add(r.id)
     else:
-        out.unchanged.append(
-            Skip(r.id, f"content identical (sha256 {digest[:12]}), {r.mode:04o} {r.owner}:{r.group}")
-        )
+        out.unchanged.append(Skip(r.id, f"content identical (sha256 {digest[:12]}), {r.mode:04o} {r.owner}:{r.group}"))
 
 
 def _plan_service(
@@ -282,14 +266,10 @@ def _plan_service(
     by = [n for n in notifiers.get(r.id, []) if n in changed]
     known = fact is not None and fact.get("load") == "loaded"
     if not known and not installing:
-        raise PlanError(
-            f"service {r.name} does not exist on the box (no systemd unit) and no package installs it"
-        )
+        raise PlanError(f"service {r.name} does not exist on the box (no systemd unit) and no package installs it")
     active = known and fact is not None and fact.get("active") == "active"
     enabled = (
-        known
-        and fact is not None
-        and fact.get("enabled") in ("enabled", "static", "alias", "indirect", "generated")
+        known and fact is not None and fact.get("enabled") in ("enabled", "static", "alias", "indirect", "generated")
     )
     todo = []
     params: dict[str, Any] = {
@@ -321,26 +301,87 @@ def _plan_service(
         changed.add(r.id)
     else:
         state = "running" if active else "stopped"
-        out.unchanged.append(
-            Skip(r.id, f"{state}, {'enabled' if enabled else 'disabled'}, no notifying change")
-        )
+        out.unchanged.append(Skip(r.id, f"{state}, {'enabled' if enabled else 'disabled'}, no notifying change"))
 
 
 def _plan_command(
     out: Plan, r: Command, guard: bool | None, notifiers: Mapping[str, list[str]], changed: set[str]
 ) -> None:
-    params = {"run": r.run, "creates": r.creates, "unless": r.unless}
-    if r.on_notify:
-        by = [n for n in notifiers.get(r.id, []) if n in changed]
-        if not by:
-            out.unchanged.append(Skip(r.id, "not notified: nothing it depends on changed"))
-            return
+    by = [n for n in notifiers.get(r.id, []) if n in changed] if r.on_notify else []
+    if by:
+        # Notified: runs whatever its guard says (the guard is for runs where nothing it depends on changed).
+        params = {"run": r.run, "creates": None, "unless": None}
         out.actions.append(Action(r.id, "command", f"run {r.name} (changed: {', '.join(by)})", params))
+    elif not (r.creates or r.unless):
+        out.unchanged.append(Skip(r.id, "not notified: nothing it depends on changed"))
+        return
     elif guard:
         why = f"{r.creates} exists" if r.creates else f"guard `{r.unless}` succeeded"
-        out.unchanged.append(Skip(r.id, why))
+        out.unchanged.append(Skip(r.id, why + (", and nothing it depends on changed" if r.on_notify else "")))
         return
     else:
         why = f"{r.creates} is missing" if r.creates else f"guard `{r.unless}` failed"
+        # The box checks the guard again just before running: an earlier step may have satisfied it.
+        params = {"run": r.run, "creates": r.creates, "unless": r.unless}
         out.actions.append(Action(r.id, "command", f"run {r.name} ({why})", params))
     changed.add(r.id)
+
+
+def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], tag: str) -> list[dict[str, Any]]:
+    """Wire actions for a targeted push without a probe: the files tagged `tag` with their content inline,
+    then what they notify, each marked to run only if a notifier really changed on the box. The box
+    decides (under its lock) what differs, so one round trip is enough and nothing unchanged is touched."""
+    check_resources(resources)
+    members = {r.id for r in resources if isinstance(r, File) and tag in r.tags}
+    for r in resources:  # notify targets come after their notifiers, so one pass closes the set
+        if r.id in members:
+            members.update(getattr(r, "notify", ()))
+    wire: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    for r in resources:
+        if r.id not in members:
+            continue
+        by = [index[n.id] for n in resources if n.id in index and r.id in getattr(n, "notify", ())]
+        if isinstance(r, File):
+            data = rendered[r.path]
+            item = {
+                "op": "file",
+                "why": f"update {r.path}",
+                "path": r.path,
+                "mode": r.mode,
+                "owner": r.owner,
+                "group": r.group,
+                "sha256": sha256(data),
+                "secret": r.secret,
+                "content": True,
+                "expect": "*",
+                "inline": base64.b64encode(data).decode(),
+            }
+        elif isinstance(r, Service):
+            files = [n.path for n in resources if isinstance(n, File) and n.id in members and r.id in n.notify]
+            verb = "reload" if r.reload else "restart"
+            item = {
+                "op": "service",
+                "why": f"{verb} {r.name}",
+                "name": r.name,
+                "running": r.running,
+                "enabled": r.enabled,
+                "restart": verb,
+                "validator": r.validator,
+                "rollback": files,
+                "if_changed": by,
+            }
+        elif isinstance(r, Command):
+            item = {
+                "op": "command",
+                "why": f"run {r.name}",
+                "run": r.run,
+                "creates": None,
+                "unless": None,
+                "if_changed": by,
+            }
+        else:
+            continue
+        index[r.id] = len(wire)
+        wire.append({"resource": r.id, **item})
+    return wire

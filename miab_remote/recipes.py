@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from miab_remote import layout
 from miab_remote.errors import InputError
 from miab_remote.model import Host
 from miab_remote.paths import builtin_dir
@@ -29,7 +30,7 @@ class RecipeContext:
     profile: OSProfile
 
     def template_vars(self) -> dict[str, Any]:
-        return {"host": self.host, "profile": self.profile, "options": self.host.options}
+        return {"host": self.host, "profile": self.profile, "options": self.host.options, "layout": layout}
 
 
 def find_recipe(name: str, inventory_root: Path) -> Path:

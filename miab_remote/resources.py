@@ -47,6 +47,8 @@ class File:
     group: str = "root"
     notify: tuple[str, ...] = ()
     secret: bool = False
+    # "accounts": rendered from users and aliases, so `user add` and `alias add` push it on its own.
+    tags: tuple[str, ...] = ()
     context: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -98,8 +100,10 @@ class User:
 class Command:
     """A shell command run as root, guarded so that a converged box skips it.
 
-    Exactly one guard: `creates` (skip when that path exists), `unless` (a read-only shell test; skip when
-    it exits 0) or `on_notify` (run only when a resource that notifies it changed).
+    `creates` skips it while that path exists; `unless` skips it while a read-only shell test exits 0
+    (use one of the two). `on_notify` runs it whenever a resource that notifies it changed, and, with
+    `creates` or `unless`, also when its guard says it is missing ("rebuild when the source changed or
+    the output is gone").
     """
 
     name: str

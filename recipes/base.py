@@ -1,11 +1,12 @@
-"""The base every box gets: its name, as mail software reads it."""
+"""The base every box gets: its name as mail software reads it, and the state tree."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from miab_remote import layout
 from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, File, Resource
+from miab_remote.resources import Command, Directory, File, Resource
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:
@@ -14,3 +15,5 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     yield Command("set-hostname", run="hostname -F /etc/hostname", on_notify=True)
     # postfix and other MTAs take the name they announce from /etc/mailname.
     yield File("/etc/mailname", content=f"{name}\n")
+    yield Directory(layout.STATE, mode=0o755)
+    yield Directory(f"{layout.STATE}/mail", mode=0o755)

@@ -190,42 +190,43 @@ def create(
     check_requirements()
     paths = _paths(cfg, name)
 
+    netns, veth = _net_names(cfg, name)
     with _box_lock(cfg, name):
-        record = _read_record(paths)
-        if record is not None or paths.dir.exists():
-            if _nspawn_pids(paths, record or {}):
-                raise ProviderError(
-                    f"{name}: already exists and is running; destroy it first (miab-remote destroy {name})"
-                )
+        old_record = _read_record(paths)
+        if old_record is not None or paths.dir.exists() or _netns_exists(netns) or _link_exists(veth):
+            if _nspawn_pids(paths, old_record or {}):
+                raise ProviderError(f"already exists and is running; destroy it first (miab-remote destroy {name})")
             say("cleaning up what a dead box of the same name left behind")
-            _teardown(cfg, name, paths, record or {}, [], drop_shared=False, graceful=False)
+            _teardown(cfg, name, paths, old_record or {}, [], drop_shared=False, graceful=False)
 
         host_key = generate_ed25519(f"root@{name}")
-        netns, veth = _net_names(cfg, name)
-        with _network_lock(cfg):
-            _check_subnet_free(cfg)
-            address = _allocate_address(cfg)
-            paths.dir.mkdir(mode=0o700)
-            record = {
-                "name": name,
-                "os": OS_NAME,
-                "address": str(address),
-                "prefixlen": cfg.subnet.prefixlen,
-                "gateway": str(cfg.gateway),
-                "bridge": cfg.bridge,
-                "nft_table": cfg.nft_table,
-                "netns": netns,
-                "veth": veth,
-                "rootfs": str(paths.rootfs),
-                "host_key_public": host_key.public_line,
-                "pid": None,
-                "created": _now(),
-            }
-            _write_record(paths, record)
-            say(f"preparing bridge {cfg.bridge} ({cfg.gateway}/{cfg.subnet.prefixlen}) and NAT")
-            _ensure_host_network(cfg)
-
+        record: dict[str, Any] = {}
+        claimed = False  # from here on, what exists is ours to undo
         try:
+            with _network_lock(cfg):
+                _check_subnet_free(cfg)
+                address = _allocate_address(cfg)
+                paths.dir.mkdir(mode=0o700)
+                claimed = True
+                record = {
+                    "name": name,
+                    "os": OS_NAME,
+                    "address": str(address),
+                    "prefixlen": cfg.subnet.prefixlen,
+                    "gateway": str(cfg.gateway),
+                    "bridge": cfg.bridge,
+                    "nft_table": cfg.nft_table,
+                    "netns": netns,
+                    "veth": veth,
+                    "rootfs": str(paths.rootfs),
+                    "host_key_public": host_key.public_line,
+                    "pid": None,
+                    "created": _now(),
+                }
+                _write_record(paths, record)
+                say(f"preparing bridge {cfg.bridge} ({cfg.gateway}/{cfg.subnet.prefixlen}) and NAT")
+                _ensure_host_network(cfg)
+
             cache = _ensure_rootfs_cache(cfg, say)
             say("copying the root filesystem")
             _run(["cp", "-a", "--reflink=auto", str(cache), str(paths.rootfs)], timeout=900)
@@ -240,13 +241,21 @@ def create(
             _write_record(paths, record)
             say(f"waiting for SSH on {address}")
             _wait_for_ssh(paths, name, str(address), pid, boot_timeout)
-        except BaseException:
+        except BaseException as exc:
             # Leave nothing half made: a failed create undoes itself.
-            with contextlib.suppress(Exception):
-                _teardown(cfg, name, paths, record, [], drop_shared=True, graceful=False)
+            if claimed:
+                try:
+                    _teardown(cfg, name, paths, record, [], drop_shared=True, graceful=False)
+                except Exception as cleanup:
+                    if isinstance(exc, MiabError):
+                        raise ProviderError(
+                            f"{exc}\n(cleaning up also failed: {cleanup}; run `miab-remote destroy {name}`)"
+                        ) from exc
+            if isinstance(exc, OSError):
+                raise ProviderError(str(exc)) from exc
             raise
 
-    say(f"{name} is up at {address}")
+    say(f"up at {address}")
     return CreatedBox(name=name, address=str(address), host_key_public=host_key.public_line)
 
 
@@ -259,7 +268,10 @@ def destroy(name: str, config: LocalConfig | None = None) -> list[str]:
     paths = _paths(cfg, name)
     lines: list[str] = []
     with _box_lock(cfg, name):
-        _teardown(cfg, name, paths, _read_record(paths) or {}, lines, drop_shared=True, graceful=True)
+        try:
+            _teardown(cfg, name, paths, _read_record(paths) or {}, lines, drop_shared=True, graceful=True)
+        except OSError as exc:
+            raise ProviderError(str(exc)) from exc
     return lines or ["nothing to remove"]
 
 
@@ -358,27 +370,29 @@ def _lock_dir(cfg: LocalConfig) -> Path:
 
 
 @contextlib.contextmanager
-def _box_lock(cfg: LocalConfig, name: str) -> Iterator[None]:
+def _locked(path: Path, timeout: float, what: str, hint: str = "") -> Iterator[None]:
+    """fsutil.file_lock, with only a failure to take the lock turned into a ProviderError (not the body's)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout=timeout, what=what))
+        except MiabError as exc:
+            raise ProviderError(f"{exc}{hint}") from None
+        yield
+
+
+def _box_lock(cfg: LocalConfig, name: str) -> contextlib.AbstractContextManager[None]:
     """One create or destroy per box at a time; flock dies with its process, so a killed run never blocks."""
-    try:
-        with file_lock(_lock_dir(cfg) / f"{name}.lock", timeout=BOX_LOCK_TIMEOUT, what=f"box {name}"):
-            yield
-    except ProviderError:
-        raise
-    except MiabError as exc:
-        raise ProviderError(f"{exc} (another create or destroy of this box is running)") from None
+    return _locked(
+        _lock_dir(cfg) / f"box-{name}.lock",
+        BOX_LOCK_TIMEOUT,
+        f"box {name}",
+        " (another create or destroy of this box is running)",
+    )
 
 
-@contextlib.contextmanager
-def _network_lock(cfg: LocalConfig) -> Iterator[None]:
+def _network_lock(cfg: LocalConfig) -> contextlib.AbstractContextManager[None]:
     """Serialises address allocation and the shared bridge/nft state between parallel runs."""
-    try:
-        with file_lock(_lock_dir(cfg) / "network.lock", timeout=NETWORK_LOCK_TIMEOUT, what="the local boxes' network"):
-            yield
-    except ProviderError:
-        raise
-    except MiabError as exc:
-        raise ProviderError(str(exc)) from None
+    return _locked(_lock_dir(cfg) / "network.lock", NETWORK_LOCK_TIMEOUT, "the local boxes' network")
 
 
 # --------------------------------------------------------------------------- commands
@@ -438,7 +452,7 @@ def _rootfs_lock(lock: Path, say: Progress) -> Iterator[None]:
             stack.enter_context(file_lock(lock, timeout=0, what=what))
         except MiabError:
             say("waiting for another miab-remote that is building the root filesystem")
-            stack.enter_context(file_lock(lock, timeout=ROOTFS_LOCK_TIMEOUT, what=what))
+            stack.enter_context(_locked(lock, ROOTFS_LOCK_TIMEOUT, what))
         yield
 
 
@@ -449,57 +463,62 @@ def _ensure_rootfs_cache(cfg: LocalConfig, say: Progress) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
-    try:
-        with _rootfs_lock(lock, say):
-            if target.exists():
-                if _rootfs_complete(target):
-                    return target
-                raise ProviderError(f"{target}: the root filesystem cache is incomplete; remove it and retry")
-            for stale in target.parent.glob(f".{target.name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)  # a build that was killed
-            say("building the Debian 12 root filesystem (once, ~1 min)")
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-            try:
-                tmp.chmod(0o755)
-                env = dict(os.environ)
-                if cfg.apt_proxy:
-                    env["http_proxy"] = cfg.apt_proxy
-                _run(
-                    [
-                        "debootstrap",
-                        "--variant=minbase",
-                        f"--include={','.join(ROOTFS_PACKAGES)}",
-                        SUITE,
-                        str(tmp),
-                        cfg.mirror,
-                    ],
-                    timeout=1800,
-                    env=env,
-                )
-                if not _rootfs_complete(tmp):
-                    raise ProviderError(f"debootstrap finished but {tmp} lacks sshd or systemd")
-                tmp.rename(target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-    except ProviderError:
-        raise
-    except MiabError as exc:
-        raise ProviderError(str(exc)) from None
+    with _rootfs_lock(lock, say):
+        if target.exists():
+            if _rootfs_complete(target):
+                return target
+            raise ProviderError(f"{target}: the root filesystem cache is incomplete; remove it and retry")
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a build that was killed
+        say("building the Debian 12 root filesystem (once, ~1 min)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            tmp.chmod(0o755)
+            env = dict(os.environ)
+            if cfg.apt_proxy:
+                env["http_proxy"] = cfg.apt_proxy
+            _run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(ROOTFS_PACKAGES)}",
+                    SUITE,
+                    str(tmp),
+                    cfg.mirror,
+                ],
+                timeout=1800,
+                env=env,
+            )
+            if not _rootfs_complete(tmp):
+                raise ProviderError(f"debootstrap finished but {tmp} lacks sshd or systemd")
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
 
 
+def _tree_dir(root: Path, relative: str) -> Path:
+    """A folder of the box's tree, made if missing; refused if any part of it is a symlink.
+
+    We write as root on the host: a symlink in the tree (say /etc -> /etc) would send our writes
+    to the host's own files.
+    """
+    folder = root
+    for part in Path(relative).parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise ProviderError(f"{folder} is a symlink in the box's tree; refusing to write through it")
+        if not folder.exists():
+            folder.mkdir(mode=0o755)
+    return folder
+
+
 def _put(root: Path, relative: str, data: str | bytes, mode: int) -> None:
-    """Write a file inside the box's tree, never through a symlink that could point at the host's files."""
-    parent = root
-    for part in Path(relative).parent.parts:
-        parent = parent / part
-        if parent.is_symlink():
-            raise ProviderError(f"{parent} is a symlink in the box's tree; refusing to write through it")
-        if not parent.exists():
-            parent.mkdir(mode=0o755)
+    """Write a file inside the box's tree, never through a symlink."""
+    folder = _tree_dir(root, str(Path(relative).parent))
     payload = data.encode() if isinstance(data, str) else data
-    atomic_write(root / relative, payload, mode)  # replaces a symlink at the target itself, never follows it
+    atomic_write(folder / Path(relative).name, payload, mode)  # replaces a symlink there, never follows it
 
 
 def _security_mirror(mirror: str) -> str:
@@ -552,7 +571,8 @@ def _prepare_rootfs(
     )
     machine_id = secrets.token_hex(16) + "\n"
     _put(root, "etc/machine-id", machine_id, 0o444)
-    if (root / "var/lib/dbus/machine-id").exists() and not (root / "var/lib/dbus/machine-id").is_symlink():
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.is_file() and not dbus_id.is_symlink():  # a copy, not the usual symlink: keep it in step
         _put(root, "var/lib/dbus/machine-id", machine_id, 0o444)
 
     nameservers = _host_nameservers()
@@ -567,17 +587,17 @@ def _prepare_rootfs(
         f"deb {cfg.mirror} {SUITE} main\ndeb {cfg.mirror} {SUITE}-updates main\ndeb {security} {SUITE}-security main\n",
         0o644,
     )
-    proxy_conf = root / "etc/apt/apt.conf.d/90miab-remote-proxy"
+    proxy_conf = "etc/apt/apt.conf.d/90miab-remote-proxy"
     if cfg.apt_proxy:
-        _put(root, str(proxy_conf.relative_to(root)), f'Acquire::http::Proxy "{cfg.apt_proxy}";\n', 0o644)
+        _put(root, proxy_conf, f'Acquire::http::Proxy "{cfg.apt_proxy}";\n', 0o644)
     else:
-        proxy_conf.unlink(missing_ok=True)
+        (_tree_dir(root, "etc/apt/apt.conf.d") / Path(proxy_conf).name).unlink(missing_ok=True)
 
     _put(root, "root/.ssh/authorized_keys", authorized_key + "\n", 0o600)
-    (root / "root/.ssh").chmod(0o700)
+    _tree_dir(root, "root/.ssh").chmod(0o700)
 
     # Only the key generated here may be served: the cached tree's keys are shared by every box.
-    ssh_dir = root / "etc/ssh"
+    ssh_dir = _tree_dir(root, "etc/ssh")
     for old in ssh_dir.glob("ssh_host_*"):
         old.unlink()
     _put(root, "etc/ssh/ssh_host_ed25519_key", host_key.private_openssh, 0o600)
@@ -597,12 +617,8 @@ def _enable_sshd(root: Path) -> None:
     """Start sshd at boot the way `systemctl enable ssh` would (no systemctl runs outside the box)."""
     if not any((root / p).is_file() for p in ("usr/lib/systemd/system/ssh.service", "lib/systemd/system/ssh.service")):
         raise ProviderError(f"{root}: openssh-server is not installed in the root filesystem")
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    for directory in (root / "etc/systemd/system", wants):
-        if directory.is_symlink():
-            raise ProviderError(f"{directory} is a symlink in the box's tree; refusing to write through it")
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    for link in (wants / "ssh.service", root / "etc/systemd/system/sshd.service"):
+    wants = _tree_dir(root, "etc/systemd/system/multi-user.target.wants")
+    for link in (wants / "ssh.service", wants.parent / "sshd.service"):
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("/lib/systemd/system/ssh.service")
@@ -962,13 +978,13 @@ def _wait_for_ssh(paths: _BoxPaths, name: str, address: str, pid: int, timeout: 
     while True:
         if not _is_nspawn_of(pid, paths.rootfs):
             raise ProviderError(
-                f"{name}: systemd-nspawn exited while booting; last lines of its console:\n{_console_tail(paths)}"
+                f"systemd-nspawn exited while booting; last lines of its console:\n{_console_tail(paths)}"
             )
         if _ssh_banner(address):
             return
         if time.monotonic() >= deadline:
             raise ProviderError(
-                f"{name}: no SSH banner from {address}:22 after {timeout:.0f} s; "
+                f"no SSH banner from {address}:22 after {timeout:.0f} s; "
                 f"last lines of its console:\n{_console_tail(paths)}"
             )
         time.sleep(0.3)
@@ -986,6 +1002,10 @@ def _rmtree(path: Path) -> None:
         raise ProviderError(f"could not remove {path}: {exc}") from None
 
 
+def _ours(value: object, prefix: str) -> list[str]:
+    return [value] if isinstance(value, str) and re.fullmatch(re.escape(prefix) + "[0-9a-f]{10}", value) else []
+
+
 def _teardown(
     cfg: LocalConfig,
     name: str,
@@ -998,8 +1018,9 @@ def _teardown(
 ) -> None:
     """Remove whatever exists of the box, in an order that works however much of it is already gone."""
     derived = _net_names(cfg, name)
-    netns_names = sorted({str(record.get("netns") or derived[0]), derived[0]})
-    veth_names = sorted({str(record.get("veth") or derived[1]), derived[1]})
+    # Recorded names are used only if they have the shape we give them: never delete a host's eth0.
+    netns_names = sorted({derived[0], *_ours(record.get("netns"), "miab-")})
+    veth_names = sorted({derived[1], *_ours(record.get("veth"), "vmb-")})
     _stop(paths, _nspawn_pids(paths, record), netns_names, lines, graceful=graceful)
     _remove_box_network(netns_names, veth_names, lines)
     existed = paths.dir.exists()

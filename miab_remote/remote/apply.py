@@ -5,6 +5,7 @@
 # reports "stale" and changes nothing), keeps a backup of every replaced file, and puts those back when a
 # service's validator rejects the new configuration, leaving the running service untouched.
 # stdlib only, Python >= 3.8.
+import base64
 import fcntl
 import grp
 import hashlib
@@ -86,6 +87,18 @@ def set_meta(path, mode, owner, group):
     os.chmod(path, mode)
 
 
+def meta_matches(path, a):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (
+        (st.st_mode & 0o7777) == a["mode"]
+        and pwd.getpwuid(st.st_uid).pw_name == a["owner"]
+        and grp.getgrgid(st.st_gid).gr_name == a["group"]
+    )
+
+
 def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -158,7 +171,13 @@ class Runner:
 
     def file(self, a):
         path = a["path"]
+        if a["expect"] == "*" and sha256_of(path) == a["sha256"] and meta_matches(path, a):
+            return False  # a push: decided here, under the lock, from the box's current state
         if a["content"]:
+            if "inline" in a:
+                a["staged"] = "inline-" + hashlib.sha256(path.encode()).hexdigest()[:16]
+                with open(os.path.join(self.stage, a["staged"]), "wb") as f:
+                    f.write(base64.b64decode(a["inline"]))
             staged = os.path.join(self.stage, a["staged"])
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
@@ -250,18 +269,14 @@ class Runner:
 
 def stale_files(actions):
     for a in actions:
-        if a["op"] == "file" and a.get("content") and sha256_of(a["path"]) != a["expect"]:
+        if a["op"] == "file" and a.get("content") and a["expect"] != "*" and sha256_of(a["path"]) != a["expect"]:
             return a["path"]
     return None
 
 
-def main():
-    spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
-    t = threading.Thread(target=heartbeat, daemon=True)
-    t.start()
-    runner = Runner(spec["stage"])
+def take_lock(timeout):
     lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
-    waited = time.monotonic()
+    started = time.monotonic()
     told = False
     while True:
         try:
@@ -271,28 +286,46 @@ def main():
             if not told:
                 emit(event="lock", state="waiting")
                 told = True
-            if time.monotonic() - waited > spec["lock_timeout"]:
-                emit(event="lock", state="timeout", seconds=round(time.monotonic() - waited, 1))
+            if time.monotonic() - started > timeout:
+                emit(event="lock", state="timeout", seconds=round(time.monotonic() - started, 1))
                 sys.exit(3)
             time.sleep(0.2)
     if told:
-        emit(event="lock", state="acquired", seconds=round(time.monotonic() - waited, 1))
+        emit(event="lock", state="acquired", seconds=round(time.monotonic() - started, 1))
+
+
+def run_actions(runner, actions):
+    changed_indices = set()
+    for i, a in enumerate(actions):
+        # A push decides notifications here: a service or command runs only if what notifies it changed.
+        if "if_changed" in a and not changed_indices.intersection(a["if_changed"]):
+            emit(event="done", index=i, changed=False)
+            continue
+        emit(event="start", index=i)
+        try:
+            changed = getattr(runner, a["op"])(a)
+        except Failed as e:
+            emit(event="fail", index=i, error=str(e))
+            sys.exit(1)
+        except Exception as e:
+            emit(event="fail", index=i, error=f"{type(e).__name__}: {e}")
+            sys.exit(1)
+        if changed:
+            changed_indices.add(i)
+        emit(event="done", index=i, changed=bool(changed))
+
+
+def main():
+    spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    threading.Thread(target=heartbeat, daemon=True).start()
+    os.makedirs(spec["stage"], mode=0o700, exist_ok=True)
     try:
+        take_lock(spec["lock_timeout"])
         stale = stale_files(spec["actions"])
         if stale:
             emit(event="stale", path=stale)
             sys.exit(75)
-        for i, a in enumerate(spec["actions"]):
-            emit(event="start", index=i)
-            try:
-                changed = getattr(runner, a["op"])(a)
-            except Failed as e:
-                emit(event="fail", index=i, error=str(e))
-                sys.exit(1)
-            except Exception as e:
-                emit(event="fail", index=i, error=f"{type(e).__name__}: {e}")
-                sys.exit(1)
-            emit(event="done", index=i, changed=bool(changed))
+        run_actions(Runner(spec["stage"]), spec["actions"])
         emit(event="end")
     finally:
         shutil.rmtree(spec["stage"], ignore_errors=True)

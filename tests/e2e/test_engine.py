@@ -265,7 +265,8 @@ def test_unsupported_os_is_refused_before_anything_changes(inv: Path, box: Box) 
     template = override.read_text()
     before = box.sha256(NGINX_CONF)
     box.run(
-        'rm /etc/os-release && printf \'ID=centos\\nVERSION_ID="7"\\nPRETTY_NAME="CentOS Linux 7"\\n\' > /etc/os-release'
+        "rm /etc/os-release && "
+        'printf \'ID=centos\\nVERSION_ID="7"\\nPRETTY_NAME="CentOS Linux 7"\\n\' > /etc/os-release'
     )
     try:
         override.write_text(template.replace("listen 8080;", "listen 8086;"))

@@ -34,6 +34,10 @@ pytestmark = pytest.mark.e2e
 STATE_DIR = Path("/var/lib/miab-remote/test-provider")
 SUBNET = ipaddress.IPv4Network("10.79.0.0/24")
 BRIDGE = "miabtp0"
+# A second configuration that must coexist with the first.
+OTHER_STATE_DIR = Path("/var/lib/miab-remote/test-provider-2")
+OTHER_SUBNET = ipaddress.IPv4Network("10.79.1.0/24")
+OTHER_BRIDGE = "miabtp1"
 BOX_A = "tpa.example.test"
 BOX_B = "tpb.example.test"
 BOX_DEAD = "tpdead.example.test"
@@ -123,12 +127,21 @@ def config() -> Iterator[LocalConfig]:
         pytest.skip(str(exc))
     # The machine's mirror, apt proxy and rootfs cache; our own state dir, subnet and bridge.
     cfg = dataclasses.replace(LocalConfig.from_env(), state_dir=STATE_DIR, subnet=SUBNET, bridge=BRIDGE)
-    for name in local.list_boxes(cfg):  # leftovers of an earlier, interrupted run
-        local.destroy(name, cfg)
-    for name in (BOX_A, BOX_B, BOX_DEAD):
-        local.destroy(name, cfg)
+    clean(cfg)  # leftovers of an earlier, interrupted run
     yield cfg
-    for name in local.list_boxes(cfg):
+    clean(cfg)
+
+
+@pytest.fixture(scope="module")
+def other_config(config: LocalConfig) -> Iterator[LocalConfig]:
+    cfg = dataclasses.replace(config, state_dir=OTHER_STATE_DIR, subnet=OTHER_SUBNET, bridge=OTHER_BRIDGE)
+    clean(cfg)
+    yield cfg
+    clean(cfg)
+
+
+def clean(cfg: LocalConfig) -> None:
+    for name in {*local.list_boxes(cfg), BOX_A, BOX_B, BOX_DEAD}:
         local.destroy(name, cfg)
 
 
@@ -168,6 +181,87 @@ def test_invalid_names_are_refused(config: LocalConfig, operator: KeyPair) -> No
             local.create(bad, operator.public_line, config)
     with pytest.raises(InputError):
         local.create("ok.example.test", "not a key", config)
+
+
+def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MIAB_REMOTE_LOCAL_DIR", "MIAB_REMOTE_CACHE_DIR", "MIAB_REMOTE_LOCAL_SUBNET", "MIAB_REMOTE_APT_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_BRIDGE", "miabx0")
+    monkeypatch.setenv("MIAB_REMOTE_DEBIAN_MIRROR", "http://10.77.0.1:3142/deb.debian.org/debian")
+    cfg = LocalConfig.from_env()
+    assert cfg.state_dir == Path("/var/lib/miab-remote/local")
+    assert cfg.rootfs_cache == Path("/var/cache/miab-remote/rootfs/debian-12")
+    assert cfg.subnet == ipaddress.IPv4Network("10.77.0.0/24")
+    assert str(cfg.gateway) == "10.77.0.1"
+    assert cfg.bridge == "miabx0"
+    assert cfg.nft_table == "miab_miabx0"
+    assert cfg.apt_proxy is None
+    assert local._security_mirror(cfg.mirror) == "http://10.77.0.1:3142/deb.debian.org/debian-security"
+    assert local._security_mirror("http://deb.debian.org/debian/") == "http://deb.debian.org/debian-security"
+    for var, bad in (
+        ("MIAB_REMOTE_LOCAL_SUBNET", "10.77.0.1/24"),
+        ("MIAB_REMOTE_LOCAL_SUBNET", "10.77.0.0/30"),
+        ("MIAB_REMOTE_LOCAL_BRIDGE", "a-bridge-name-too-long"),
+        ("MIAB_REMOTE_DEBIAN_MIRROR", "ftp://deb.debian.org/debian"),
+        ("MIAB_REMOTE_APT_PROXY", "10.77.0.1:3142"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(var, bad)
+            with pytest.raises(InputError, match=var):
+                LocalConfig.from_env()
+
+
+def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: Path) -> None:
+    """What goes into the tree, checked on a small fake tree (the boxes below check it live)."""
+    root = tmp_path / "rootfs"
+    for folder in ("etc/ssh/sshd_config.d", "usr/lib/systemd/system", "var/lib/dbus", "root"):
+        (root / folder).mkdir(parents=True)
+    (root / "usr/lib/systemd/system/ssh.service").write_text("[Service]\n")
+    for old in ("rsa", "ecdsa", "ed25519"):
+        (root / f"etc/ssh/ssh_host_{old}_key").write_text("shared\n")
+        (root / f"etc/ssh/ssh_host_{old}_key.pub").write_text("shared\n")
+    (root / "var/lib/dbus/machine-id").write_text("0" * 32 + "\n")
+    (root / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")  # must be replaced, not followed
+    cfg = dataclasses.replace(config, apt_proxy="http://10.79.0.1:3142")
+    key = generate_ed25519("root@fake.example.test")
+    operator_line = generate_ed25519("op").public_line
+    local._prepare_rootfs(cfg, root, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
+
+    assert (root / "etc/hostname").read_text() == "fake.example.test\n"
+    assert "10.79.0.9\tfake.example.test fake\n" in (root / "etc/hosts").read_text()
+    assert "127.0.0.1\tlocalhost\n" in (root / "etc/hosts").read_text()
+    machine_id = (root / "etc/machine-id").read_text()
+    assert re.fullmatch(r"[0-9a-f]{32}\n", machine_id) and machine_id != "0" * 32 + "\n"
+    assert (root / "var/lib/dbus/machine-id").read_text() == machine_id
+    resolv = root / "etc/resolv.conf"
+    assert not resolv.is_symlink() and resolv.read_text().startswith("nameserver ")
+    assert "127." not in resolv.read_text()
+    assert (
+        'Acquire::http::Proxy "http://10.79.0.1:3142";' in (root / "etc/apt/apt.conf.d/90miab-remote-proxy").read_text()
+    )
+    assert sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*")) == [
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+    ]
+    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == key.private_openssh
+    assert (root / "etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text() == key.public_line + "\n"
+    assert (root / "etc/ssh/sshd_config.d/miab-remote-hostkey.conf").read_text().splitlines()[-1] == (
+        "HostKey /etc/ssh/ssh_host_ed25519_key"
+    )
+    assert (root / "root/.ssh/authorized_keys").read_text() == operator_line + "\n"
+    assert (root / "root/.ssh").stat().st_mode & 0o777 == 0o700
+    assert (root / "root/.ssh/authorized_keys").stat().st_mode & 0o777 == 0o600
+    wants = root / "etc/systemd/system/multi-user.target.wants/ssh.service"
+    assert os.readlink(wants) == "/lib/systemd/system/ssh.service"
+
+    # A symlinked folder in the tree could send root's writes to the host: refused.
+    evil = tmp_path / "evil"
+    (evil / "etc").mkdir(parents=True)
+    (evil / "root").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ProviderError, match="symlink"):
+        local._prepare_rootfs(cfg, evil, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_parallel_create(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:
@@ -286,14 +380,9 @@ def test_running_box_cannot_be_created_again(
 
 
 def test_second_configuration_coexists(
-    config: LocalConfig, boxes: dict[str, CreatedBox], operator: KeyPair, tmp_path: Path
+    config: LocalConfig, other_config: LocalConfig, boxes: dict[str, CreatedBox], operator: KeyPair
 ) -> None:
-    other = dataclasses.replace(
-        config,
-        state_dir=tmp_path / "state",
-        subnet=ipaddress.IPv4Network("10.79.1.0/24"),
-        bridge="miabtp1",
-    )
+    other = other_config
     box = local.create(BOX_A, operator.public_line, other)  # same name, other configuration
     try:
         assert box.address == "10.79.1.2"
@@ -306,7 +395,7 @@ def test_second_configuration_coexists(
         assert nft_table_text(other) is not None
     finally:
         local.destroy(BOX_A, other)
-    assert not link_exists("miabtp1")
+    assert not link_exists(OTHER_BRIDGE)
     assert nft_table_text(other) is None
     # The first configuration is untouched.
     assert link_exists(BRIDGE)

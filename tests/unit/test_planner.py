@@ -339,8 +339,8 @@ def test_metadata_only_change_does_not_restage() -> None:
     ("resources", "message"),
     [
         ([Package("a"), Package("a")], "declared twice"),
-        ([Command("c", run="x")], "exactly one guard"),
-        ([Command("c", run="x", creates="/a", unless="true")], "exactly one guard"),
+        ([Command("c", run="x")], "needs a guard"),
+        ([Command("c", run="x", creates="/a", unless="true")], "both creates and unless"),
         ([File("/x", content="a", notify=("service:nope",))], "which no recipe declares"),
         ([Service("s"), File("/x", content="a", notify=("service:s",))], "declared before it"),
         (

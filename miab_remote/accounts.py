@@ -1,0 +1,296 @@
+"""Users and aliases of one box: the checks an operator's command must pass, and the inventory edits.
+
+Checks work on the validated `Host` and raise InputError naming what is wrong and what is accepted; the
+CLI runs them once before asking for a password and again under the inventory lock (another operator may
+have changed the file in between). Edits work on the tomlkit document from `Inventory.edit`, so the
+operator's comments and layout survive. Addresses compare without regard to case, as the validator does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tomlkit
+from tomlkit.items import AoT, Array, InlineTable, Table
+
+from miab_remote.errors import InputError
+from miab_remote.inventory import _QUOTA_RE, _email_problem, _fqdn_problem  # the validator's own rules
+from miab_remote.model import Alias, Host, MailUser
+
+# Every hosted domain gets these, pointing at the first user, unless the inventory has that source.
+AUTOMATIC_LOCAL_PARTS: tuple[str, ...] = ("postmaster", "abuse")
+
+
+@dataclass(frozen=True)
+class ListedAlias:
+    """An alias as `alias list` shows it: from the inventory, or added automatically by the recipes."""
+
+    source: str
+    destinations: tuple[str, ...]
+    automatic: bool
+
+
+# ------------------------------------------------------------------------------------------ lookups
+
+
+def find_user(host: Host, email: str) -> MailUser | None:
+    return next((u for u in host.users if u.email.lower() == email.lower()), None)
+
+
+def find_alias(host: Host, source: str) -> Alias | None:
+    return next((a for a in host.aliases if a.source.lower() == source.lower()), None)
+
+
+def automatic_aliases(host: Host) -> tuple[Alias, ...]:
+    """postmaster@ and abuse@ of every hosted domain, to the first user, where the inventory has neither
+    an alias nor a user with that address. None without users: there is nobody to deliver to."""
+    if not host.users:
+        return ()
+    out: list[Alias] = []
+    for domain in host.domains:
+        for local in AUTOMATIC_LOCAL_PARTS:
+            source = f"{local}@{domain}"
+            if find_alias(host, source) is None and find_user(host, source) is None:
+                out.append(Alias(source, (host.users[0].email,)))
+    return tuple(out)
+
+
+def listed_aliases(host: Host) -> list[ListedAlias]:
+    """The inventory's aliases in file order, then the automatic ones."""
+    return [ListedAlias(a.source, a.destinations, False) for a in host.aliases] + [
+        ListedAlias(a.source, a.destinations, True) for a in automatic_aliases(host)
+    ]
+
+
+def is_automatic(host: Host, source: str) -> bool:
+    """Whether `source` is (or would be, with a user) one of the automatic addresses of a hosted domain."""
+    local, _, domain = source.lower().rpartition("@")
+    return local in AUTOMATIC_LOCAL_PARTS and domain in host.domains
+
+
+# ------------------------------------------------------------------------------------ checked input
+
+
+def address(value: str, what: str = "address") -> str:
+    """An email address, with its domain in lower case (domains are case-insensitive, the file wants lower)."""
+    local, at, domain = value.rpartition("@")
+    normal = f"{local}@{domain.lower()}" if at else value
+    if _email_problem(normal) is not None:
+        raise InputError(f"{value!r} is not a valid {what}; expected local@domain, like 'alice@example.org'")
+    return normal
+
+
+def alias_source(value: str) -> str:
+    """An alias source: an address, or '@domain' for a catch-all."""
+    if value.startswith("@"):
+        domain = value[1:].lower()
+        if _fqdn_problem(domain, "a domain name", "example.org") is not None:
+            raise InputError(f"{value!r} is not a valid catch-all; expected '@' and a domain, like '@example.org'")
+        return f"@{domain}"
+    local, at, domain = value.rpartition("@")
+    normal = f"{local}@{domain.lower()}" if at else value
+    if _email_problem(normal) is not None:
+        raise InputError(
+            f"{value!r} is not a valid alias source; expected an address like 'info@example.org', "
+            "or '@example.org' for a catch-all"
+        )
+    return normal
+
+
+def quota(value: str) -> str:
+    """A quota as the inventory wants it ("500M", "2G", "0"); the unit letter may be typed in lower case."""
+    normal = value.strip().upper()
+    if not _QUOTA_RE.fullmatch(normal):
+        raise InputError(
+            f'--quota {value!r} is not a quota; expected a size like "500M" or "2G" '
+            '(suffix K, M, G or T), or "0" for none'
+        )
+    return normal
+
+
+def hosted(host: Host, value: str) -> None:
+    """Refuse an address (or catch-all) outside the box's domains, listing the ones it hosts."""
+    domain = value.rpartition("@")[2]
+    if domain not in host.domains:
+        raise InputError(
+            f"{value!r} is not in a domain {host.name} hosts; its domains: {', '.join(host.domains)} "
+            f"(add the domain to `domains` in its inventory first)"
+        )
+
+
+def _users_text(host: Host) -> str:
+    return ", ".join(u.email for u in host.users) or "none"
+
+
+def _aliases_text(host: Host) -> str:
+    return ", ".join(a.source for a in host.aliases) or "none"
+
+
+def check_new_user(host: Host, email: str) -> None:
+    """`user add`: a new mailbox in a hosted domain, not already a user or an alias."""
+    hosted(host, email)
+    if (user := find_user(host, email)) is not None:
+        raise InputError(
+            f"{user.email} is already a user of {host.name}; to change its password: "
+            f"miab-remote user password {host.name} {user.email}"
+        )
+    if (alias := find_alias(host, email)) is not None:
+        raise InputError(
+            f"{alias.source} is an alias of {host.name} (to {', '.join(alias.destinations)}); an address is "
+            f"either a mailbox or an alias: remove the alias first (miab-remote alias remove {host.name} "
+            f"{alias.source})"
+        )
+
+
+def check_user(host: Host, email: str) -> MailUser:
+    """`user password` / `user remove`: the existing user (its address as the inventory spells it)."""
+    user = find_user(host, email)
+    if user is not None:
+        return user
+    if (alias := find_alias(host, email)) is not None:
+        raise InputError(
+            f"{alias.source} is an alias of {host.name}, not a user (a mailbox); users: {_users_text(host)}"
+        )
+    raise InputError(f"no user {email} on {host.name}; users: {_users_text(host)}")
+
+
+def check_new_alias(host: Host, source: str, destinations: list[str]) -> Alias:
+    """`alias add`: a source in a hosted domain that is not a user or an alias yet, and distinct,
+    valid destinations (here or elsewhere) that are not the source itself."""
+    hosted(host, source)
+    if (user := find_user(host, source)) is not None:
+        raise InputError(
+            f"{user.email} is a user (a mailbox) of {host.name}; an address is either a mailbox or an alias"
+        )
+    if (existing := find_alias(host, source)) is not None:
+        raise InputError(
+            f"{existing.source} is already an alias of {host.name} (to {', '.join(existing.destinations)}); "
+            f"remove it first: miab-remote alias remove {host.name} {existing.source}"
+        )
+    checked: list[str] = []
+    for value in destinations:
+        dest = address(value, "destination address")
+        if dest.lower() == source.lower():
+            raise InputError(f"{dest!r} is the alias's own source: an alias to itself would loop")
+        if dest.lower() in (d.lower() for d in checked):
+            raise InputError(f"destination {dest!r} is given twice; give each destination once")
+        checked.append(dest)
+    return Alias(source, tuple(checked))
+
+
+def check_alias(host: Host, source: str) -> Alias:
+    """`alias remove`: the existing alias (its source as the inventory spells it)."""
+    alias = find_alias(host, source)
+    if alias is not None:
+        return alias
+    if is_automatic(host, source):
+        first = host.users[0].email if host.users else "the first user, once there is one"
+        raise InputError(
+            f"{source} is automatic on {host.name} (to {first}) and cannot be removed; "
+            f"`miab-remote alias add {host.name} {source} ADDRESS...` sends it elsewhere"
+        )
+    raise InputError(f"no alias {source} on {host.name}; aliases: {_aliases_text(host)}")
+
+
+def unreachable(host: Host, alias: Alias) -> list[str]:
+    """Destinations in a hosted domain that no user, alias or catch-all takes: mail to them would bounce."""
+    out = []
+    for dest in alias.destinations:
+        domain = dest.rpartition("@")[2]
+        known = (
+            find_user(host, dest) is not None
+            or find_alias(host, dest) is not None
+            or find_alias(host, f"@{domain}") is not None
+            or (is_automatic(host, dest) and bool(host.users))
+        )
+        if domain in host.domains and not known:
+            out.append(dest)
+    return out
+
+
+def aliases_to(host: Host, email: str) -> list[str]:
+    """Sources of the inventory's aliases that deliver to `email`."""
+    return [a.source for a in host.aliases if email.lower() in (d.lower() for d in a.destinations)]
+
+
+# ---------------------------------------------------------------------------------- document edits
+
+
+def _entries(doc: tomlkit.TOMLDocument, key: str) -> AoT | Array | None:
+    """The `[[users]]` / `[[aliases]]` array as written: tables, or an inline array of inline tables."""
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, AoT | Array):
+        return value
+    raise InputError(f"`{key}` in the inventory is not an array of tables; fix it by hand")  # the validator forbids it
+
+
+def _index(entries: AoT | Array, field: str, value: str) -> int:
+    for i, entry in enumerate(entries):
+        if isinstance(entry, Table | InlineTable) and str(entry.get(field, "")).lower() == value.lower():
+            return i
+    raise InputError(f"{value} is not in the inventory any more; nothing was changed")
+
+
+def _append(doc: tomlkit.TOMLDocument, key: str, fields: dict[str, str | list[str]]) -> None:
+    """Add one table to an array of tables, laid out like its neighbours (a blank line between tables)."""
+    entries = _entries(doc, key)
+    if isinstance(entries, Array):
+        inline = tomlkit.inline_table()
+        inline.update(fields)
+        entries.append(inline)
+        return
+    table = tomlkit.table()
+    for name, value in fields.items():
+        table[name] = value
+    if entries is None or len(entries) == 0:
+        if doc.as_string().strip() and not doc.as_string().endswith("\n\n"):
+            table.trivia.indent = "\n"  # a blank line before the new [[key]] header
+        if entries is not None:
+            del doc[key]
+        doc.append(key, tomlkit.aot())
+        entries = _entries(doc, key)
+        assert isinstance(entries, AoT)
+    elif entries[-1].as_string().endswith("\n\n"):
+        table.add(tomlkit.nl())  # the last one ends with a blank line: so does the new one
+    else:
+        table.trivia.indent = "\n"
+    entries.append(table)
+
+
+def _remove(doc: tomlkit.TOMLDocument, key: str, field: str, value: str) -> None:
+    entries = _entries(doc, key)
+    if entries is None:
+        raise InputError(f"{value} is not in the inventory any more; nothing was changed")
+    index = _index(entries, field, value)
+    if len(entries) == 1:
+        del doc[key]  # tomlkit would leave an empty `key = []` behind
+    else:
+        del entries[index]
+
+
+def add_user(doc: tomlkit.TOMLDocument, user: MailUser) -> None:
+    fields: dict[str, str | list[str]] = {"email": user.email, "password_hash": user.password_hash}
+    if user.quota is not None:
+        fields["quota"] = user.quota
+    _append(doc, "users", fields)
+
+
+def set_password_hash(doc: tomlkit.TOMLDocument, email: str, password_hash: str) -> None:
+    entries = _entries(doc, "users")
+    if entries is None:
+        raise InputError(f"{email} is not in the inventory any more; nothing was changed")
+    entries[_index(entries, "email", email)]["password_hash"] = password_hash
+
+
+def remove_user(doc: tomlkit.TOMLDocument, email: str) -> None:
+    _remove(doc, "users", "email", email)
+
+
+def add_alias(doc: tomlkit.TOMLDocument, alias: Alias) -> None:
+    _append(doc, "aliases", {"source": alias.source, "destinations": list(alias.destinations)})
+
+
+def remove_alias(doc: tomlkit.TOMLDocument, source: str) -> None:
+    _remove(doc, "aliases", "source", source)

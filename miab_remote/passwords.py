@@ -1,0 +1,111 @@
+"""Mail passwords: read once from the operator, hashed on the laptop, and only the hash is ever kept.
+
+The hash is bcrypt (cost 12) with dovecot's scheme prefix, `{BLF-CRYPT}$2b$12$...`, which dovecot 2.3
+(Debian 12) verifies as is. It is computed once, when the password is entered; nothing re-hashes it, so
+a deploy never changes a stored hash. The clear password never reaches argv, a log, an exception or
+the output: every message here says what is wrong with it without showing it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import unicodedata
+from collections.abc import Callable
+from typing import BinaryIO
+
+import bcrypt
+
+from miab_remote.errors import InputError
+
+SCHEME = "{BLF-CRYPT}"
+COST = 12
+MIN_LENGTH = 8
+# bcrypt reads at most 72 bytes; a longer password would be cut silently (or refused by bcrypt >= 5).
+MAX_BYTES = 72
+
+
+def check_password(password: str) -> None:
+    """Refuse a password dovecot could not check reliably, naming the rule and never the password."""
+    if not password:
+        raise InputError("the password is empty; nothing was changed")
+    if len(password) < MIN_LENGTH:
+        raise InputError(
+            f"the password is too short ({len(password)} characters); at least {MIN_LENGTH} are needed; "
+            "nothing was changed"
+        )
+    if len(password.encode("utf-8")) > MAX_BYTES:
+        raise InputError(
+            f"the password is longer than {MAX_BYTES} bytes (UTF-8), the most bcrypt uses; "
+            "choose a shorter one; nothing was changed"
+        )
+    # bcrypt stops at a NUL byte, and mail clients cannot send control characters reliably.
+    if any(unicodedata.category(c) == "Cc" for c in password):
+        raise InputError("the password contains a control character (not shown); nothing was changed")
+
+
+def hash_password(password: str) -> str:
+    """The dovecot-ready hash of a checked password: `{BLF-CRYPT}$2b$12$` + salt and digest."""
+    check_password(password)
+    digest = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=COST, prefix=b"2b"))
+    return SCHEME + digest.decode("ascii")
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """Whether `password` matches a hash made by hash_password (for tests and checks)."""
+    if not password_hash.startswith(SCHEME):
+        return False
+    try:
+        return bcrypt.checkpw(password.encode("utf-8"), password_hash[len(SCHEME) :].encode("ascii"))
+    except ValueError:
+        return False
+
+
+def read_password_stdin(stream: BinaryIO | None = None) -> str:
+    """One line from stdin (for scripts: `--password-stdin`); only the trailing line break is removed."""
+    raw = (stream if stream is not None else sys.stdin.buffer).readline()
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+    try:
+        password = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the password on stdin is not UTF-8 text; nothing was changed") from None
+    if not password:
+        raise InputError("no password on stdin (empty line or end of input); nothing was changed")
+    check_password(password)
+    return password
+
+
+def prompt_password(email: str, ask: Callable[[str], str] = getpass.getpass) -> str:
+    """Ask twice without echo (the second time to catch typos) and return the checked password.
+
+    `ask` is getpass.getpass; it is a parameter so tests can drive the two prompts.
+    """
+    try:
+        password = ask(f"New password for {email}: ")
+        check_password(password)
+        again = ask(f"New password for {email} (again): ")
+    except EOFError:
+        raise InputError("no password entered; nothing was changed") from None
+    if again != password:
+        raise InputError("the two passwords do not match; nothing was changed")
+    return password
+
+
+def read_new_password(email: str, from_stdin: bool) -> str:
+    """The new password: from stdin with --password-stdin, else from two hidden prompts on the terminal."""
+    if from_stdin:
+        return read_password_stdin()
+    if not sys.stdin.isatty():
+        raise InputError(
+            "no terminal to ask for the password on; pipe it in with --password-stdin "
+            "(one line on stdin); nothing was changed"
+        )
+    return prompt_password(email)
+
+
+def new_password_hash(email: str, from_stdin: bool) -> str:
+    """Read a new password for `email` and return only its hash; the clear text goes no further."""
+    return hash_password(read_new_password(email, from_stdin))

@@ -1,0 +1,42 @@
+"""postfix (SMTP in and out, submission with STARTTLS-only auth) and postgrey (greylisting on port 25).
+
+Users and aliases are hash maps rebuilt by `postmap` when their text changes: postmap replaces the
+table under a lock, so postfix always sees the old or the new table, never an empty one, and picks the
+new one up without a reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from miab_remote import layout, mailmaps
+from miab_remote.recipes import RecipeContext
+from miab_remote.resources import Command, Directory, File, Package, Resource, Service
+
+MAPS = ("virtual_mailboxes", "virtual_aliases", "sender_logins")
+
+
+def resources(ctx: RecipeContext) -> Iterator[Resource]:
+    host = ctx.host
+    for name in ("postfix", "postgrey"):
+        yield Package(name)
+    yield Directory(layout.POSTGREY, mode=0o755)
+    yield Directory(f"{layout.POSTGREY}/db", mode=0o700, owner="postgrey", group="postgrey")
+    yield File("/etc/default/postgrey", notify=("service:postgrey",))
+    yield Service("postgrey")
+
+    contents = {
+        "virtual_mailboxes": mailmaps.virtual_mailboxes(host),
+        "virtual_aliases": mailmaps.virtual_aliases(host),
+        "sender_logins": mailmaps.sender_logins(host),
+    }
+    for name in MAPS:
+        path = f"/etc/postfix/{name}"
+        yield File(path, content=contents[name], mode=0o644, tags=("accounts",), notify=(f"command:postmap-{name}",))
+    yield File("/etc/postfix/main.cf", notify=("service:postfix",))
+    yield File("/etc/postfix/master.cf", notify=("service:postfix",))
+    for name in MAPS:
+        path = f"/etc/postfix/{name}"
+        # When the text changed, or when the .db is missing (a first run, or someone deleted it).
+        yield Command(f"postmap-{name}", run=f"postmap {path}", on_notify=True, creates=f"{path}.db")
+    yield Service("postfix", reload=True, validator="postfix check && postconf -n >/dev/null")

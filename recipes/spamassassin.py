@@ -1,0 +1,19 @@
+"""spamassassin: spamd scores each delivered message (called from dovecot's sieve) and learns from what
+users move into and out of Spam. One bayes database per box, in the state tree, owned by spamd's user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from miab_remote import layout
+from miab_remote.recipes import RecipeContext
+from miab_remote.resources import Directory, File, Package, Resource, Service
+
+
+def resources(ctx: RecipeContext) -> Iterator[Resource]:
+    for name in ("spamassassin", "spamc", *ctx.profile.package_names("spamd")):
+        yield Package(name)
+    yield Directory(layout.SPAMASSASSIN, mode=0o750, owner="debian-spamd", group="debian-spamd")
+    yield File("/etc/default/spamd", notify=("service:spamd",))
+    yield File("/etc/spamassassin/miab-remote.cf", notify=("service:spamd",))
+    yield Service("spamd", validator="spamassassin --lint")

@@ -1,0 +1,703 @@
+"""Tests for `miab-remote user ...` and `alias ...` through the real CLI, as a subprocess on real files.
+
+Bad input must exit 2 with one message naming what is wrong and what is accepted, and leave the inventory
+byte-for-byte as it was. Good input must change exactly the lines it is about and keep the operator's
+comments. Concurrent commands on one inventory must not lose each other's changes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+from miab_remote import passwords
+from miab_remote.inventory import Inventory, new_document
+
+NAME = "box1.example.test"
+P = f"hosts/{NAME}.toml"  # as messages show it: the CLI runs from the folder holding hosts/
+PASSWORD = "secret-pass-1"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFsdu096fuX3ehLTX3FBmjxFy/DzQYQzK5HcyvHBFZt1 root@box1"
+
+# The operator's own part: users and aliases with comments that every edit must keep.
+OPERATOR_TEXT = """
+[[users]]
+# The boss. Keep this comment.
+email = "alice@example.test"
+password_hash = "{hash}"
+quota = "2G"   # raised in May
+
+[[users]]
+email = "bob@example.org"  # the .org domain
+password_hash = "{hash}"
+
+[[aliases]]
+# Sales: keep this comment too.
+source = "info@example.test"
+destinations = ["alice@example.test"]
+"""
+
+
+@pytest.fixture(scope="module")
+def known_hash() -> str:
+    return passwords.hash_password(PASSWORD)
+
+
+@pytest.fixture
+def root(tmp_path: Path, known_hash: str) -> Path:
+    """tmp/hosts/box1.example.test.toml: a new_document box hosting example.test and example.org, with two
+    users and an alias. No host key is pinned and SSH points at a closed port, so a push fails at once."""
+    doc = new_document(NAME, "127.0.0.1", provider="manual", host_keys=[], os="debian-12", ssh_port=1)
+    doc["domains"] = ["example.test", "example.org"]
+    text = doc.as_string() + OPERATOR_TEXT.format(hash=known_hash)
+    Inventory(tmp_path / "hosts").create(NAME, tomlkit.parse(text))
+    return tmp_path
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli(root: Path, *args: str, stdin: str | None = PASSWORD + "\n") -> Result:
+    """Run `miab-remote --inventory hosts ARGS` in `root`; stdin None means no stdin at all (not a terminal)."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "1000"}
+    env.pop("MIAB_REMOTE_INVENTORY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "miab_remote", "--inventory", "hosts", *args],
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env=env,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def inventory_bytes(root: Path) -> bytes:
+    return (root / P).read_bytes()
+
+
+def diff(before: str, after: str) -> tuple[list[str], list[str]]:
+    """(removed lines, added lines) between two texts."""
+    lines = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [x[2:] for x in lines if x.startswith("- ")], [x[2:] for x in lines if x.startswith("+ ")]
+
+
+# -------------------------------------------------------------------------------------------- bad input
+
+STDIN_FLAGS = ("--password-stdin", "--no-push")
+NOT_PUSHED = f"{P} updated; not pushed (--no-push): `miab-remote deploy {NAME}` applies it"
+
+BAD_INPUT: list[tuple[str, list[str], str | None, str]] = [
+    # -- the box
+    (
+        "unknown-box",
+        ["user", "add", "box9.example.test", "carol@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        "no inventory for 'box9.example.test' in hosts/ (known: box1.example.test)",
+    ),
+    (
+        "not-a-box-name",
+        ["alias", "list", "../box1"],
+        None,
+        "'../box1' is not a box name: expected the box's FQDN, like box1.example.org",
+    ),
+    (
+        "unknown-box-list",
+        ["user", "list", "box9.example.test", "--json"],
+        None,
+        "no inventory for 'box9.example.test' in hosts/ (known: box1.example.test)",
+    ),
+    # -- user add
+    (
+        "add-malformed",
+        ["user", "add", NAME, "carol@@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        "'carol@@example.test' is not a valid address; expected local@domain, like 'alice@example.org'",
+    ),
+    (
+        "add-no-at",
+        ["user", "add", NAME, "carol", *STDIN_FLAGS],
+        PASSWORD,
+        "'carol' is not a valid address; expected local@domain, like 'alice@example.org'",
+    ),
+    (
+        "add-catch-all",
+        ["user", "add", NAME, "@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        "'@example.test' is not a valid address; expected local@domain, like 'alice@example.org'",
+    ),
+    (
+        "add-not-hosted",
+        ["user", "add", NAME, "carol@example.net", *STDIN_FLAGS],
+        PASSWORD,
+        f"'carol@example.net' is not in a domain {NAME} hosts; its domains: example.test, example.org "
+        "(add the domain to `domains` in its inventory first)",
+    ),
+    (
+        "add-exists",
+        ["user", "add", NAME, "alice@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        f"alice@example.test is already a user of {NAME}; to change its password: "
+        f"miab-remote user password {NAME} alice@example.test",
+    ),
+    (
+        "add-exists-other-case",
+        ["user", "add", NAME, "Alice@Example.TEST", *STDIN_FLAGS],
+        PASSWORD,
+        f"alice@example.test is already a user of {NAME}; to change its password: "
+        f"miab-remote user password {NAME} alice@example.test",
+    ),
+    (
+        "add-is-alias",
+        ["user", "add", NAME, "info@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        f"info@example.test is an alias of {NAME} (to alice@example.test); an address is either a mailbox or "
+        f"an alias: remove the alias first (miab-remote alias remove {NAME} info@example.test)",
+    ),
+    (
+        "add-bad-quota",
+        ["user", "add", NAME, "carol@example.test", "--quota", "2GB", *STDIN_FLAGS],
+        PASSWORD,
+        '--quota \'2GB\' is not a quota; expected a size like "500M" or "2G" (suffix K, M, G or T), or "0" for none',
+    ),
+    (
+        "add-short-password",
+        ["user", "add", NAME, "carol@example.test", *STDIN_FLAGS],
+        "short12",
+        "the password is too short (7 characters); at least 8 are needed; nothing was changed",
+    ),
+    (
+        "add-empty-password",
+        ["user", "add", NAME, "carol@example.test", *STDIN_FLAGS],
+        "",
+        "no password on stdin (empty line or end of input); nothing was changed",
+    ),
+    (
+        "add-long-password",
+        ["user", "add", NAME, "carol@example.test", *STDIN_FLAGS],
+        "x" * 73,
+        "the password is longer than 72 bytes (UTF-8), the most bcrypt uses; choose a shorter one; nothing was changed",
+    ),
+    (
+        "add-no-terminal",
+        ["user", "add", NAME, "carol@example.test", "--no-push"],
+        None,
+        "no terminal to ask for the password on; pipe it in with --password-stdin (one line on stdin); "
+        "nothing was changed",
+    ),
+    # -- user password
+    (
+        "password-unknown-user",
+        ["user", "password", NAME, "carol@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        f"no user carol@example.test on {NAME}; users: alice@example.test, bob@example.org",
+    ),
+    (
+        "password-of-alias",
+        ["user", "password", NAME, "info@example.test", *STDIN_FLAGS],
+        PASSWORD,
+        f"info@example.test is an alias of {NAME}, not a user (a mailbox); users: alice@example.test, bob@example.org",
+    ),
+    (
+        "password-malformed",
+        ["user", "password", NAME, "alice", *STDIN_FLAGS],
+        PASSWORD,
+        "'alice' is not a valid address; expected local@domain, like 'alice@example.org'",
+    ),
+    (
+        "password-short",
+        ["user", "password", NAME, "alice@example.test", *STDIN_FLAGS],
+        "1234567",
+        "the password is too short (7 characters); at least 8 are needed; nothing was changed",
+    ),
+    (
+        "password-no-terminal",
+        ["user", "password", NAME, "alice@example.test", "--no-push"],
+        None,
+        "no terminal to ask for the password on; pipe it in with --password-stdin (one line on stdin); "
+        "nothing was changed",
+    ),
+    # -- user remove
+    (
+        "remove-unknown-user",
+        ["user", "remove", NAME, "carol@example.test", "--no-push"],
+        None,
+        f"no user carol@example.test on {NAME}; users: alice@example.test, bob@example.org",
+    ),
+    (
+        "remove-purge-no-terminal",
+        ["user", "remove", NAME, "bob@example.org", "--purge"],
+        None,
+        "--purge deletes the mailbox of bob@example.org and needs confirmation: pass --yes (no terminal to ask "
+        "on); nothing was changed",
+    ),
+    (
+        "remove-purge-no-push",
+        ["user", "remove", NAME, "bob@example.org", "--purge", "--yes", "--no-push"],
+        None,
+        "--purge needs the push: the box must stop delivering to the mailbox before it is deleted; drop "
+        "--no-push; nothing was changed",
+    ),
+    (
+        "remove-yes-without-purge",
+        ["user", "remove", NAME, "bob@example.org", "--yes", "--no-push"],
+        None,
+        "--yes only goes with --purge; nothing was changed",
+    ),
+    # -- alias add
+    (
+        "alias-source-is-user",
+        ["alias", "add", NAME, "alice@example.test", "bob@example.org", "--no-push"],
+        None,
+        f"alice@example.test is a user (a mailbox) of {NAME}; an address is either a mailbox or an alias",
+    ),
+    (
+        "alias-to-itself",
+        ["alias", "add", NAME, "sales@example.test", "bob@example.org", "Sales@example.test", "--no-push"],
+        None,
+        "'Sales@example.test' is the alias's own source: an alias to itself would loop",
+    ),
+    (
+        "alias-duplicate",
+        ["alias", "add", NAME, "INFO@example.test", "bob@example.org", "--no-push"],
+        None,
+        f"info@example.test is already an alias of {NAME} (to alice@example.test); remove it first: "
+        f"miab-remote alias remove {NAME} info@example.test",
+    ),
+    (
+        "alias-not-hosted",
+        ["alias", "add", NAME, "info@example.net", "bob@example.org", "--no-push"],
+        None,
+        f"'info@example.net' is not in a domain {NAME} hosts; its domains: example.test, example.org "
+        "(add the domain to `domains` in its inventory first)",
+    ),
+    (
+        "alias-catch-all-not-hosted",
+        ["alias", "add", NAME, "@example.net", "bob@example.org", "--no-push"],
+        None,
+        f"'@example.net' is not in a domain {NAME} hosts; its domains: example.test, example.org "
+        "(add the domain to `domains` in its inventory first)",
+    ),
+    (
+        "alias-malformed-source",
+        ["alias", "add", NAME, "info", "bob@example.org", "--no-push"],
+        None,
+        "'info' is not a valid alias source; expected an address like 'info@example.org', or '@example.org' "
+        "for a catch-all",
+    ),
+    (
+        "alias-malformed-catch-all",
+        ["alias", "add", NAME, "@example", "bob@example.org", "--no-push"],
+        None,
+        "'@example' is not a valid catch-all; expected '@' and a domain, like '@example.org'",
+    ),
+    (
+        "alias-malformed-destination",
+        ["alias", "add", NAME, "sales@example.test", "bob@", "--no-push"],
+        None,
+        "'bob@' is not a valid destination address; expected local@domain, like 'alice@example.org'",
+    ),
+    (
+        "alias-catch-all-destination",
+        ["alias", "add", NAME, "sales@example.test", "@example.org", "--no-push"],
+        None,
+        "'@example.org' is not a valid destination address; expected local@domain, like 'alice@example.org'",
+    ),
+    (
+        "alias-destination-twice",
+        ["alias", "add", NAME, "sales@example.test", "bob@example.org", "BOB@example.org", "--no-push"],
+        None,
+        "destination 'BOB@example.org' is given twice; give each destination once",
+    ),
+    # -- alias remove
+    (
+        "alias-remove-unknown",
+        ["alias", "remove", NAME, "sales@example.test", "--no-push"],
+        None,
+        f"no alias sales@example.test on {NAME}; aliases: info@example.test",
+    ),
+    (
+        "alias-remove-automatic",
+        ["alias", "remove", NAME, "postmaster@example.org", "--no-push"],
+        None,
+        f"postmaster@example.org is automatic on {NAME} (to alice@example.test) and cannot be removed; "
+        f"`miab-remote alias add {NAME} postmaster@example.org ADDRESS...` sends it elsewhere",
+    ),
+    (
+        "alias-remove-user",
+        ["alias", "remove", NAME, "alice@example.test", "--no-push"],
+        None,
+        f"no alias alice@example.test on {NAME}; aliases: info@example.test",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "typed", "message"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input(root: Path, args: list[str], typed: str | None, message: str) -> None:
+    before = inventory_bytes(root)
+    result = cli(root, *args, stdin=None if typed is None else typed + "\n")
+    assert (result.code, result.err, result.out) == (2, f"miab-remote: {message}\n", "")
+    assert inventory_bytes(root) == before
+    if typed:
+        assert typed not in result.err
+
+
+# ---------------------------------------------------------------------------------------- good changes
+
+
+def test_user_add(root: Path) -> None:
+    before = inventory_bytes(root).decode()
+    result = cli(root, "user", "add", NAME, "carol@Example.TEST", "--quota", "500m", *STDIN_FLAGS)
+    assert (result.code, result.err) == (0, "")
+    assert result.out == f"{NAME}: added user carol@example.test (quota 500M); {NOT_PUSHED}\n"
+    after = inventory_bytes(root).decode()
+    removed, added = diff(before, after)
+    assert removed == []
+    assert added[:3] == ["[[users]]", 'email = "carol@example.test"', added[2]]
+    assert added[3:] == ['quota = "500M"', ""]
+    stored = added[2].removeprefix('password_hash = "').removesuffix('"')
+    assert passwords.verify_password(PASSWORD, stored)
+    host = Inventory(root / "hosts").load(NAME)
+    assert [u.email for u in host.users] == ["alice@example.test", "bob@example.org", "carol@example.test"]
+    assert (root / P).stat().st_mode & 0o777 == 0o600
+
+
+def test_user_add_interactive(root: Path) -> None:
+    code, output = in_terminal(
+        root, ["user", "add", NAME, "dave@example.org", "--no-push"], ["pässwörd-1", "pässwörd-1"]
+    )
+    assert code == 0, output
+    assert f"{NAME}: added user dave@example.org;" in output
+    assert "pässwörd" not in output
+    user = next(u for u in Inventory(root / "hosts").load(NAME).users if u.email == "dave@example.org")
+    assert passwords.verify_password("pässwörd-1", user.password_hash)
+
+
+def test_user_add_mismatch_on_the_terminal(root: Path) -> None:
+    before = inventory_bytes(root)
+    code, output = in_terminal(
+        root, ["user", "add", NAME, "dave@example.org", "--no-push"], ["secret-one", "secret-two"]
+    )
+    assert code == 2, output
+    assert "miab-remote: the two passwords do not match; nothing was changed" in output
+    assert "secret-" not in output
+    assert inventory_bytes(root) == before
+
+
+def test_first_user_of_an_empty_box(tmp_path: Path) -> None:
+    doc = new_document(NAME, "127.0.0.1", provider="manual", host_keys=[KEY], os=None)
+    Inventory(tmp_path / "hosts").create(NAME, doc)
+    before = inventory_bytes(tmp_path).decode()
+    result = cli(tmp_path, "user", "add", NAME, "alice@example.test", *STDIN_FLAGS)
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"{NAME}: added user alice@example.test; {NOT_PUSHED}",
+        "  note: postmaster@ and abuse@ of example.test go to alice@example.test (automatic, unless an alias "
+        "says otherwise)",
+    ]
+    after = inventory_bytes(tmp_path).decode()
+    assert after.startswith(before + "\n[[users]]\n")  # a blank line before the new table, nothing else moved
+    assert cli(tmp_path, "alias", "add", NAME, "info@example.test", "alice@example.test", "--no-push").code == 0
+    assert inventory_bytes(tmp_path).decode().startswith(after + "\n[[aliases]]\n")
+
+
+def test_user_password(root: Path, known_hash: str) -> None:
+    before = inventory_bytes(root).decode()
+    result = cli(root, "user", "password", NAME, "BOB@example.org", *STDIN_FLAGS, stdin="new secret 2\n")
+    assert (result.code, result.err) == (0, "")
+    assert result.out == f"{NAME}: changed the password of bob@example.org; {NOT_PUSHED}\n"
+    removed, added = diff(before, inventory_bytes(root).decode())
+    assert removed == [f'password_hash = "{known_hash}"']
+    assert len(added) == 1
+    bob = Inventory(root / "hosts").load(NAME).users[1]
+    assert passwords.verify_password("new secret 2", bob.password_hash)
+    assert Inventory(root / "hosts").load(NAME).users[0].password_hash == known_hash  # alice untouched
+
+
+def test_user_remove(root: Path, known_hash: str) -> None:
+    before = inventory_bytes(root).decode()
+    result = cli(root, "user", "remove", NAME, "alice@example.test", "--no-push")
+    assert (result.code, result.err) == (0, "")
+    assert result.out.splitlines() == [
+        f"{NAME}: removed user alice@example.test; {NOT_PUSHED}",
+        "  note: these aliases still deliver to alice@example.test: info@example.test",
+        "  note: automatic postmaster@ and abuse@ now go to bob@example.org",
+        "  note: the mailbox of alice@example.test is kept on the box, with its mail",
+    ]
+    alice = (
+        '[[users]]\n# The boss. Keep this comment.\nemail = "alice@example.test"\n'
+        f'password_hash = "{known_hash}"\nquota = "2G"   # raised in May\n\n'
+    )
+    assert before.count(alice) == 1
+    assert inventory_bytes(root).decode() == before.replace(alice, "")
+
+
+def test_remove_every_user_and_alias(root: Path) -> None:
+    for args in (
+        ["user", "remove", NAME, "bob@example.org"],
+        ["user", "remove", NAME, "alice@example.test"],
+        ["alias", "remove", NAME, "info@example.test"],
+    ):
+        result = cli(root, *args, "--no-push")
+        assert result.code == 0, result.err
+    text = inventory_bytes(root).decode()
+    assert "users" not in text.split("forwarding addresses")[1]  # only the header comment mentions them
+    host = Inventory(root / "hosts").load(NAME)
+    assert (host.users, host.aliases) == ((), ())
+    assert cli(root, "alias", "list", NAME).out == f"no aliases on {NAME}\n"
+
+
+def test_alias_add(root: Path) -> None:
+    before = inventory_bytes(root).decode()
+    result = cli(
+        root, "alias", "add", NAME, "sales@example.test", "alice@example.test", "ops@elsewhere.test", "--no-push"
+    )
+    assert (result.code, result.err) == (0, "")
+    assert result.out == (
+        f"{NAME}: added alias sales@example.test -> alice@example.test, ops@elsewhere.test; {NOT_PUSHED}\n"
+    )
+    removed, added = diff(before, inventory_bytes(root).decode())
+    assert removed == []
+    assert added == [
+        "",
+        "[[aliases]]",
+        'source = "sales@example.test"',
+        'destinations = ["alice@example.test", "ops@elsewhere.test"]',
+    ]
+
+
+def test_alias_add_catch_all_and_notes(root: Path) -> None:
+    result = cli(root, "alias", "add", NAME, "@Example.org", "nobody@example.test", "--no-push")
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"{NAME}: added alias @example.org -> nobody@example.test; {NOT_PUSHED}",
+        f"  note: no user or alias takes nobody@example.test on {NAME}: mail sent there would bounce",
+    ]
+    assert Inventory(root / "hosts").load(NAME).aliases[1].source == "@example.org"
+
+
+def test_alias_overrides_and_restores_automatic(root: Path) -> None:
+    result = cli(root, "alias", "add", NAME, "postmaster@example.org", "bob@example.org", "--no-push")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[1] == "  note: replaces the automatic postmaster@example.org (to alice@example.test)"
+    listed = json.loads(cli(root, "alias", "list", NAME, "--json").out)["aliases"]
+    assert {"source": "postmaster@example.org", "destinations": ["bob@example.org"], "automatic": False} in listed
+    assert [a["source"] for a in listed].count("postmaster@example.org") == 1
+
+    result = cli(root, "alias", "remove", NAME, "postmaster@example.org", "--no-push")
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"{NAME}: removed alias postmaster@example.org; {NOT_PUSHED}",
+        "  note: postmaster@example.org goes to alice@example.test again (automatic)",
+    ]
+    listed = json.loads(cli(root, "alias", "list", NAME, "--json").out)["aliases"]
+    assert {"source": "postmaster@example.org", "destinations": ["alice@example.test"], "automatic": True} in listed
+
+
+def test_alias_remove(root: Path) -> None:
+    before = inventory_bytes(root).decode()
+    result = cli(root, "alias", "remove", NAME, "Info@example.test", "--no-push")
+    assert (result.code, result.err) == (0, "")
+    assert result.out == f"{NAME}: removed alias info@example.test; {NOT_PUSHED}\n"
+    removed, added = diff(before, inventory_bytes(root).decode())
+    assert removed == [
+        "[[aliases]]",
+        "# Sales: keep this comment too.",
+        'source = "info@example.test"',
+        'destinations = ["alice@example.test"]',
+    ]
+    assert added == []
+
+
+def test_comments_survive_a_series_of_edits(root: Path) -> None:
+    for args, stdin in (
+        (["user", "add", NAME, "carol@example.test", *STDIN_FLAGS], PASSWORD + "\n"),
+        (["user", "password", NAME, "alice@example.test", *STDIN_FLAGS], "another one\n"),
+        (["alias", "add", NAME, "sales@example.org", "carol@example.test", "--no-push"], None),
+        (["user", "remove", NAME, "bob@example.org", "--no-push"], None),
+    ):
+        result = cli(root, *args, stdin=stdin)
+        assert result.code == 0, result.err
+    text = inventory_bytes(root).decode()
+    for comment in (
+        "# The boss. Keep this comment.",
+        'quota = "2G"   # raised in May',
+        "# Sales: keep this comment too.",
+        "# The box's SSH host keys. Any other key is refused before anything is sent; if none is",
+    ):
+        assert comment in text
+
+
+# ---------------------------------------------------------------------------------------------- lists
+
+
+def test_user_list_json(root: Path) -> None:
+    result = cli(root, "user", "list", NAME, "--json")
+    assert (result.code, result.err) == (0, "")
+    assert json.loads(result.out) == {
+        "users": [{"email": "alice@example.test", "quota": "2G"}, {"email": "bob@example.org", "quota": None}]
+    }
+    assert "CRYPT" not in result.out and "$2b$" not in result.out
+
+
+def test_user_list_table(root: Path) -> None:
+    result = cli(root, "user", "list", NAME)
+    assert result.code == 0
+    rows = [line.split() for line in result.out.splitlines()]
+    assert rows == [["email", "quota"], ["alice@example.test", "2G"], ["bob@example.org", "-"]]
+
+
+def test_alias_list_json(root: Path) -> None:
+    result = cli(root, "alias", "list", NAME, "--json")
+    assert (result.code, result.err) == (0, "")
+    alice = ["alice@example.test"]
+    assert json.loads(result.out) == {
+        "aliases": [
+            {"source": "info@example.test", "destinations": alice, "automatic": False},
+            {"source": "postmaster@example.test", "destinations": alice, "automatic": True},
+            {"source": "abuse@example.test", "destinations": alice, "automatic": True},
+            {"source": "postmaster@example.org", "destinations": alice, "automatic": True},
+            {"source": "abuse@example.org", "destinations": alice, "automatic": True},
+        ]
+    }
+
+
+def test_alias_list_table(root: Path) -> None:
+    result = cli(root, "alias", "list", NAME)
+    assert result.code == 0
+    rows = [line.split() for line in result.out.splitlines()]
+    assert rows[:3] == [
+        ["source", "destinations"],
+        ["info@example.test", "alice@example.test"],
+        ["postmaster@example.test", "alice@example.test", "automatic"],
+    ]
+    assert len(rows) == 6
+
+
+def test_no_automatic_aliases_without_users(tmp_path: Path) -> None:
+    Inventory(tmp_path / "hosts").create(NAME, new_document(NAME, "127.0.0.1", provider=None, host_keys=[], os=None))
+    assert json.loads(cli(tmp_path, "alias", "list", NAME, "--json").out) == {"aliases": []}
+    assert cli(tmp_path, "user", "list", NAME).out == f"no users on {NAME}\n"
+
+
+# ------------------------------------------------------------------------------------------------ push
+
+
+def test_failed_push_keeps_the_inventory_change(root: Path) -> None:
+    """The box cannot be reached (no pinned key, closed port): the inventory is updated, the box is not."""
+    result = cli(root, "user", "password", NAME, "alice@example.test", "--password-stdin", stdin="fresh pass 3\n")
+    assert result.code == 1
+    assert result.out == ""
+    first, second = result.err.splitlines()[:2]
+    assert first.startswith(
+        f"{NAME}: changed the password of alice@example.test: {P} WAS updated, but the box was NOT: "
+    )
+    assert second == f"  `miab-remote deploy {NAME}` will bring the box in line with the inventory."
+    assert "fresh pass" not in result.err
+    alice = Inventory(root / "hosts").load(NAME).users[0]
+    assert passwords.verify_password("fresh pass 3", alice.password_hash)
+
+
+def test_failed_push_never_purges(root: Path) -> None:
+    result = cli(root, "user", "remove", NAME, "bob@example.org", "--purge", "--yes")
+    assert result.code == 1
+    assert f"{NAME}: removed user bob@example.org: {P} WAS updated, but the box was NOT: " in result.err
+    assert "  The mailbox of bob@example.org was NOT deleted: the box still has the user." in result.err
+    assert [u.email for u in Inventory(root / "hosts").load(NAME).users] == ["alice@example.test"]
+
+
+# ----------------------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_adds_lose_nothing(root: Path) -> None:
+    env = {**os.environ, "NO_COLOR": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "miab_remote",
+                "--inventory",
+                "hosts",
+                "user",
+                "add",
+                NAME,
+                f"user{i:02}@example.test",
+                "--password-stdin",
+                "--no-push",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=root,
+            env=env,
+        )
+        for i in range(20)
+    ]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"password-{proc.pid}\n".encode())
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    emails = [u.email for u in Inventory(root / "hosts").load(NAME).users]
+    assert sorted(emails[2:]) == [f"user{i:02}@example.test" for i in range(20)]
+    assert emails[:2] == ["alice@example.test", "bob@example.org"]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def in_terminal(root: Path, args: list[str], typed: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal (so getpass really prompts, without echo) and answer each
+    'New password' prompt in turn. Returns the exit code and everything the terminal showed."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "1000", "TERM": "dumb"}
+    argv = [sys.executable, "-m", "miab_remote", "--inventory", "hosts", *args]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        try:
+            os.chdir(root)
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)
+    shown = b""
+    pending = list(typed)
+    prompts_seen = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if pending and shown.count(b"New password for") > prompts_seen:
+                prompts_seen += 1
+                os.write(fd, pending.pop(0).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
