@@ -8,27 +8,13 @@ operator's comments and layout survive. Addresses compare without regard to case
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tomlkit
 from tomlkit.items import AoT, Array, InlineTable, Table
 
+from miab_remote import mailmaps
 from miab_remote.errors import InputError
 from miab_remote.inventory import _QUOTA_RE, _email_problem, _fqdn_problem  # the validator's own rules
 from miab_remote.model import Alias, Host, MailUser
-
-# Every hosted domain gets these, pointing at the first user, unless the inventory has that source.
-AUTOMATIC_LOCAL_PARTS: tuple[str, ...] = ("postmaster", "abuse")
-
-
-@dataclass(frozen=True)
-class ListedAlias:
-    """An alias as `alias list` shows it: from the inventory, or added automatically by the recipes."""
-
-    source: str
-    destinations: tuple[str, ...]
-    automatic: bool
-
 
 # ------------------------------------------------------------------------------------------ lookups
 
@@ -41,38 +27,28 @@ def find_alias(host: Host, source: str) -> Alias | None:
     return next((a for a in host.aliases if a.source.lower() == source.lower()), None)
 
 
-def automatic_aliases(host: Host) -> tuple[Alias, ...]:
-    """postmaster@ and abuse@ of every hosted domain, to the first user, where the inventory has neither
-    an alias nor a user with that address. None without users: there is nobody to deliver to."""
-    if not host.users:
-        return ()
-    out: list[Alias] = []
-    for domain in host.domains:
-        for local in AUTOMATIC_LOCAL_PARTS:
-            source = f"{local}@{domain}"
-            if find_alias(host, source) is None and find_user(host, source) is None:
-                out.append(Alias(source, (host.users[0].email,)))
-    return tuple(out)
+def listed_aliases(host: Host) -> list[mailmaps.AliasEntry]:
+    """What `alias list` shows: exactly the aliases pushed to the box (mailmaps decides which automatic
+    postmaster@ / abuse@ exist), so the list and the box never disagree."""
+    return mailmaps.aliases(host)
 
 
-def listed_aliases(host: Host) -> list[ListedAlias]:
-    """The inventory's aliases in file order, then the automatic ones."""
-    return [ListedAlias(a.source, a.destinations, False) for a in host.aliases] + [
-        ListedAlias(a.source, a.destinations, True) for a in automatic_aliases(host)
-    ]
+def automatic_aliases(host: Host) -> list[mailmaps.AliasEntry]:
+    return [a for a in mailmaps.aliases(host) if a.automatic]
 
 
 def is_automatic(host: Host, source: str) -> bool:
     """Whether `source` is (or would be, with a user) one of the automatic addresses of a hosted domain."""
     local, _, domain = source.lower().rpartition("@")
-    return local in AUTOMATIC_LOCAL_PARTS and domain in host.domains
+    return local in mailmaps.AUTOMATIC and domain in host.domains
 
 
 # ------------------------------------------------------------------------------------ checked input
 
 
 def address(value: str, what: str = "address") -> str:
-    """An email address, with its domain in lower case (domains are case-insensitive, the file wants lower)."""
+    """An email address, with its domain in lower case (domains are case-insensitive, the file wants lower).
+    The local part is kept as typed: a destination elsewhere may care about its case."""
     local, at, domain = value.rpartition("@")
     normal = f"{local}@{domain.lower()}" if at else value
     if _email_problem(normal) is not None:
@@ -80,21 +56,25 @@ def address(value: str, what: str = "address") -> str:
     return normal
 
 
+def new_address(value: str) -> str:
+    """A new mailbox or alias source on this box: all lower case, as postfix and dovecot look addresses up
+    (dovecot lower-cases logins, postfix its map keys), so a mixed-case entry would never match."""
+    return address(value).lower()
+
+
 def alias_source(value: str) -> str:
-    """An alias source: an address, or '@domain' for a catch-all."""
+    """An alias source, in lower case: an address, or '@domain' for a catch-all."""
     if value.startswith("@"):
         domain = value[1:].lower()
         if _fqdn_problem(domain, "a domain name", "example.org") is not None:
             raise InputError(f"{value!r} is not a valid catch-all; expected '@' and a domain, like '@example.org'")
         return f"@{domain}"
-    local, at, domain = value.rpartition("@")
-    normal = f"{local}@{domain.lower()}" if at else value
-    if _email_problem(normal) is not None:
+    if _email_problem(value.lower()) is not None:
         raise InputError(
             f"{value!r} is not a valid alias source; expected an address like 'info@example.org', "
             "or '@example.org' for a catch-all"
         )
-    return normal
+    return value.lower()
 
 
 def quota(value: str) -> str:
@@ -183,6 +163,10 @@ def check_alias(host: Host, source: str) -> Alias:
     alias = find_alias(host, source)
     if alias is not None:
         return alias
+    if (user := find_user(host, source)) is not None:
+        raise InputError(
+            f"{user.email} is a user (a mailbox) of {host.name}, not an alias; aliases: {_aliases_text(host)}"
+        )
     if is_automatic(host, source):
         first = host.users[0].email if host.users else "the first user, once there is one"
         raise InputError(
@@ -217,13 +201,12 @@ def aliases_to(host: Host, email: str) -> list[str]:
 
 
 def _entries(doc: tomlkit.TOMLDocument, key: str) -> AoT | Array | None:
-    """The `[[users]]` / `[[aliases]]` array as written: tables, or an inline array of inline tables."""
+    """The `[[users]]` / `[[aliases]]` array as written: tables, or an inline array of inline tables
+    (the only shapes a validated inventory can have; anything else is refused, never rewritten)."""
     value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, AoT | Array):
+    if value is None or isinstance(value, AoT | Array):
         return value
-    raise InputError(f"`{key}` in the inventory is not an array of tables; fix it by hand")  # the validator forbids it
+    raise InputError(f"`{key}` in the inventory is not an array of tables; nothing was changed")
 
 
 def _index(entries: AoT | Array, field: str, value: str) -> int:
@@ -234,7 +217,8 @@ def _index(entries: AoT | Array, field: str, value: str) -> int:
 
 
 def _append(doc: tomlkit.TOMLDocument, key: str, fields: dict[str, str | list[str]]) -> None:
-    """Add one table to an array of tables, laid out like its neighbours (a blank line between tables)."""
+    """Add one table to an array of tables, laid out like its neighbours (a blank line between tables),
+    or one inline table to an inline array, when the operator wrote it that way."""
     entries = _entries(doc, key)
     if isinstance(entries, Array):
         inline = tomlkit.inline_table()
@@ -244,19 +228,18 @@ def _append(doc: tomlkit.TOMLDocument, key: str, fields: dict[str, str | list[st
     table = tomlkit.table()
     for name, value in fields.items():
         table[name] = value
-    if entries is None or len(entries) == 0:
+    if entries is None:  # the first one: a new [[key]] section at the end, after a blank line
         if doc.as_string().strip() and not doc.as_string().endswith("\n\n"):
-            table.trivia.indent = "\n"  # a blank line before the new [[key]] header
-        if entries is not None:
-            del doc[key]
-        doc.append(key, tomlkit.aot())
-        entries = _entries(doc, key)
-        assert isinstance(entries, AoT)
+            table.trivia.indent = "\n"
+        new = tomlkit.aot()
+        new.append(table)
+        doc.append(key, new)
     elif entries[-1].as_string().endswith("\n\n"):
         table.add(tomlkit.nl())  # the last one ends with a blank line: so does the new one
+        entries.append(table)
     else:
-        table.trivia.indent = "\n"
-    entries.append(table)
+        table.trivia.indent = "\n"  # a blank line before the new [[key]] header
+        entries.append(table)
 
 
 def _remove(doc: tomlkit.TOMLDocument, key: str, field: str, value: str) -> None:
@@ -264,8 +247,8 @@ def _remove(doc: tomlkit.TOMLDocument, key: str, field: str, value: str) -> None
     if entries is None:
         raise InputError(f"{value} is not in the inventory any more; nothing was changed")
     index = _index(entries, field, value)
-    if len(entries) == 1:
-        del doc[key]  # tomlkit would leave an empty `key = []` behind
+    if isinstance(entries, AoT) and len(entries) == 1:
+        del doc[key]  # tomlkit would turn the last [[key]] into `key = []`, moved to the top
     else:
         del entries[index]
 

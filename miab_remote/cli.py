@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except MiabError as e:
-        Console(stderr=True, highlight=False).print(f"miab-remote: {e}", markup=False, style="red")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"miab-remote: {e}", markup=False, style="red")
         return e.exit_code
     except KeyboardInterrupt:
         return 130

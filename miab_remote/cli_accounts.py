@@ -35,7 +35,7 @@ def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | N
     push unless --no-push. The push result, or None when not pushed."""
     with inv.lock(args.name):
         with inv.edit(args.name, locked=True) as doc:
-            # Loaded under the lock: the checks see what the edit changes, even if the file moved since.
+            # Checked again under the lock: another operator may have changed the file since the first check.
             edit(inv.load(args.name), doc)
         if args.no_push:
             return None
@@ -87,7 +87,7 @@ def _report(inv: Inventory, args: argparse.Namespace, what: str, run: HostRun | 
 def cmd_user_add(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     host = inv.load(args.name)
-    email = accounts.address(args.email)
+    email = accounts.new_address(args.email)
     quota = accounts.quota(args.quota) if args.quota is not None else None
     accounts.check_new_user(host, email)
     user = MailUser(email, passwords.new_password_hash(email, args.password_stdin), quota)
@@ -177,7 +177,12 @@ def _purge(inv: Inventory, args: argparse.Namespace, email: str) -> int:
             return 0
     with inv.lock(args.name):
         if accounts.find_user(inv.load(args.name), email) is not None:
-            raise InputError(f"{email} was added to {args.name} again meanwhile; its mailbox was kept on the box")
+            _stderr().print(
+                f"{args.name}: {email} was added again meanwhile; its mailbox was kept on the box",
+                markup=False,
+                style="red",
+            )
+            return 1
         run = _run_on_box(args, lambda progress: purge_mailbox(inv, args.name, email, progress))
     if run.error:
         _stderr().print(f"{args.name}: the mailbox of {email} was NOT deleted: {run.error}", markup=False, style="red")

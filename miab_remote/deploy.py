@@ -242,7 +242,7 @@ def purge_mailbox(inventory: Inventory, name: str, email: str, progress: Progres
     """Delete a removed user's mailbox on the box (after the operator confirmed)."""
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
-        if any(u.email == email.lower() for u in host.users):
+        if any(u.email.lower() == email.lower() for u in host.users):
             raise InputError(f"{email} is still a user of {name}; remove it first")
         path = mailbox_dir(email)
         wire = [

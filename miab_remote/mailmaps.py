@@ -24,13 +24,14 @@ class AliasEntry:
 def aliases(host: Host) -> list[AliasEntry]:
     """The inventory's aliases plus the automatic postmaster@/abuse@ of every domain."""
     out = [AliasEntry(a.source, a.destinations) for a in host.aliases]
-    defined = {a.source for a in host.aliases}
+    # An address that is already an alias or a mailbox of its own gets no automatic alias.
+    taken = {a.source.lower() for a in host.aliases} | {u.email.lower() for u in host.users}
     if host.users:
         first = host.users[0].email
         for domain in host.domains:
             for local in AUTOMATIC:
                 source = f"{local}@{domain}"
-                if source not in defined and source != first:
+                if source not in taken:
                     out.append(AliasEntry(source, (first,), automatic=True))
     return out
 

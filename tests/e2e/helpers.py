@@ -121,3 +121,36 @@ class Box:
 
     def sha256(self, path: str) -> str:
         return self.run(f"sha256sum {path} | cut -d' ' -f1")[1].strip()
+
+
+def operator_key(folder: Path) -> Path:
+    """A fresh operator SSH key pair in `folder`."""
+    from miab_remote.sshkeys import generate_ed25519
+
+    pair = generate_ed25519("e2e operator")
+    key = folder / "id_ed25519"
+    key.write_bytes(pair.private_openssh)
+    key.chmod(0o600)
+    (folder / "id_ed25519.pub").write_text(pair.public_line + "\n")
+    return key
+
+
+def create_box(inv: Path, identity: Path, name: str) -> Box:
+    """`miab-remote create --provider local` and a root SSH handle on the new box."""
+    import tomlkit
+
+    res = cli(inv, "create", "--provider", "local", "--identity-file", str(identity), name)
+    assert res.code == 0, res.err + res.out
+    doc = tomlkit.parse((inv / f"{name}.toml").read_text())
+    return Box(str(doc["address"]), str(doc["host_keys"][0]), identity)
+
+
+def edit_inventory(inv: Path, name: str, **top: Any) -> None:
+    """Set top-level keys of a box's inventory (as an operator would by hand), keeping the rest."""
+    import tomlkit
+
+    path = inv / f"{name}.toml"
+    doc = tomlkit.parse(path.read_text())
+    for key, value in top.items():
+        doc[key] = value
+    path.write_text(tomlkit.dumps(doc))

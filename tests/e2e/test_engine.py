@@ -14,7 +14,7 @@ import pytest
 import tomlkit
 
 from miab_remote.sshkeys import fingerprint_line, generate_ed25519
-from tests.e2e.helpers import Box, CLIResult, cli, new_inventory
+from tests.e2e.helpers import Box, CLIResult, cli, create_box, edit_inventory, new_inventory, operator_key
 
 pytestmark = pytest.mark.e2e
 
@@ -29,25 +29,15 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("operator")
-    pair = generate_ed25519("e2e operator")
-    key = folder / "id_ed25519"
-    key.write_bytes(pair.private_openssh)
-    key.chmod(0o600)
-    (folder / "id_ed25519.pub").write_text(pair.public_line + "\n")
-    return key
+    return operator_key(tmp_path_factory.mktemp("operator"))
 
 
 @pytest.fixture(scope="module")
 def box(inv: Path, identity: Path) -> Iterator[Box]:
-    res = cli(inv, "create", "--provider", "local", "--identity-file", str(identity), NAME)
-    assert res.code == 0, res.err + res.out
-    doc = tomlkit.parse((inv / f"{NAME}.toml").read_text())
-    assert doc["os"] == "debian-12"
+    b = create_box(inv, identity, NAME)
+    assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == "debian-12"
     # The test recipe joins the built-in base recipe.
-    doc["recipes"] = ["base", "testbox"]
-    (inv / f"{NAME}.toml").write_text(tomlkit.dumps(doc))
-    b = Box(str(doc["address"]), str(doc["host_keys"][0]), identity)
+    edit_inventory(inv, NAME, recipes=["base", "testbox"])
     yield b
     res = cli(inv, "destroy", "--yes", NAME)
     assert res.code == 0, res.err + res.out

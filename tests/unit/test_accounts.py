@@ -343,7 +343,7 @@ BAD_INPUT: list[tuple[str, list[str], str | None, str]] = [
         "alias-remove-user",
         ["alias", "remove", NAME, "alice@example.test", "--no-push"],
         None,
-        f"no alias alice@example.test on {NAME}; aliases: info@example.test",
+        f"alice@example.test is a user (a mailbox) of {NAME}, not an alias; aliases: info@example.test",
     ),
 ]
 
@@ -363,7 +363,7 @@ def test_bad_input(root: Path, args: list[str], typed: str | None, message: str)
 
 def test_user_add(root: Path) -> None:
     before = inventory_bytes(root).decode()
-    result = cli(root, "user", "add", NAME, "carol@Example.TEST", "--quota", "500m", *STDIN_FLAGS)
+    result = cli(root, "user", "add", NAME, "Carol@Example.TEST", "--quota", "500m", *STDIN_FLAGS)
     assert (result.code, result.err) == (0, "")
     assert result.out == f"{NAME}: added user carol@example.test (quota 500M); {NOT_PUSHED}\n"
     after = inventory_bytes(root).decode()
@@ -466,11 +466,11 @@ def test_remove_every_user_and_alias(root: Path) -> None:
 def test_alias_add(root: Path) -> None:
     before = inventory_bytes(root).decode()
     result = cli(
-        root, "alias", "add", NAME, "sales@example.test", "alice@example.test", "ops@elsewhere.test", "--no-push"
+        root, "alias", "add", NAME, "Sales@Example.test", "alice@example.test", "Ops@Elsewhere.TEST", "--no-push"
     )
     assert (result.code, result.err) == (0, "")
     assert result.out == (
-        f"{NAME}: added alias sales@example.test -> alice@example.test, ops@elsewhere.test; {NOT_PUSHED}\n"
+        f"{NAME}: added alias sales@example.test -> alice@example.test, Ops@elsewhere.test; {NOT_PUSHED}\n"
     )
     removed, added = diff(before, inventory_bytes(root).decode())
     assert removed == []
@@ -478,7 +478,7 @@ def test_alias_add(root: Path) -> None:
         "",
         "[[aliases]]",
         'source = "sales@example.test"',
-        'destinations = ["alice@example.test", "ops@elsewhere.test"]',
+        'destinations = ["alice@example.test", "Ops@elsewhere.test"]',
     ]
 
 
@@ -542,6 +542,27 @@ def test_comments_survive_a_series_of_edits(root: Path) -> None:
         "# The box's SSH host keys. Any other key is refused before anything is sent; if none is",
     ):
         assert comment in text
+
+
+def test_inline_arrays_stay_inline(tmp_path: Path, known_hash: str) -> None:
+    """An operator who wrote users and aliases as inline arrays gets inline entries added and removed."""
+    doc = new_document(NAME, "127.0.0.1", provider=None, host_keys=[], os=None)
+    text = doc.as_string().replace(
+        "host_keys = []\n",
+        "host_keys = []\n"
+        f'users = [\n  {{ email = "alice@example.test", password_hash = "{known_hash}" }},  # alice\n]\n'
+        'aliases = [{ source = "info@example.test", destinations = ["alice@example.test"] }]\n',
+    )
+    Inventory(tmp_path / "hosts").create(NAME, tomlkit.parse(text))
+    assert cli(tmp_path, "user", "add", NAME, "bob@example.test", *STDIN_FLAGS).code == 0
+    assert cli(tmp_path, "alias", "remove", NAME, "info@example.test", "--no-push").code == 0
+    assert cli(tmp_path, "alias", "add", NAME, "sales@example.test", "bob@example.test", "--no-push").code == 0
+    after = inventory_bytes(tmp_path).decode()
+    assert "\n[[" not in after  # no table headers, only the header comment's mention
+    assert f'  {{ email = "alice@example.test", password_hash = "{known_hash}" }},  # alice\n' in after
+    assert 'aliases = [{source = "sales@example.test", destinations = ["bob@example.test"]}]' in after
+    host = Inventory(tmp_path / "hosts").load(NAME)
+    assert [u.email for u in host.users] == ["alice@example.test", "bob@example.test"]
 
 
 # ---------------------------------------------------------------------------------------------- lists

@@ -1,0 +1,130 @@
+"""Real SMTP and IMAP clients for the mail e2e tests, verifying the box's certificate by pinning it."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.message
+import email.policy
+import email.utils
+import imaplib
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from tests.e2e.helpers import Box
+
+
+class _SMTPS(smtplib.SMTP_SSL):
+    """Implicit TLS to an address, verifying the certificate against the box's name."""
+
+    def __init__(self, address: str, verify_name: str, context: ssl.SSLContext) -> None:
+        self.verify_name = verify_name
+        super().__init__(address, 465, timeout=20, context=context, local_hostname="client.e2e.test")
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout)
+        return self.context.wrap_socket(sock, server_hostname=self.verify_name)
+
+
+class _IMAPS(imaplib.IMAP4_SSL):
+    def __init__(self, address: str, verify_name: str, context: ssl.SSLContext) -> None:
+        self.verify_name = verify_name
+        super().__init__(address, 993, ssl_context=context, timeout=20)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = imaplib.IMAP4._create_socket(self, timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.verify_name)
+
+
+class Mail:
+    """Talks to one box as a mail client would: SMTP on 25/465/587, IMAPS on 993."""
+
+    def __init__(self, box: Box, hostname: str, cert_pem: str) -> None:
+        self.box = box
+        self.hostname = hostname
+        # The certificate is self-signed until ACME: trust exactly it, and check that it names the box.
+        self.tls = ssl.create_default_context(cadata=cert_pem)
+        self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def smtp(self, port: int = 587) -> smtplib.SMTP:
+        if port == 465:
+            return _SMTPS(self.box.address, self.hostname, self.tls)
+        conn = smtplib.SMTP(self.box.address, port, timeout=20, local_hostname="client.e2e.test")
+        conn.ehlo()
+        return conn
+
+    def starttls(self, conn: smtplib.SMTP) -> None:
+        conn._host = self.hostname  # type: ignore[attr-defined]  # the name STARTTLS verifies
+        conn.starttls(context=self.tls)
+        conn.ehlo()
+
+    def submit(self, user: str, password: str, msg: email.message.EmailMessage, port: int = 587) -> None:
+        conn = self.smtp(port)
+        try:
+            if port == 587:
+                self.starttls(conn)
+            conn.login(user, password)
+            conn.send_message(msg)
+        finally:
+            conn.quit()
+
+    def deliver_25(self, sender: str, rcpts: list[str], msg: email.message.EmailMessage, timeout: float = 60) -> None:
+        """Deliver as another mail server would on port 25, retrying after greylisting like a real one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = self.smtp(25)
+            try:
+                self.starttls(conn)
+                conn.sendmail(sender, rcpts, msg.as_bytes())
+                return
+            except smtplib.SMTPRecipientsRefused as e:
+                codes = {code for code, _ in e.recipients.values()}
+                if codes != {450} or time.monotonic() > deadline:
+                    raise
+            finally:
+                with contextlib.suppress(smtplib.SMTPServerDisconnected):
+                    conn.quit()
+            time.sleep(1)
+
+    def imap(self, user: str, password: str) -> imaplib.IMAP4_SSL:
+        conn = _IMAPS(self.box.address, self.hostname, self.tls)
+        conn.login(user, password)
+        return conn
+
+    def wait_for(
+        self, user: str, password: str, folder: str, match: Callable[[email.message.Message], bool], timeout: float = 60
+    ) -> email.message.Message:
+        """Poll `folder` over IMAPS until a message satisfying `match` is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = self.imap(user, password)
+            try:
+                typ, _ = conn.select(f'"{folder}"', readonly=True)
+                assert typ == "OK", f"cannot select {folder}"
+                _, data = conn.search(None, "ALL")
+                for num in data[0].split():
+                    _, parts = conn.fetch(num, "(BODY.PEEK[])")
+                    raw = parts[0][1]
+                    assert isinstance(raw, bytes)
+                    msg = email.message_from_bytes(raw, policy=email.policy.default)
+                    if match(msg):
+                        return msg
+            finally:
+                conn.logout()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching message in {user}'s {folder} after {timeout} s")
+            time.sleep(0.5)
+
+
+def message(sender: str, to: str, subject: str, body: str = "hello\n") -> email.message.EmailMessage:
+    msg = email.message.EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = email.utils.make_msgid(domain="e2e.test")
+    msg.set_content(body)
+    return msg

@@ -1,0 +1,73 @@
+"""The account tables rendered for postfix and dovecot from an inventory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from miab_remote import mailmaps
+from miab_remote.model import Alias, Host, MailUser
+
+HASH = "{BLF-CRYPT}$2b$12$" + "a" * 53
+
+
+def host(
+    users: list[str], aliases: list[tuple[str, list[str]]], domains: tuple[str, ...] = ("a.test", "b.test")
+) -> Host:
+    return Host(
+        name="mx.a.test",
+        path=Path("hosts/mx.a.test.toml"),
+        hostname="mx.a.test",
+        address="10.0.0.1",
+        domains=domains,
+        users=tuple(MailUser(u, HASH, "2G" if u.startswith("q") else None) for u in users),
+        aliases=tuple(Alias(s, tuple(d)) for s, d in aliases),
+    )
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+def test_automatic_postmaster_and_abuse_point_at_the_first_user() -> None:
+    h = host(["alice@a.test", "bob@b.test"], [])
+    auto = {(a.source, a.destinations) for a in mailmaps.aliases(h) if a.automatic}
+    assert auto == {(f"{x}@{d}", ("alice@a.test",)) for x in ("postmaster", "abuse") for d in ("a.test", "b.test")}
+
+
+def test_inventory_alias_or_mailbox_overrides_the_automatic_one() -> None:
+    h = host(["alice@a.test", "postmaster@b.test"], [("Abuse@a.test", ["alice@a.test"])])
+    sources = [a.source for a in mailmaps.aliases(h)]
+    assert sources.count("postmaster@b.test") == 0
+    assert "abuse@a.test" not in sources and "Abuse@a.test" in sources
+    assert "postmaster@a.test" in sources
+
+
+def test_catch_all_keeps_real_mailboxes_and_maps_are_deterministic() -> None:
+    h = host(
+        ["alice@a.test", "carol@b.test"],
+        [("@b.test", ["carol@b.test"]), ("team@a.test", ["alice@a.test", "x@ext.test"])],
+    )
+    aliases = lines(mailmaps.virtual_aliases(h))
+    assert "carol@b.test carol@b.test" in aliases and "@b.test carol@b.test" in aliases
+    assert "team@a.test alice@a.test, x@ext.test" in aliases
+    assert mailmaps.virtual_aliases(h) == mailmaps.virtual_aliases(h)
+    assert lines(mailmaps.virtual_mailboxes(h)) == ["alice@a.test OK", "carol@b.test OK"]
+
+
+def test_sender_logins_allow_own_address_and_aliases_reaching_the_user() -> None:
+    h = host(
+        ["alice@a.test", "bob@a.test"],
+        [("team@a.test", ["alice@a.test", "bob@a.test"]), ("ext@a.test", ["x@ext.test"])],
+    )
+    logins = lines(mailmaps.sender_logins(h))
+    assert "alice@a.test alice@a.test" in logins and "bob@a.test bob@a.test" in logins
+    assert "team@a.test alice@a.test, bob@a.test" in logins
+    assert not any(line.startswith("ext@a.test") for line in logins), "nobody may send as a purely external alias"
+
+
+def test_dovecot_users_carry_hash_and_quota_only() -> None:
+    h = host(["alice@a.test", "quota@a.test"], [])
+    assert lines(mailmaps.dovecot_users(h)) == [
+        f"alice@a.test:{HASH}::::::",
+        f"quota@a.test:{HASH}::::::userdb_quota_rule=*:storage=2G",
+    ]
