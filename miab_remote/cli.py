@@ -22,7 +22,7 @@ from miab_remote import __version__
 from miab_remote.deploy import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory
-from miab_remote.output import Progress, stdout_console
+from miab_remote.output import Progress, plural, stdout_console
 
 T = TypeVar("T")
 PROVIDERS = ("local",)
@@ -77,7 +77,7 @@ def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:
     for name, run in runs.items():
         verb = "would change" if args.dry_run else "changed"
         head = (
-            f"{run.changed} {verb}, {run.failed} failed, {run.round_trips} round trips, {run.seconds:.1f} s"
+            f"{run.changed} {verb}, {run.failed} failed, {plural(run.round_trips, 'round trip')}, {run.seconds:.1f} s"
         )
         if run.error:
             out.print(f"[bold red]{name}: FAILED[/] ({head})")
@@ -105,9 +105,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     from miab_remote import operator_key
 
     if args.provider in PLANNED_PROVIDERS:
-        raise InputError(
-            f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}"
-        )
+        raise InputError(f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}")
     from miab_remote.providers import local
 
     inv = inventory_of(args)
@@ -234,9 +232,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
     if args.fingerprint:
         chosen = [line for fp, line in offered.items() if fp.split()[-1] == args.fingerprint.split()[-1]]
         if not chosen:
-            raise InputError(
-                f"{host.name}: no offered key has fingerprint {args.fingerprint}; nothing pinned"
-            )
+            raise InputError(f"{host.name}: no offered key has fingerprint {args.fingerprint}; nothing pinned")
     else:
         confirm("Pin these keys (check them out of band first)?", args.yes)
         chosen = list(offered.values())
@@ -272,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("create", parents=[common], help="make a new box and write its inventory")
     p.add_argument("--provider", required=True, choices=PROVIDERS + PLANNED_PROVIDERS)
-    p.add_argument(
-        "--identity-file", metavar="PATH", help="operator SSH key to authorise (default: ~/.ssh/id_*)"
-    )
+    p.add_argument("--identity-file", metavar="PATH", help="operator SSH key to authorise (default: ~/.ssh/id_*)")
     p.add_argument("names", nargs="+", metavar="NAME", help="the box's FQDN, e.g. box1.example.org")
     p.set_defaults(func=cmd_create)
 

@@ -24,7 +24,7 @@ from miab_remote.deploy import HostRun, purge_mailbox, push_accounts
 from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory, display_path
 from miab_remote.model import Host, MailUser
-from miab_remote.output import Progress, stdout_console
+from miab_remote.output import Progress, plural, stdout_console
 
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 
@@ -75,7 +75,8 @@ def _report(inv: Inventory, args: argparse.Namespace, what: str, run: HostRun | 
     if run is None:
         state = f"{where} updated; not pushed (--no-push): `miab-remote deploy {name}` applies it"
     else:
-        state = f"{where} and the box updated ({run.changed} changed)"
+        trips = plural(run.round_trips, "round trip")
+        state = f"{where} and the box updated ({run.changed} changed, {trips}, {run.seconds:.2f} s)"
     out = stdout_console()
     out.print(f"{name}: {what}; {state}", markup=False)
     for note in [*notes, *(run.notes if run is not None else [])]:

@@ -48,8 +48,6 @@ def plan_diff(plan: Plan, facts: Mapping[str, Any], rendered: Mapping[str, bytes
             fromfile=path if fact.get("exists") else "/dev/null",
             tofile=path,
         )
-        text = "".join(
-            line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
-        )
+        text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
         chunks.append(mask(text))
     return "".join(chunks)

@@ -18,8 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def stdout_console() -> Console:
-    return Console(highlight=False, no_color="NO_COLOR" in os.environ or None, soft_wrap=True)
+    # Not a terminal (a pipe, a log): no width to fit, so tables are never cut.
+    width = None if sys.stdout.isatty() else 1000
+    return Console(highlight=False, no_color="NO_COLOR" in os.environ or None, soft_wrap=True, width=width)
 
 
 class Progress:

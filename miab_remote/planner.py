@@ -245,7 +245,7 @@ def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed
             Action(
                 r.id,
                 "file",
-                f"{r.path}: " + ", ".join(diffs) + " differ",
+                f"{r.path}: update " + ", ".join(diffs),
                 {**params, "content": "content" in diffs, "expect": fact.get("sha256")},
             )
         )

@@ -52,14 +52,9 @@ def supported_list() -> str:
 def profile_for_os_release(os_release: dict[str, str], host: str) -> OSProfile:
     """Pick the profile for a box's /etc/os-release, or refuse it before anything changes."""
     for profile in PROFILES.values():
-        if (
-            os_release.get("ID") == profile.os_release_id
-            and os_release.get("VERSION_ID") == profile.version_id
-        ):
+        if os_release.get("ID") == profile.os_release_id and os_release.get("VERSION_ID") == profile.version_id:
             return profile
-    pretty = (
-        os_release.get("PRETTY_NAME") or f"{os_release.get('ID', '?')} {os_release.get('VERSION_ID', '?')}"
-    )
+    pretty = os_release.get("PRETTY_NAME") or f"{os_release.get('ID', '?')} {os_release.get('VERSION_ID', '?')}"
     raise HostError(f"{host}: unsupported OS {pretty!r}; nothing was changed. Supported: {supported_list()}")
 
 

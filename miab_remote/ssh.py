@@ -59,9 +59,7 @@ class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         if key.asbytes() in self.pinned:
             return
         offered = fingerprint(key.get_name(), key.asbytes())
-        raise HostKeyMismatch(
-            self.host, offered, [fingerprint(*parse_public_line(p)) for p in self.pinned.values()]
-        )
+        raise HostKeyMismatch(self.host, offered, [fingerprint(*parse_public_line(p)) for p in self.pinned.values()])
 
 
 def disabled_host_key_algorithms(pinned: list[str]) -> list[str]:
@@ -240,9 +238,7 @@ class Transport:
         stdin = str(len(code)).encode() + b"\n" + code + json.dumps(payload).encode()
         res = self.exec(inner, stdin, idle_timeout=idle_timeout, on_line=on_line)
         if res.exit_code == NO_PYTHON:
-            raise HostError(
-                f"{self.host.name}: python3 is missing on the box; install it (apt-get install python3)"
-            )
+            raise HostError(f"{self.host.name}: python3 is missing on the box; install it (apt-get install python3)")
         if res.exit_code != 0 and b"sudo:" in res.stderr:
             raise HostError(
                 f"{self.host.name}: {self.host.ssh.user} cannot become root without a password "

@@ -36,7 +36,7 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
         group="dovecot",
         secret=True,
         tags=("accounts",),
-        notify=("command:dovecot-auth-cache-flush",),
+        notify=("command:dovecot-auth-reload",),
     )
     yield File("/etc/dovecot/dovecot.conf", mode=0o644, notify=("service:dovecot",))
     yield Directory(SIEVE_DIR)
@@ -55,4 +55,6 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
         )
     # Restarted, not reloaded: a reload keeps old listeners open (port 143 would stay up).
     yield Service("dovecot", validator="doveconf -n >/dev/null")
-    yield Command("dovecot-auth-cache-flush", run="doveadm auth cache flush", on_notify=True)
+    # dovecot re-reads a changed passwd-file at most once a second, and caches logins: after a change to
+    # the users, restart its auth processes (a reload keeps open IMAP sessions) so the change is live now.
+    yield Command("dovecot-auth-reload", run="doveadm reload", on_notify=True)
