@@ -148,6 +148,10 @@ def _apply(
             item["staged"] = f"f{i}"
             staged[item["staged"]] = rendered[action.params["path"]]
         wire.append(item)
+    access = [a for a in the_plan.actions if a.op == "service" and a.params.get("carries_access")]
+    if access:
+        progress(run.name, "proving key login over a second connection before touching sshd")
+        _prove_login(transport.host, opts.connect_timeout, run, "before changing sshd: nothing was changed")
     progress(run.name, f"staging {len(staged)} file(s)")
     with transport.sftp() as sftp:
         stage = f"{sftp.normalize('.')}/.miab-remote-stage-{uuid.uuid4().hex[:12]}"
@@ -157,7 +161,23 @@ def _apply(
                 f.chmod(0o600)
                 f.set_pipelined(True)
                 f.write(data)
-    return _run_apply(transport, wire, stage, opts.lock_timeout, run, progress, mask)
+    done = _run_apply(transport, wire, stage, opts.lock_timeout, run, progress, mask)
+    if done and access:
+        _prove_login(transport.host, opts.connect_timeout, run, "after changing sshd: the old session is still open")
+    return done
+
+
+def _prove_login(host: Host, timeout: float, run: HostRun, when: str) -> None:
+    """Open a fresh pinned connection with the operator's key and run `true` through it (and sudo)."""
+    with Transport(host, connect_timeout=timeout) as probe:
+        try:
+            res = probe.exec("true", idle_timeout=timeout)
+        except MiabError as e:
+            raise HostError(f"{host.name}: key login over a new connection failed {when}: {e}") from None
+        finally:
+            run.round_trips += probe.round_trips
+        if res.exit_code != 0:
+            raise HostError(f"{host.name}: key login over a new connection failed {when}: exit {res.exit_code}")
 
 
 def _run_apply(
@@ -283,7 +303,7 @@ def _with_transport(
         run.failed += 1
     finally:
         if transport is not None:
-            run.round_trips = transport.round_trips
+            run.round_trips += transport.round_trips
             transport.close()
         run.seconds = time.monotonic() - start
     return run

@@ -273,6 +273,7 @@ def _plan_service(
     )
     todo = []
     params: dict[str, Any] = {
+        "carries_access": r.carries_access,
         "name": r.name,
         "running": r.running,
         "enabled": r.enabled,

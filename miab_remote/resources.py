@@ -66,6 +66,10 @@ class Service:
     enabled: bool = True
     reload: bool = False
     validator: str | None = None
+    # The service our own SSH access goes through (sshd): before it is reloaded, a second connection must
+    # prove that key login works, and after it, a fresh connection must still get in, so that a deploy
+    # never locks the operator out.
+    carries_access: bool = False
 
     @property
     def id(self) -> str:
