@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import tomlkit
 import tomlkit.exceptions
 
-from miab_remote import fsutil, sshkeys
+from miab_remote import dnszones, fsutil, sshkeys
 from miab_remote.errors import InputError
-from miab_remote.model import DEFAULT_RECIPES, Alias, Host, MailUser, SSHSettings
+from miab_remote.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, SSHSettings
 from miab_remote.profiles import PROFILES
 
 PROVIDERS: tuple[str, ...] = ("local", "digitalocean", "linode", "vultr", "ec2", "manual")
@@ -44,7 +44,12 @@ TOP_KEYS: tuple[str, ...] = (
     "users",
     "aliases",
     "options",
+    "ipv4",
+    "ipv6",
+    "dns",
 )
+DNS_KEYS: tuple[str, ...] = ("records",)
+DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
 SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file")
 USER_KEYS: tuple[str, ...] = ("email", "password_hash", "quota")
 ALIAS_KEYS: tuple[str, ...] = ("source", "destinations")
@@ -618,6 +623,9 @@ class _Checker:
         users = self.check_users(domains)
         aliases = self.check_aliases(domains)
         options = self.check_options()
+        ipv4 = self.check_ip("ipv4", 4)
+        ipv6 = self.check_ip("ipv6", 6)
+        dns_records = self.check_dns_records()
         if self.problems or hostname is None or address is None:
             return None
         return Host(
@@ -634,7 +642,52 @@ class _Checker:
             recipes=recipes,
             provider=provider,
             options=options,
+            ipv4=ipv4,
+            ipv6=ipv6,
+            dns_records=dns_records,
         )
+
+    def check_ip(self, name: str, version: int) -> str | None:
+        value = self.typed(self.data, (), name, str, f"the box's public IPv{version} address")
+        if value is None:
+            return None
+        try:
+            parsed = ipaddress.ip_address(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.version != version:
+            self.fail((name,), f"{value!r} is not an IPv{version} address")
+            return None
+        return str(parsed)
+
+    def check_dns_records(self) -> tuple[DNSRecord, ...]:
+        """[[dns.records]]: extra records, each checked with dnspython; types limited to what makes sense."""
+        table = self.typed(self.data, (), "dns", dict, "a table ([dns] section)")
+        if table is None:
+            return ()
+        self.unknown_keys(table, ("dns",), DNS_KEYS, "key in [dns]")
+        items = self.typed(table, ("dns",), "records", list, "an array of tables ([[dns.records]] sections)")
+        out: list[DNSRecord] = []
+        for index, item in enumerate(items or []):
+            at = ("dns", "records", index)
+            if not isinstance(item, dict):
+                self.fail(at, f"expected a table, got {_toml_type(item)} {_short(item)}")
+                continue
+            self.unknown_keys(item, at, DNS_RECORD_KEYS, "key in [[dns.records]]")
+            name = self.typed(item, at, "name", str, "an absolute name like 'www.example.org'", required=True)
+            rtype = self.typed(item, at, "type", str, f"one of {_or_list(dnszones.EXTRA_TYPES)}", required=True)
+            value = self.typed(item, at, "value", str, "the record's data, as in a zone file", required=True)
+            ttl = self.typed(item, at, "ttl", int, "seconds, 60 to 86400")
+            if ttl is not None and not 60 <= ttl <= 86400:
+                self.fail((*at, "ttl"), f"{ttl} is out of range; expected 60 to 86400 seconds")
+            if name is None or rtype is None or value is None:
+                continue
+            problem = dnszones.record_problem(name, rtype, value)
+            if problem:
+                self.fail((*at, problem[0]), problem[1])
+                continue
+            out.append(DNSRecord(name.lower().rstrip("."), rtype.upper(), value, ttl or 1800))
+        return tuple(out)
 
     def check_hostname(self) -> str | None:
         hostname = self.typed(self.data, (), "hostname", str, "the box's FQDN, like 'box1.example.org'", required=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RECIPES: tuple[str, ...] = ("base", "tls", "opendkim", "spamassassin", "dovecot", "postfix")
+DEFAULT_RECIPES: tuple[str, ...] = ("base", "tls", "opendkim", "nsd", "spamassassin", "dovecot", "postfix")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class Alias:
 
 
 @dataclass(frozen=True)
+class DNSRecord:
+    """An extra record the operator publishes in the box's zones: absolute `name`, a type, rdata text."""
+
+    name: str
+    type: str
+    value: str
+    ttl: int = 1800
+
+
+@dataclass(frozen=True)
 class Host:
     """One box. `name` is the inventory file's stem and equals `hostname` (the box's FQDN)."""
 
@@ -46,3 +56,7 @@ class Host:
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     provider: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # Public addresses published in DNS, when they differ from `address` (or it is a name).
+    ipv4: str | None = None
+    ipv6: str | None = None
+    dns_records: tuple[DNSRecord, ...] = ()

@@ -1,0 +1,197 @@
+"""The DNS a box publishes, computed from its inventory (pure: the same inventory gives the same zones).
+
+A box is authoritative for every mail domain it hosts and for its hostname's zone (when the hostname is
+not inside a hosted domain). Each zone gets what good delivery needs: NS, A/AAAA, MX, SPF, DKIM, DMARC,
+RFC 6186/8314 SRV records, plus the operator's extra records, which replace a generated record of the same
+name and type.
+
+The DKIM key is made on the box, so the laptop renders a zone *body* with a placeholder for it and without
+a serial; the box fills both in (miab_remote/remote/zone_build.py) and bumps the serial only when the
+body or the key changed, so a no-op deploy keeps the serial.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.zone
+
+from miab_remote.errors import InputError
+from miab_remote.layout import DKIM_SELECTOR
+from miab_remote.model import Host
+
+TTL = 1800
+SOA_TIMERS = "7200 3600 1209600 1800"  # refresh, retry, expire, negative TTL
+SERIAL_PLACEHOLDER = "@SERIAL@"
+DKIM_PLACEHOLDER = "@DKIM@"
+EXTRA_TYPES: tuple[str, ...] = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "CAA", "TLSA", "NS", "SSHFP")
+SPF = '"v=spf1 mx -all"'
+SPF_HOSTNAME = '"v=spf1 a -all"'
+DMARC = '"v=DMARC1; p=quarantine;"'
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str  # absolute, without the trailing dot
+    type: str
+    value: str  # rdata as in a zone file; names in it are absolute with a trailing dot
+    ttl: int = TTL
+
+    def relative_to(self, zone: str) -> str:
+        if self.name == zone:
+            return "@"
+        return self.name[: -len(zone) - 1]
+
+
+def zones_of(host: Host) -> list[str]:
+    """The zones the box serves: hosted domains and the hostname, minus names inside another of them."""
+    names = {d.lower() for d in host.domains} | {host.hostname.lower()}
+    return sorted(n for n in names if not any(n != z and n.endswith("." + z) for z in names))
+
+
+def zone_for(name: str, zones: list[str]) -> str | None:
+    """The most specific zone that contains `name`."""
+    name = name.lower().rstrip(".")
+    inside = [z for z in zones if name == z or name.endswith("." + z)]
+    return max(inside, key=len) if inside else None
+
+
+def addresses(host: Host) -> tuple[str | None, str | None]:
+    """The box's public IPv4 and IPv6: the inventory's ipv4/ipv6, else `address` when it is an IP."""
+    v4, v6 = host.ipv4, host.ipv6
+    try:
+        ip = ipaddress.ip_address(host.address)
+    except ValueError:
+        ip = None
+    if v4 is None and ip is not None and ip.version == 4:
+        v4 = str(ip)
+    if v6 is None and ip is not None and ip.version == 6:
+        v6 = str(ip)
+    return v4, v6
+
+
+def _address_records(name: str, v4: str | None, v6: str | None) -> list[Record]:
+    out = []
+    if v4:
+        out.append(Record(name, "A", v4))
+    if v6:
+        out.append(Record(name, "AAAA", v6))
+    return out
+
+
+def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]:
+    """Every record of every zone (SOA aside), in a stable order. `dkim` is the TXT rdata of the key."""
+    v4, v6 = addresses(host)
+    if not v4 and not v6:
+        raise InputError(
+            f"{host.path}: the box's DNS needs its public address: `address` is a name, so set ipv4 (and ipv6)"
+        )
+    hostname = host.hostname.lower()
+    ns = [f"ns1.{hostname}.", f"ns2.{hostname}."]
+    zones = zones_of(host)
+    out: dict[str, list[Record]] = {z: [] for z in zones}
+
+    def add(rec: Record) -> None:
+        zone = zone_for(rec.name, zones)
+        assert zone is not None
+        out[zone].append(rec)
+
+    for zone in zones:
+        for n in ns:
+            add(Record(zone, "NS", n))
+    # The box itself and its nameserver names (the glue the registrar needs points at these).
+    for name in (hostname, f"ns1.{hostname}", f"ns2.{hostname}"):
+        for rec in _address_records(name, v4, v6):
+            add(rec)
+    domains = sorted({d.lower() for d in host.domains})
+    if hostname not in domains:
+        # Bounces and the box's own mail come from the hostname: let it send.
+        add(Record(hostname, "TXT", SPF_HOSTNAME))
+    for domain in domains:
+        if domain != hostname:
+            for rec in _address_records(domain, v4, v6):
+                add(rec)
+        add(Record(domain, "MX", f"10 {hostname}."))
+        add(Record(domain, "TXT", SPF))
+        add(Record(f"{DKIM_SELECTOR}._domainkey.{domain}", "TXT", dkim))
+        add(Record(f"_dmarc.{domain}", "TXT", DMARC))
+        for sub in ("www", "autoconfig", "autodiscover"):
+            for rec in _address_records(f"{sub}.{domain}", v4, v6):
+                add(rec)
+        add(Record(f"_submission._tcp.{domain}", "SRV", f"0 1 587 {hostname}."))
+        add(Record(f"_submissions._tcp.{domain}", "SRV", f"0 1 465 {hostname}."))
+        add(Record(f"_imaps._tcp.{domain}", "SRV", f"0 1 993 {hostname}."))
+        add(Record(f"_imap._tcp.{domain}", "SRV", "0 0 0 ."))  # RFC 6186: plain IMAP is not offered
+    # The operator's records replace generated ones of the same name and type.
+    for extra in host.dns_records:
+        home = zone_for(extra.name, zones)
+        if home is None:
+            raise InputError(
+                f"{host.path}: dns record {extra.name!r} is in none of the box's zones ({', '.join(zones)})"
+            )
+        out[home] = [r for r in out[home] if (r.name, r.type) != (extra.name, extra.type)]
+    for extra in host.dns_records:
+        add(Record(extra.name, extra.type, normalized_rdata(extra.type, extra.value), extra.ttl))
+    return out
+
+
+def normalized_rdata(rtype: str, value: str) -> str:
+    """Record data as dnspython writes it, names absolute (the operator may write them with or without
+    the trailing dot: they are always taken as absolute)."""
+    rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root)
+    return str(rd.to_text())
+
+
+def txt_strings(text: str) -> str:
+    """TXT rdata for a long value: quoted strings of at most 255 bytes each (RFC 1035)."""
+    data = text.encode()
+    chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+    return " ".join('"' + c.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+
+
+def zone_body(host: Host, zone: str) -> str:
+    """The zone file the laptop renders: placeholders for the serial and the DKIM key, filled on the box."""
+    hostname = host.hostname.lower()
+    lines = [
+        "; Managed by miab-remote from the box's inventory; edits here are overwritten.",
+        f"$ORIGIN {zone}.",
+        f"$TTL {TTL}",
+        f"@ IN SOA ns1.{hostname}. hostmaster.{zone}. ( {SERIAL_PLACEHOLDER} {SOA_TIMERS} )",
+    ]
+    for rec in records(host)[zone]:
+        lines.append(f"{rec.relative_to(zone)} {rec.ttl} IN {rec.type} {rec.value}")
+    text = "\n".join(lines) + "\n"
+    _check_zone(zone, text)
+    return text
+
+
+def _check_zone(zone: str, body: str) -> None:
+    """Parse the rendered zone with dnspython (placeholders filled with sample values) before sending it."""
+    sample = body.replace(SERIAL_PLACEHOLDER, "1").replace(DKIM_PLACEHOLDER, '"v=DKIM1; k=rsa; p=AAAA"')
+    try:
+        dns.zone.from_text(sample, origin=zone, relativize=False, check_origin=True)
+    except dns.exception.DNSException as e:
+        raise InputError(f"zone {zone} does not parse: {e}") from None
+
+
+def record_problem(name: str, rtype: str, value: str) -> tuple[str, str] | None:
+    """(field, problem) for an operator's extra record, or None when dnspython accepts it."""
+    if rtype.upper() not in EXTRA_TYPES:
+        return "type", f"{rtype!r} is not accepted; accepted: {', '.join(EXTRA_TYPES)}"
+    try:
+        n = dns.name.from_text(name)
+    except dns.exception.DNSException as e:
+        return "name", f"{name!r} is not a DNS name: {e}"
+    if len(n.labels) < 3:  # at least two labels plus the root
+        return "name", f"{name!r} must be an absolute name inside one of the box's zones, like 'www.example.org'"
+    try:
+        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype.upper()), value, origin=dns.name.root)
+    except (dns.exception.DNSException, ValueError) as e:
+        return "value", f"{value!r} is not valid {rtype.upper()} data: {e}"
+    return None
