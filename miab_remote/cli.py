@@ -310,9 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="pin every offered key without asking")
     p.set_defaults(func=cmd_trust)
 
-    from miab_remote import cli_accounts  # imports this module: loaded here, not at the top
+    from miab_remote import cli_accounts, cli_dns  # they import this module: loaded here, not at the top
 
     cli_accounts.add_parsers(sub, common)
+    cli_dns.add_parsers(sub, common)
     return parser
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miab_remote import providers
 from miab_remote.diffing import Masker, plan_diff
 from miab_remote.errors import HostError, InputError, MiabError
 from miab_remote.inventory import Inventory
@@ -121,8 +122,11 @@ def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: 
             if opts.dry_run or not the_plan.actions:
                 run.actions = [ActionReport(a.resource, mask(a.why), "planned") for a in the_plan.actions]
                 run.changed = len(the_plan.changed_resources) if opts.dry_run else 0
+                if not opts.dry_run:
+                    run.notes += providers.after_deploy(host)
                 return
             if _apply(transport, the_plan, rendered, opts, run, progress, mask):
+                run.notes += providers.after_deploy(host)
                 return
             progress(name, "the box changed since it was read; reading it again")
         raise HostError(f"{name}: the box kept changing under this deploy; is another tool writing to it?")

@@ -144,7 +144,9 @@ def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]
 def normalized_rdata(rtype: str, value: str) -> str:
     """Record data as dnspython writes it, names absolute (the operator may write them with or without
     the trailing dot: they are always taken as absolute)."""
-    rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root)
+    rd = dns.rdata.from_text(
+        dns.rdataclass.IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root, relativize=False
+    )
     return str(rd.to_text())
 
 
@@ -191,7 +193,9 @@ def record_problem(name: str, rtype: str, value: str) -> tuple[str, str] | None:
     if len(n.labels) < 3:  # at least two labels plus the root
         return "name", f"{name!r} must be an absolute name inside one of the box's zones, like 'www.example.org'"
     try:
-        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype.upper()), value, origin=dns.name.root)
+        dns.rdata.from_text(
+            dns.rdataclass.IN, dns.rdatatype.from_text(rtype.upper()), value, origin=dns.name.root, relativize=False
+        )
     except (dns.exception.DNSException, ValueError) as e:
         return "value", f"{value!r} is not valid {rtype.upper()} data: {e}"
     return None

@@ -1111,6 +1111,8 @@ def new_document(
     out += [
         "# Mailboxes are [[users]] tables (email, password_hash: never a clear password, quota);",
         "# forwarding addresses are [[aliases]] tables (source, destinations).",
+        "# DNS: ipv4 / ipv6 = the public addresses to publish when they differ from `address`;",
+        "# extra records are [[dns.records]] tables (name, type, value, ttl).",
         "",
         "# The box's fully qualified domain name; it must equal this file's name.",
         f"hostname = {_toml(hostname)}",

@@ -18,8 +18,9 @@ MAPS = ("virtual_mailboxes", "virtual_aliases", "sender_logins")
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:
     host = ctx.host
-    for name in ("postfix", "postgrey"):
+    for name in ("postfix", "postgrey", "postfix-policyd-spf-python"):
         yield Package(name)
+    yield File("/etc/postfix-policyd-spf-python/policyd-spf.conf", notify=("service:postfix",))
     yield Directory(layout.POSTGREY, mode=0o755)
     yield Directory(f"{layout.POSTGREY}/db", mode=0o700, owner="postgrey", group="postgrey")
     yield File("/etc/default/postgrey", notify=("service:postgrey",))

@@ -167,6 +167,7 @@ def check_requirements() -> None:
         ("debootstrap", "debootstrap"),
         ("nft", "nftables"),
         ("ip", "iproute2"),
+        ("dnsmasq", "dnsmasq-base"),
     ):
         if _which(tool) is None:
             missing.append(f"{tool} (apt-get install {package})")
@@ -226,6 +227,9 @@ def create(
                 _write_record(paths, record)
                 say(f"preparing bridge {cfg.bridge} ({cfg.gateway}/{cfg.subnet.prefixlen}) and NAT")
                 _ensure_host_network(cfg)
+                from miab_remote.providers import local_dns
+
+                local_dns.ensure(cfg)
 
             cache = _ensure_rootfs_cache(cfg, say)
             say("copying the root filesystem")
@@ -272,6 +276,10 @@ def destroy(name: str, config: LocalConfig | None = None) -> list[str]:
             _teardown(cfg, name, paths, _read_record(paths) or {}, lines, drop_shared=True, graceful=True)
         except OSError as exc:
             raise ProviderError(str(exc)) from exc
+    from miab_remote.providers import local_dns
+
+    if _box_dirs(cfg) and local_dns.publish(name, [], "", cfg):
+        lines.append("withdrew its zones from the local resolver")
     return lines or ["nothing to remove"]
 
 
@@ -529,26 +537,6 @@ def _security_mirror(mirror: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def _host_nameservers() -> list[str]:
-    """The host's IPv4 resolvers, minus loopback ones a box cannot reach (systemd-resolved's stub)."""
-    for source in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
-        found: list[str] = []
-        try:
-            text = Path(source).read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            words = line.split()
-            if len(words) >= 2 and words[0] == "nameserver":
-                with contextlib.suppress(ValueError):
-                    addr = ipaddress.ip_address(words[1])
-                    if addr.version == 4 and not addr.is_loopback:
-                        found.append(str(addr))
-        if found:
-            return found[:3]
-    return []
-
-
 def _prepare_rootfs(
     cfg: LocalConfig,
     root: Path,
@@ -575,10 +563,8 @@ def _prepare_rootfs(
     if dbus_id.is_file() and not dbus_id.is_symlink():  # a copy, not the usual symlink: keep it in step
         _put(root, "var/lib/dbus/machine-id", machine_id, 0o444)
 
-    nameservers = _host_nameservers()
-    if not nameservers:
-        say("warning: no usable IPv4 nameserver in the host's /etc/resolv.conf; apt in the box cannot resolve")
-    _put(root, "etc/resolv.conf", "".join(f"nameserver {ns}\n" for ns in nameservers), 0o644)
+    # The local boxes' resolver (providers/local_dns.py) on the bridge: other boxes' zones, and the mirror.
+    _put(root, "etc/resolv.conf", f"nameserver {cfg.gateway}\n", 0o644)
 
     security = _security_mirror(cfg.mirror)
     _put(
@@ -777,6 +763,9 @@ def _remove_shared_network(cfg: LocalConfig, lines: list[str]) -> None:
     if _nft_table_exists(cfg):
         _run(["nft", "delete", "table", "ip", cfg.nft_table])
         lines.append(f"removed nft table ip {cfg.nft_table}")
+    from miab_remote.providers import local_dns
+
+    lines.extend(local_dns.stop(cfg))
 
 
 # --------------------------------------------------------------------------- processes

@@ -35,6 +35,13 @@ class CLIResult:
     def json(self) -> Any:
         return json.loads(self.out)
 
+    def errors(self) -> str:
+        """The per-host errors of a --json run (or the raw output), for assertion messages."""
+        try:
+            return "; ".join(f"{n}: {h['error']}" for n, h in self.json()["hosts"].items() if h.get("error"))
+        except (ValueError, KeyError, TypeError):
+            return self.err + self.out
+
 
 def cli(
     inventory: Path,
@@ -139,6 +146,7 @@ def create_box(inv: Path, identity: Path, name: str) -> Box:
     """`miab-remote create --provider local` and a root SSH handle on the new box."""
     import tomlkit
 
+    cli(inv, "destroy", "--yes", name)  # what a killed earlier run may have left behind
     res = cli(inv, "create", "--provider", "local", "--identity-file", str(identity), name)
     assert res.code == 0, res.err + res.out
     doc = tomlkit.parse((inv / f"{name}.toml").read_text())

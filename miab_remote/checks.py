@@ -1,0 +1,218 @@
+"""`miab-remote check`: is the box working, seen from the outside?
+
+From the laptop: every DNS record the box should publish (asked of the box's own nameserver), the ports
+mail clients and other servers need, the certificate (name and validity), and SSH password login. Each
+check says ok, or what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import socket
+import ssl
+from dataclasses import asdict, dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import paramiko
+from cryptography import x509
+
+from miab_remote import dnszones, layout
+from miab_remote.errors import HostError, MiabError
+from miab_remote.model import Host
+from miab_remote.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
+
+TIMEOUT = 5.0
+CERT_MIN_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def dkim_rdata_from_box(host: Host, timeout: float = 10.0) -> str | None:
+    """The DKIM TXT rdata as the box publishes it (the key is made on the box), over pinned SSH."""
+    with Transport(host, connect_timeout=timeout) as t:
+        res = t.exec(f"cat {layout.DKIM_PUBLIC} 2>/dev/null", idle_timeout=timeout)
+    text = "".join(re.findall(r'"([^"]*)"', res.stdout.decode(errors="replace")))
+    return dnszones.txt_strings(text) if text else None
+
+
+def _query(server: str, name: str, rtype: str) -> list[str]:
+    q = dns.message.make_query(name, rtype)
+    try:
+        r = dns.query.udp(q, server, timeout=TIMEOUT)
+        if r.flags & dns.flags.TC:
+            r = dns.query.tcp(q, server, timeout=TIMEOUT)
+    except (dns.exception.DNSException, OSError) as e:
+        raise HostError(f"{server} did not answer: {e}") from None
+    return sorted(rd.to_text() for rrset in r.answer if rrset.rdtype == dns.rdatatype.from_text(rtype) for rd in rrset)
+
+
+def _txt_value(rdata: str) -> str:
+    """The text of TXT rdata, however it is split into strings."""
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', rdata))
+
+
+def _same(rtype: str, got: list[str], want: list[str]) -> bool:
+    if rtype == "TXT":
+        return sorted(map(_txt_value, got)) == sorted(map(_txt_value, want))
+    return [g.lower() for g in got] == sorted(w.lower() for w in want)
+
+
+def dns_checks(host: Host, dkim: str | None) -> list[Check]:
+    """Every expected record, asked of the box's own nameserver (or the system resolver for external)."""
+    external = host.options["dns"] == "external"
+    server = dnszones.addresses(host)[0] or host.address
+    expected: dict[tuple[str, str], list[str]] = {}
+    for zone_records in dnszones.records(host, dkim or dnszones.DKIM_PLACEHOLDER).values():
+        for rec in zone_records:
+            if rec.value == dnszones.DKIM_PLACEHOLDER:
+                continue
+            expected.setdefault((rec.name, rec.type), []).append(
+                dns.rdata.from_text(
+                    dns.rdataclass.IN,
+                    dns.rdatatype.from_text(rec.type),
+                    rec.value,
+                    origin=dns.name.root,
+                    relativize=False,
+                ).to_text()
+            )
+    out: list[Check] = []
+    if dkim is None:
+        out.append(Check("DNS DKIM key", False, "the box has no DKIM key yet", f"miab-remote deploy {host.name}"))
+    where = "the DNS host" if external else f"the box's nameserver ({server})"
+    fix = f"miab-remote dns {host.name} lists the records to enter" if external else f"miab-remote deploy {host.name}"
+    resolver = dns.resolver.Resolver() if external else None
+    for (name, rtype), want in expected.items():
+        label = f"DNS {rtype} {name}"
+        try:
+            if resolver is not None:
+                try:
+                    got = sorted(rd.to_text() for rd in resolver.resolve(name, rtype))
+                except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                    got = []
+            else:
+                got = _query(server, name, rtype)
+        except (MiabError, dns.exception.DNSException) as e:
+            out.append(Check(label, False, f"no answer from {where}: {e}", fix))
+            continue
+        if _same(rtype, got, want):
+            out.append(Check(label, True, "; ".join(want) if rtype != "TXT" or len(want[0]) < 60 else "as expected"))
+        else:
+            shown = "; ".join(got) or "nothing"
+            out.append(Check(label, False, f"{where} answers {shown[:120]}, expected {'; '.join(want)[:120]}", fix))
+    return out
+
+
+def port_checks(host: Host) -> list[Check]:
+    ports = {25: "SMTP", 465: "submission (TLS)", 587: "submission (STARTTLS)", 993: "IMAPS"}
+    if "webmail" in host.recipes:
+        ports[443] = "HTTPS (webmail)"
+    if host.options["dns"] == "nsd" and "nsd" in host.recipes:
+        ports[53] = "DNS (TCP)"
+    out = []
+    for port, what in sorted(ports.items()):
+        try:
+            with socket.create_connection((host.address, port), timeout=TIMEOUT):
+                out.append(Check(f"port {port} {what}", True, "answers"))
+        except OSError as e:
+            out.append(
+                Check(
+                    f"port {port} {what}",
+                    False,
+                    f"no answer: {e}",
+                    f"miab-remote deploy {host.name}; check the provider's firewall",
+                )
+            )
+    return out
+
+
+def certificate_check(host: Host) -> Check:
+    """The certificate served on 993 names the box and stays valid for a while."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # we inspect it ourselves; a self-signed one is expected before ACME
+    try:
+        with (
+            socket.create_connection((host.address, 993), timeout=TIMEOUT) as sock,
+            ctx.wrap_socket(sock, server_hostname=host.hostname) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except OSError as e:
+        return Check("TLS certificate", False, f"could not read it on port 993: {e}", f"miab-remote deploy {host.name}")
+    assert der is not None
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+    except x509.ExtensionNotFound:
+        names = []
+    days = (cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).days
+    self_signed = cert.issuer == cert.subject
+    kind = "self-signed" if self_signed else f"issued by {cert.issuer.rfc4514_string()}"
+    if host.hostname not in names:
+        return Check(
+            "TLS certificate",
+            False,
+            f"names {', '.join(names) or 'nothing'}, not {host.hostname}",
+            "a certificate for the box's hostname is made by deploy",
+        )
+    if days < CERT_MIN_DAYS:
+        return Check("TLS certificate", False, f"{kind}, expires in {days} days", "renew the certificate")
+    return Check("TLS certificate", True, f"{kind}, names {host.hostname}, valid for {days} more days")
+
+
+def ssh_password_check(host: Host) -> Check:
+    """Ask the server which authentications it offers (auth 'none'): 'password' must not be one."""
+    name = "SSH password login"
+    try:
+        sock = socket.create_connection((host.address, host.ssh.port), timeout=TIMEOUT)
+    except OSError as e:
+        return Check(name, False, f"no answer on port {host.ssh.port}: {e}", "")
+    t = paramiko.Transport(sock, disabled_algorithms={"keys": disabled_host_key_algorithms(list(host.host_keys))})
+    try:
+        t.start_client(timeout=TIMEOUT)
+        PinnedKeyPolicy(host.name, list(host.host_keys)).missing_host_key(None, host.address, t.get_remote_server_key())
+        try:
+            t.auth_none(host.ssh.user)
+            allowed: list[str] = []
+        except paramiko.BadAuthenticationType as e:
+            allowed = list(e.allowed_types)
+    except (paramiko.SSHException, OSError, MiabError) as e:
+        return Check(name, False, f"could not ask: {e}", "")
+    finally:
+        t.close()
+    if "password" in allowed or "keyboard-interactive" in allowed:
+        return Check(name, False, f"offered ({', '.join(allowed)})", f"miab-remote deploy {host.name} (turns it off)")
+    return Check(name, True, f"off (offers {', '.join(allowed) or 'nothing before auth'})")
+
+
+def run_checks(host: Host) -> list[Check]:
+    try:
+        dkim = dkim_rdata_from_box(host)
+        ssh = Check("SSH key login", True, f"{host.ssh.user}@{host.address}:{host.ssh.port}, pinned host key")
+    except MiabError as e:
+        dkim = None
+        ssh = Check("SSH key login", False, str(e), "")
+    out = [ssh, ssh_password_check(host)]
+    out += port_checks(host)
+    out.append(certificate_check(host))
+    out += dns_checks(host, dkim)
+    return out

@@ -1,0 +1,125 @@
+"""`miab-remote dns` (what to set at the registrar, or the full record set for another DNS host) and
+`miab-remote check` (is the box working, seen from outside)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from miab_remote import dnszones
+from miab_remote.checks import Check, dkim_rdata_from_box, run_checks
+from miab_remote.cli import in_parallel, inventory_of
+from miab_remote.errors import MiabError
+from miab_remote.model import Host
+from miab_remote.output import stdout_console
+
+
+def _registrar(host: Host) -> dict[str, Any]:
+    v4, v6 = dnszones.addresses(host)
+    glue = [
+        {"name": f"ns{i}.{host.hostname}", "type": t, "value": ip}
+        for i in (1, 2)
+        for t, ip in (("A", v4), ("AAAA", v6))
+        if ip
+    ]
+    ns = [f"ns1.{host.hostname}", f"ns2.{host.hostname}"]
+    return {"glue": glue, "delegations": {zone: ns for zone in dnszones.zones_of(host)}}
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    host = inv.load(args.name)
+    out = stdout_console()
+    external = host.options["dns"] == "external"
+    data: dict[str, Any] = {"box": host.name, "dns": host.options["dns"]}
+    if external:
+        dkim = dkim_rdata_from_box(host)
+        zones = dnszones.records(host, dkim or dnszones.DKIM_PLACEHOLDER)
+        data["records"] = {
+            z: [r.__dict__ for r in recs if r.value != dnszones.DKIM_PLACEHOLDER] for z, recs in zones.items()
+        }
+        if dkim is None:
+            data["warning"] = "the box has no DKIM key yet: deploy it, then run this again"
+    else:
+        data.update(_registrar(host))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not external:
+        reg = data
+        out.print(f"{host.name} is the DNS server of its domains. At each domain's registrar:", markup=False)
+        out.print("1. Glue records (also called host records or child nameservers):", markup=False)
+        for g in reg["glue"]:
+            out.print(f"     {g['name']}  {g['type']}  {g['value']}", markup=False)
+        out.print("2. Nameservers of the domain:", markup=False)
+        for zone, ns in reg["delegations"].items():
+            out.print(f"     {zone}: {', '.join(ns)}", markup=False)
+        out.print(f"Then `miab-remote check {host.name}` verifies what the world sees.", markup=False)
+        return 0
+    if "warning" in data:
+        out.print(f"warning: {data['warning']}", style="yellow", markup=False)
+    out.print(f'{host.name} uses another DNS host (dns = "external"). Enter these records there.', markup=False)
+    for zone, recs in data["records"].items():
+        out.print(f"\n; zone {zone}, in zone-file syntax", markup=False)
+        for r in recs:
+            out.print(f"{r['name']}. {r['ttl']} IN {r['type']} {r['value']}", markup=False)
+        table = Table("name", "type", "value", "TTL", box=None, title=f"zone {zone}", title_justify="left")
+        for r in recs:
+            table.add_row(r["name"], r["type"], r["value"], str(r["ttl"]))
+        out.print(table)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    names = inv.names() if args.all else args.names
+    hosts = [inv.load(n) for n in names]
+
+    def one(host: Host) -> list[Check]:
+        try:
+            return run_checks(host)
+        except MiabError as e:
+            return [Check("check", False, str(e))]
+
+    results = in_parallel([h.name for h in hosts], lambda n: one(next(h for h in hosts if h.name == n)))
+    failed = {n: sum(not c.ok for c in checks) for n, checks in results.items()}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "hosts": {
+                        n: {"failed": failed[n], "checks": [c.as_dict() for c in checks]}
+                        for n, checks in results.items()
+                    }
+                },
+                indent=2,
+            )
+        )
+    else:
+        out = stdout_console()
+        for n, checks in results.items():
+            table = Table(
+                "check", "", "detail", "fix", box=None, title=f"{n}: {failed[n]} failed", title_justify="left"
+            )
+            for c in checks:
+                table.add_row(
+                    escape(c.name), "[green]ok[/]" if c.ok else "[bold red]FAIL[/]", escape(c.detail), escape(c.fix)
+                )
+            out.print(table)
+    return 1 if any(failed.values()) else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("dns", parents=[common], help="what to set at the registrar, or at another DNS host")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dns)
+    p = sub.add_parser("check", parents=[common], help="verify from outside that boxes work (DNS, ports, TLS, SSH)")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every box in the inventory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)

@@ -1,0 +1,157 @@
+"""The box as its own DNS, against two real local boxes: every record answered by nsd, a serial that moves
+only with the content, two boxes mailing each other by MX lookup with DKIM and SPF passing, `check`, and
+`dns` (registrar glue, or the full record set for an external DNS host)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from miab_remote import layout
+from miab_remote.passwords import hash_password
+from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.mailclients import Mail, message
+
+pytestmark = pytest.mark.e2e
+
+A, B = "mx.alpha-dns.test", "mx.beta-dns.test"
+PW = {"alice@alpha-dns.test": "alice-dns-pass", "bob@beta-dns.test": "bob-dns-pass1"}
+
+
+@pytest.fixture(scope="module")
+def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return new_inventory(tmp_path_factory.mktemp("dns") / "hosts")
+
+
+@pytest.fixture(scope="module")
+def boxes(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Box]]:
+    key = operator_key(tmp_path_factory.mktemp("operator"))
+    made: dict[str, Box] = {}
+
+    def make(name: str) -> None:
+        made[name] = create_box(inv, key, name)
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in (A, B)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(made) == {A, B}
+    edit_inventory(
+        inv,
+        A,
+        users=[{"email": "alice@alpha-dns.test", "password_hash": hash_password(PW["alice@alpha-dns.test"])}],
+        options={"greylist_delay": 0},
+    )
+    edit_inventory(
+        inv,
+        B,
+        domains=["beta-dns.test", "second-beta.test"],
+        users=[{"email": "bob@beta-dns.test", "password_hash": hash_password(PW["bob@beta-dns.test"])}],
+        options={"greylist_delay": 0},
+    )
+    try:
+        res = cli(inv, "deploy", A, B, "--json")  # both at once, in parallel
+        assert res.code == 0, res.errors()
+        yield made
+    finally:
+        assert cli(inv, "destroy", "--yes", A, B).code == 0
+
+
+def ask(box: Box, name: str, rtype: str) -> list[str]:
+    r = dns.query.udp(dns.message.make_query(name, rtype), box.address, timeout=5)
+    assert r.flags & dns.flags.AA, f"{box.address} is not authoritative for {name}"
+    return sorted(rd.to_text() for rrset in r.answer if rrset.rdtype == dns.rdatatype.from_text(rtype) for rd in rrset)
+
+
+def serial(box: Box, zone: str) -> int:
+    return int(ask(box, zone, "SOA")[0].split()[2])
+
+
+def test_every_record_is_answered_by_the_box(boxes: dict[str, Box]) -> None:
+    b = boxes[B]
+    dkim_txt = "".join(re.findall(r'"([^"]*)"', b.run(f"cat {layout.DKIM_PUBLIC}")[1]))
+    for domain in ("beta-dns.test", "second-beta.test"):
+        assert ask(b, domain, "NS") == [f"ns1.{B}.", f"ns2.{B}."]
+        assert ask(b, domain, "MX") == [f"10 {B}."]
+        assert ask(b, domain, "TXT") == ['"v=spf1 mx -all"']
+        assert ask(b, domain, "A") == [b.address]
+        assert ask(b, f"_dmarc.{domain}", "TXT") == ['"v=DMARC1; p=quarantine;"']
+        key = ask(b, f"mail._domainkey.{domain}", "TXT")[0]
+        strings = re.findall(r'"([^"]*)"', key)
+        assert "".join(strings) == dkim_txt and all(len(s) <= 255 for s in strings) and len(strings) > 1
+        for sub in ("www", "autoconfig", "autodiscover"):
+            assert ask(b, f"{sub}.{domain}", "A") == [b.address]
+        assert ask(b, f"_submission._tcp.{domain}", "SRV") == [f"0 1 587 {B}."]
+        assert ask(b, f"_imaps._tcp.{domain}", "SRV") == [f"0 1 993 {B}."]
+        assert ask(b, domain, "SOA")[0].startswith(f"ns1.{B}. hostmaster.{domain}. ")
+    for name in (B, f"ns1.{B}", f"ns2.{B}"):
+        assert ask(b, name, "A") == [b.address]
+
+
+def test_serial_moves_only_with_the_content(inv: Path, boxes: dict[str, Box]) -> None:
+    a = boxes[A]
+    before = serial(a, "alpha-dns.test")
+    res = cli(inv, "deploy", A, "--json")
+    assert res.code == 0 and res.json()["hosts"][A]["changed"] == 0
+    assert serial(a, "alpha-dns.test") == before
+    edit_inventory(inv, A, dns={"records": [{"name": "extra.alpha-dns.test", "type": "TXT", "value": '"hello"'}]})
+    res = cli(inv, "deploy", A, "--json")
+    assert res.code == 0, res.err
+    assert serial(a, "alpha-dns.test") > before
+    assert ask(a, "extra.alpha-dns.test", "TXT") == ['"hello"']
+
+
+def test_two_boxes_mail_each_other_with_dkim_and_spf_passing(boxes: dict[str, Box]) -> None:
+    alice, bob = "alice@alpha-dns.test", "bob@beta-dns.test"
+    ma = Mail(boxes[A], A, boxes[A].run(f"cat {layout.TLS_CERT}")[1])
+    mb = Mail(boxes[B], B, boxes[B].run(f"cat {layout.TLS_CERT}")[1])
+    for sender, rcpt, out_box, in_box in ((alice, bob, ma, mb), (bob, alice, mb, ma)):
+        subject = f"from {sender} by MX lookup"
+        out_box.submit(sender, PW[sender], message(sender, rcpt, subject))
+        got = in_box.wait_for(rcpt, PW[rcpt], "INBOX", lambda m, s=subject: m["Subject"] == s, timeout=90)
+        results = " ".join(str(h) for h in got.get_all("Authentication-Results") or [])
+        assert "dkim=pass" in results and f"header.d={sender.split('@')[1]}" in results, results
+        assert "spf=pass" in results, results
+
+
+def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) -> None:
+    res = cli(inv, "check", B, "--json")
+    checks = res.json()["hosts"][B]["checks"]
+    assert res.code == 0, [c for c in checks if not c["ok"]]
+    assert any(c["name"] == "DNS MX second-beta.test" and c["ok"] for c in checks)
+    boxes[B].run("systemctl stop nsd")
+    try:
+        res = cli(inv, "check", B)
+        assert res.code == 1
+        failing = [line for line in res.out.splitlines() if "FAIL" in line]
+        assert any("port 53" in line for line in failing)
+        assert any("DNS MX beta-dns.test" in line and "did not answer" in line for line in failing)
+    finally:
+        boxes[B].run("systemctl start nsd")
+
+
+def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, boxes: dict[str, Box]) -> None:
+    res = cli(inv, "dns", B)
+    assert res.code == 0, res.err
+    assert f"ns1.{B}  A  {boxes[B].address}" in res.out and f"ns2.{B}  A  {boxes[B].address}" in res.out
+    assert f"second-beta.test: ns1.{B}, ns2.{B}" in res.out
+    # The box's DNS is moved to another host: nsd goes, and `dns` prints every record to enter there.
+    edit_inventory(inv, A, options={"greylist_delay": 0, "dns": "external"})
+    res = cli(inv, "deploy", A, "--json")
+    assert res.code == 0, res.err
+    assert boxes[A].run("dpkg -s nsd", check=False)[0] != 0, "nsd is removed"
+    res = cli(inv, "dns", A)
+    assert res.code == 0, res.err
+    assert f"alpha-dns.test. 1800 IN MX 10 {A}." in res.out
+    assert 'mail._domainkey.alpha-dns.test. 1800 IN TXT "v=DKIM1;' in res.out
+    assert "_dmarc.alpha-dns.test. 1800 IN TXT" in res.out
+    data = cli(inv, "dns", A, "--json").json()
+    assert {r["type"] for r in data["records"]["alpha-dns.test"]} >= {"A", "MX", "TXT", "SRV", "NS"}
