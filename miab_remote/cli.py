@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import tomlkit
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -113,14 +114,21 @@ def cmd_create(args: argparse.Namespace) -> int:
     local.check_requirements()
     progress = Progress(args.names, verbose=True)
 
+    def record(doc: tomlkit.TOMLDocument, box: local.CreatedBox) -> None:
+        doc["address"] = box.address
+        doc["host_keys"] = [box.host_key_public]
+        doc["provider"] = "local"
+        doc["os"] = box.os
+        if box.resolvers:
+            if "options" not in doc:
+                doc["options"] = tomlkit.table()
+            doc["options"]["resolvers"] = list(box.resolvers)
+
     def one(name: str) -> str:
         box = local.create(name, key_line, progress=lambda msg: progress(name, msg))
         if inv.path_for(name).exists():
             with inv.edit(name) as doc:
-                doc["address"] = box.address
-                doc["host_keys"] = [box.host_key_public]
-                doc["provider"] = "local"
-                doc["os"] = box.os
+                record(doc, box)
             return f"{name}: created at {box.address}; kept the existing inventory {inv.path_for(name)} (re-pinned)"
         doc = inventory_mod.new_document(
             name,
@@ -130,6 +138,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             os=box.os,
             identity_file=str(key_path),
         )
+        record(doc, box)
         inv.create(name, doc)
         return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
 
@@ -313,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     from miab_remote import cli_accounts, cli_dns  # they import this module: loaded here, not at the top
 
     cli_accounts.add_parsers(sub, common)
+    from miab_remote import cli_boxops  # bans, unban
+
+    cli_boxops.add_parsers(sub, common)
     cli_dns.add_parsers(sub, common)
     return parser
 

@@ -136,7 +136,23 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         check=_one_of("nsd", "external"),
         accepted='"nsd" or "external"',
     ),
+    "resolvers": OptionSpec(
+        type=list,
+        default=(),
+        doc="nameservers the box's mail filters ask (DKIM keys); empty: they resolve from the DNS root",
+        check=lambda value: _ip_list_problem(value),
+        accepted='a list of IP addresses, like ["10.77.0.1"]',
+    ),
 }
+
+
+def _ip_list_problem(value: list[Any]) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except (ValueError, TypeError):
+            return f"{item!r} is not an IP address; accepted: a list of IP addresses"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- errors

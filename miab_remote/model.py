@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RECIPES: tuple[str, ...] = ("base", "tls", "opendkim", "nsd", "spamassassin", "dovecot", "postfix")
+DEFAULT_RECIPES: tuple[str, ...] = (
+    "base",
+    "hardening",
+    "tls",
+    "opendkim",
+    "nsd",
+    "spamassassin",
+    "dovecot",
+    "postfix",
+    "webmail",
+)
 
 
 @dataclass(frozen=True)

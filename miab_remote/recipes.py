@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,23 @@ def find_recipe(name: str, inventory_root: Path) -> Path:
     )
 
 
+_LOADING = threading.Lock()
+
+
 def _load_module(path: Path) -> ModuleType:
+    """Import a recipe file once per process. Hosts deploy in parallel threads: the lock keeps one of them
+    from seeing another's half-executed module."""
     mod_name = f"miab_remote_recipe_{path.parent.name}_{path.stem}_{abs(hash(str(path)))}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise InputError(f"cannot load recipe {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
+    with _LOADING:
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"cannot load recipe {path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[mod_name] = module
+        return module
 
 
 def load_resources(host: Host, profile: OSProfile, inventory_root: Path) -> list[Resource]:

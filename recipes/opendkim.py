@@ -24,7 +24,7 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
         notify=("service:opendkim",),
     )
     yield Directory("/etc/opendkim")
-    for name in ("KeyTable", "SigningTable", "TrustedHosts"):
+    for name in ("KeyTable", "SigningTable", "TrustedHosts", "unbound.conf"):
         yield File(f"/etc/opendkim/{name}", notify=("service:opendkim",))
     yield File("/etc/opendkim.conf", notify=("service:opendkim",))
     yield Service("opendkim", validator="opendkim -n")

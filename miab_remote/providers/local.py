@@ -142,6 +142,7 @@ class CreatedBox:
     address: str  # the box's IPv4 on the bridge
     host_key_public: str  # "ssh-ed25519 AAAA... root@NAME", generated here and installed before boot
     os: str = OS_NAME
+    resolvers: tuple[str, ...] = ()  # the nameserver the box asks (the local resolver on the bridge)
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,9 @@ def create(
             raise
 
     say(f"up at {address}")
-    return CreatedBox(name=name, address=str(address), host_key_public=host_key.public_line)
+    return CreatedBox(
+        name=name, address=str(address), host_key_public=host_key.public_line, resolvers=(str(cfg.gateway),)
+    )
 
 
 def destroy(name: str, config: LocalConfig | None = None) -> list[str]:

@@ -154,11 +154,15 @@ def create_box(inv: Path, identity: Path, name: str) -> Box:
 
 
 def edit_inventory(inv: Path, name: str, **top: Any) -> None:
-    """Set top-level keys of a box's inventory (as an operator would by hand), keeping the rest."""
+    """Set top-level keys of a box's inventory (as an operator would by hand), keeping the rest; tables
+    given as dicts are merged into the existing ones."""
     import tomlkit
 
     path = inv / f"{name}.toml"
     doc = tomlkit.parse(path.read_text())
     for key, value in top.items():
-        doc[key] = value
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key].update(value)  # a table such as [options] is merged, not replaced
+        else:
+            doc[key] = value
     path.write_text(tomlkit.dumps(doc))

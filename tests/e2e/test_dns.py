@@ -100,7 +100,7 @@ def test_serial_moves_only_with_the_content(inv: Path, boxes: dict[str, Box]) ->
     a = boxes[A]
     before = serial(a, "alpha-dns.test")
     res = cli(inv, "deploy", A, "--json")
-    assert res.code == 0 and res.json()["hosts"][A]["changed"] == 0
+    assert res.code == 0 and res.json()["hosts"][A]["changed"] == 0, res.json()["hosts"][A]["actions"]
     assert serial(a, "alpha-dns.test") == before
     edit_inventory(inv, A, dns={"records": [{"name": "extra.alpha-dns.test", "type": "TXT", "value": '"hello"'}]})
     res = cli(inv, "deploy", A, "--json")

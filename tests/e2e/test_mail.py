@@ -117,8 +117,8 @@ def test_authenticated_user_cannot_send_as_another(mail: Mail) -> None:
 
 
 def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection((box.address, 143), timeout=5)
+    with pytest.raises(OSError):  # refused, or dropped by the firewall: either way nothing answers
+        socket.create_connection((box.address, 143), timeout=3).close()
     conn = mail.imap(f"carol@{OTHER}", PASSWORDS[f"carol@{OTHER}"])
     _, folders = conn.list()
     names = b" ".join(folders)
