@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from miab_remote.deploy import ActionReport, HostRun, _with_transport
+from miab_remote.deploy import ActionReport, HostRun, with_transport
 from miab_remote.errors import HostError, InputError
 from miab_remote.inventory import Inventory
 from miab_remote.model import Host
@@ -100,7 +100,7 @@ def list_bans(inventory: Inventory, name: str, progress: Progress, connect_timeo
         progress(name, "reading fail2ban's bans")
         result.jails = parse_banned(_fail2ban(host, transport, "fail2ban-client banned"))
 
-    result.run = _with_transport(inventory, name, job, connect_timeout)
+    result.run = with_transport(inventory, name, job, connect_timeout)
     return result
 
 
@@ -150,7 +150,7 @@ def unban(
         run.actions = [ActionReport(f"jail:{j}", f"unban {address}", "changed") for j in targets]
         run.changed = len(targets)
 
-    result.run = _with_transport(inventory, name, job, connect_timeout)
+    result.run = with_transport(inventory, name, job, connect_timeout)
     if unknown:
         raise unknown[0]
     return result

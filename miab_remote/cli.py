@@ -252,6 +252,16 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------------------
+def add_connect_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on a box that does not answer SSH within this time (default 10)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -294,13 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for another deploy on the same box (default 300)",
     )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="give up on a box that does not answer SSH within this time (default 10)",
-    )
+    add_connect_timeout(p)
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("destroy", parents=[common], help="stop and remove boxes made by create")

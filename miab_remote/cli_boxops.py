@@ -12,7 +12,7 @@ import json
 from rich.table import Table
 
 from miab_remote import boxops
-from miab_remote.cli import in_parallel, inventory_of
+from miab_remote.cli import add_connect_timeout, in_parallel, inventory_of
 from miab_remote.output import Progress, plural, stdout_console
 
 
@@ -69,20 +69,11 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    def connect_timeout(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--connect-timeout",
-            type=float,
-            default=10.0,
-            metavar="SECONDS",
-            help="give up on a box that does not answer SSH within this time (default 10)",
-        )
-
     text = "list the addresses fail2ban bans on boxes, per jail"
     p = sub.add_parser("bans", parents=[common], help=text, description=text)
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--json", action="store_true", help='print {"hosts": {NAME: {"jails": {JAIL: [ADDRESS...]}}}}')
-    connect_timeout(p)
+    add_connect_timeout(p)
     p.set_defaults(func=cmd_bans)
 
     text = "lift fail2ban's ban of an address on a box (in every jail, or one)"
@@ -90,5 +81,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("name", metavar="NAME", help="the box")
     p.add_argument("address", metavar="ADDRESS", help="the banned IPv4 or IPv6 address")
     p.add_argument("--jail", metavar="JAIL", help="only this jail (e.g. dovecot, postfix-sasl, sshd)")
-    connect_timeout(p)
+    add_connect_timeout(p)
     p.set_defaults(func=cmd_unban)

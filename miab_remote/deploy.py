@@ -131,7 +131,7 @@ def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: 
             progress(name, "the box changed since it was read; reading it again")
         raise HostError(f"{name}: the box kept changing under this deploy; is another tool writing to it?")
 
-    return _with_transport(inventory, name, job, opts.connect_timeout)
+    return with_transport(inventory, name, job, opts.connect_timeout)
 
 
 def _apply(
@@ -259,7 +259,7 @@ def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRu
         progress(name, "pushing users and aliases")
         _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
 
-    return _with_transport(inventory, name, job)
+    return with_transport(inventory, name, job)
 
 
 def purge_mailbox(inventory: Inventory, name: str, email: str, progress: Progress) -> HostRun:
@@ -282,7 +282,7 @@ def purge_mailbox(inventory: Inventory, name: str, email: str, progress: Progres
         progress(name, f"deleting {path}")
         _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
 
-    return _with_transport(inventory, name, job)
+    return with_transport(inventory, name, job)
 
 
 def _private_stage() -> str:
@@ -290,7 +290,7 @@ def _private_stage() -> str:
     return f"/run/miab-remote/push-{uuid.uuid4().hex[:12]}"
 
 
-def _with_transport(
+def with_transport(
     inventory: Inventory, name: str, job: Callable[[Host, Transport, HostRun], None], connect_timeout: float = 10.0
 ) -> HostRun:
     """Run `job` over one pinned connection; every failure ends up in the returned HostRun."""

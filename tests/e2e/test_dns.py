@@ -5,6 +5,7 @@ only with the content, two boxes mailing each other by MX lookup with DKIM and S
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,7 +148,10 @@ def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, box
     edit_inventory(inv, A, options={"greylist_delay": 0, "dns": "external"})
     res = cli(inv, "deploy", A, "--json")
     assert res.code == 0, res.err
-    assert boxes[A].run("dpkg -s nsd", check=False)[0] != 0, "nsd is removed"
+    status = boxes[A].run("dpkg-query -W -f='${db:Status-Abbrev}' nsd", check=False)[1]
+    assert not status.startswith("ii"), f"nsd is removed (dpkg status {status!r})"
+    with pytest.raises(OSError):  # nothing answers DNS on the box any more
+        socket.create_connection((boxes[A].address, 53), timeout=3).close()
     res = cli(inv, "dns", A)
     assert res.code == 0, res.err
     assert f"alpha-dns.test. 1800 IN MX 10 {A}." in res.out
