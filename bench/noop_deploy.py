@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from miab_remote.deploy import DeployOptions, deploy_host  # noqa: E402
 from miab_remote.inventory import Inventory  # noqa: E402
 from miab_remote.passwords import hash_password  # noqa: E402
+from tests.e2e import helpers  # noqa: E402
 from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key  # noqa: E402
 
 BENCH_ENV = {
@@ -39,7 +40,8 @@ BENCH_ENV = {
 @contextlib.contextmanager
 def bench_box(tmp: Path, recipes: list[str] | None) -> Iterator[tuple[Path, str, Box]]:
     """A deployed local box with two users (recipes None: the default mail stack), destroyed afterwards."""
-    os.environ.update(BENCH_ENV)
+    os.environ.update(BENCH_ENV)  # for the engine run in this process
+    helpers.E2E_ENV.update(BENCH_ENV)  # for the CLI runs of the test helpers: the bench has its own network
     name = "mx.bench.test"
     inv = new_inventory(tmp / "hosts")
     box = create_box(inv, operator_key(tmp), name)
