@@ -236,3 +236,21 @@ def test_concurrent_user_adds_all_land(inv: Path, mail: Mail) -> None:
     assert all(f'"crowd{i}@{DOMAIN}"' in text for i in range(20))
     for i in (0, 7, 19):
         mail.imap(f"crowd{i}@{DOMAIN}", f"crowd-pass-{i}").logout()
+
+
+def test_user_remove_purge_deletes_the_mailbox_after_confirmation(inv: Path, mail: Mail, box: Box) -> None:
+    erin = f"erin@{DOMAIN}"
+    assert cli(inv, "user", "add", NAME, erin, "--password-stdin", stdin="erin-password-1\n").code == 0
+    bob = f"bob@{DOMAIN}"
+    mail.submit(bob, PASSWORDS[bob], message(bob, erin, "for erin"))
+    mail.wait_for(erin, "erin-password-1", "INBOX", lambda m: m["Subject"] == "for erin")
+    folder = layout.mailbox_dir(erin)
+    # Without a terminal and without --yes: refused before anything changes.
+    before = (inv / f"{NAME}.toml").read_bytes()
+    res = cli(inv, "user", "remove", NAME, erin, "--purge")
+    assert res.code == 2 and (inv / f"{NAME}.toml").read_bytes() == before
+    assert box.run(f"test -d {folder}", check=False)[0] == 0
+    res = cli(inv, "user", "remove", NAME, erin, "--purge", "--yes")
+    assert res.code == 0, res.err + res.out
+    assert box.run(f"test -e {folder}", check=False)[0] != 0, "the mailbox is gone"
+    assert f'"{erin}"' not in (inv / f"{NAME}.toml").read_text()
