@@ -85,7 +85,8 @@ class Box:
         kind, b64 = line.split()[:2]
         self.host_key = paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
 
-    def run(self, command: str, check: bool = True, stdin: bytes = b"") -> tuple[int, str]:
+    def pinned_client(self) -> paramiko.SSHClient:
+        """An SSH client (not connected) that accepts exactly this box's host key."""
         client = paramiko.SSHClient()
         expected = self.host_key
 
@@ -95,6 +96,10 @@ class Box:
                     raise paramiko.SSHException("test helper: host key mismatch")
 
         client.set_missing_host_key_policy(Pinned())
+        return client
+
+    def run(self, command: str, check: bool = True, stdin: bytes = b"") -> tuple[int, str]:
+        client = self.pinned_client()
         for attempt in range(50):  # sshd may be restarting (a test changed its key): wait up to ~10 s
             try:
                 self._connect(client)

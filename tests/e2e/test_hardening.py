@@ -234,15 +234,7 @@ def test_ssh_takes_keys_only(box: Box) -> None:
     finally:
         t.close()
 
-    client = paramiko.SSHClient()
-    expected = box.host_key
-
-    class Pinned(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-            if key.asbytes() != expected.asbytes():
-                raise paramiko.SSHException("host key mismatch")
-
-    client.set_missing_host_key_policy(Pinned())
+    client = box.pinned_client()
     try:
         with pytest.raises(paramiko.AuthenticationException):
             client.connect(

@@ -41,21 +41,23 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     b = create_box(inv, operator_key(tmp_path_factory.mktemp("operator")), NAME)
-    edit_inventory(
-        inv,
-        NAME,
-        domains=[DOMAIN, OTHER],
-        users=[{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
-        aliases=[
-            {"source": f"team@{DOMAIN}", "destinations": [f"alice@{DOMAIN}", f"bob@{DOMAIN}"]},
-            {"source": f"@{OTHER}", "destinations": [f"carol@{OTHER}"]},
-        ],
-        options={"greylist_delay": 2},
-    )
-    res = cli(inv, "deploy", NAME, "--json")
-    assert res.code == 0, res.err + res.out
-    yield b
-    assert cli(inv, "destroy", "--yes", NAME).code == 0
+    try:
+        edit_inventory(
+            inv,
+            NAME,
+            domains=[DOMAIN, OTHER],
+            users=[{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
+            aliases=[
+                {"source": f"team@{DOMAIN}", "destinations": [f"alice@{DOMAIN}", f"bob@{DOMAIN}"]},
+                {"source": f"@{OTHER}", "destinations": [f"carol@{OTHER}"]},
+            ],
+            options={"greylist_delay": 2},
+        )
+        res = cli(inv, "deploy", NAME, "--json")
+        assert res.code == 0, res.errors()
+        yield b
+    finally:
+        assert cli(inv, "destroy", "--yes", NAME).code == 0
 
 
 @pytest.fixture(scope="module")
