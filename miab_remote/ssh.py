@@ -267,16 +267,14 @@ class Transport:
 def fetch_host_keys(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> list[paramiko.PKey]:
     """Read the keys a server offers (one handshake per key type), for a deliberate `trust`. Sends no auth."""
     keys: list[paramiko.PKey] = []
+    every = set().union(*_ALGOS.values())
     for algos in (["ssh-ed25519"], ["ecdsa-sha2-nistp256"], ["rsa-sha2-512"]):
         try:
             sock = socket.create_connection((address, port), timeout=timeout)
         except OSError as e:
             raise HostError(f"cannot connect to {address}:{port}: {e}") from None
-        t = paramiko.Transport(sock)
+        t = paramiko.Transport(sock, disabled_algorithms={"keys": sorted(every - set(algos))})
         try:
-            every = set().union(*_ALGOS.values())
-            t.disabled_algorithms = {"keys": sorted(every - set(algos))}
-            t.get_security_options()
             t.start_client(timeout=timeout)
             keys.append(t.get_remote_server_key())
         except paramiko.SSHException:
