@@ -18,11 +18,17 @@ import paramiko
 FIXTURES = Path(__file__).parent / "fixture_inventory"
 
 # The e2e boxes live on their own bridge, subnet and state folder, so a leftover of a developer's own
-# boxes (or of a killed earlier run) never collides with them.
+# boxes (or of a killed earlier run) never collides with them. MIAB_E2E_LANE=N (1-9) moves a run onto
+# bridge miabe2eN and subnet 10.78.N.0/24, so that several developers' runs on one machine stay apart.
+LANE = int(os.environ.get("MIAB_E2E_LANE") or 0)
+if not 0 <= LANE <= 9:
+    raise SystemExit(f"MIAB_E2E_LANE={LANE}: use 0 to 9")
+SUBNET_PREFIX = f"10.78.{LANE}"
+HOST_ADDRESS = f"{SUBNET_PREFIX}.1"  # this machine's address on the test bridge
 E2E_ENV = {
-    "MIAB_REMOTE_LOCAL_DIR": "/var/lib/miab-remote/test-e2e",
-    "MIAB_REMOTE_LOCAL_SUBNET": "10.78.0.0/24",
-    "MIAB_REMOTE_LOCAL_BRIDGE": "miabe2e0",
+    "MIAB_REMOTE_LOCAL_DIR": "/var/lib/miab-remote/test-e2e" + (f"-{LANE}" if LANE else ""),
+    "MIAB_REMOTE_LOCAL_SUBNET": f"{SUBNET_PREFIX}.0/24",
+    "MIAB_REMOTE_LOCAL_BRIDGE": f"miabe2e{LANE}",
 }
 
 

@@ -14,7 +14,16 @@ import pytest
 import tomlkit
 
 from miab_remote.sshkeys import fingerprint_line, generate_ed25519
-from tests.e2e.helpers import Box, CLIResult, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import (
+    SUBNET_PREFIX,
+    Box,
+    CLIResult,
+    cli,
+    create_box,
+    edit_inventory,
+    new_inventory,
+    operator_key,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -276,8 +285,8 @@ def test_vanished_box_fails_in_bounded_time_with_a_clear_message(inv: Path, box:
     other = tmp_path / "hosts"
     other.mkdir()
     doc = tomlkit.parse((inv / f"{NAME}.toml").read_text())
-    doc["address"] = "10.78.0.250"
+    doc["address"] = f"{SUBNET_PREFIX}.250"
     (other / f"{NAME}.toml").write_text(tomlkit.dumps(doc))
     res = cli(other, "deploy", NAME, "--json", "--connect-timeout", "2")
     assert res.code == 1
-    assert "no answer from 10.78.0.250:22 within 2 s" in res.json()["hosts"][NAME]["error"]
+    assert f"no answer from {SUBNET_PREFIX}.250:22 within 2 s" in res.json()["hosts"][NAME]["error"]

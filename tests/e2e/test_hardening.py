@@ -31,7 +31,16 @@ import pytest
 from miab_remote import layout
 from miab_remote.inventory import Inventory
 from miab_remote.passwords import hash_password
-from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import (
+    HOST_ADDRESS,
+    SUBNET_PREFIX,
+    Box,
+    cli,
+    create_box,
+    edit_inventory,
+    new_inventory,
+    operator_key,
+)
 from tests.e2e.mailclients import _IMAPS, Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +49,6 @@ NAME = "hard.hardtest.test"
 DOMAIN = "hardtest.test"
 USER, PASSWORD = f"alice@{DOMAIN}", "alice-hard-secret-1"
 # The host's address on the e2e bridge: what the box sees as our source address.
-HOST_ADDRESS = "10.78.0.1"
 ALLOWED_TCP = {22, 25, 53, 80, 443, 465, 587, 993, 4190}
 ALWAYS_OPEN = {22, 25, 465, 587, 993, 4190}
 MAXRETRY = 5
@@ -395,7 +403,7 @@ def test_failed_webmail_logins_ban_the_web_ports(inv: Path, box: Box, recipes: t
 
 
 def test_unban_refuses_bad_input(inv: Path, box: Box) -> None:
-    for bad in ("10.78.0.300", "example.org", ""):
+    for bad in (f"{SUBNET_PREFIX}.300", "example.org", ""):
         res = cli(inv, "unban", NAME, bad)
         assert res.code == 2 and "not an IP address" in res.err, res.err + res.out
     res = cli(inv, "unban", NAME, HOST_ADDRESS, "--jail", "no-such-jail")
