@@ -21,6 +21,10 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     for name in ("postfix", "postgrey", "postfix-policyd-spf-python"):
         yield Package(name)
     yield File("/etc/postfix-policyd-spf-python/policyd-spf.conf", notify=("service:postfix",))
+    # Sender domains normalised and checked on port 25, and the submission ports' anonymised Received
+    # header (regexp tables: read as text, no postmap).
+    for name in ("command_filter", "sender_checks", "submission_header_checks"):
+        yield File(f"/etc/postfix/{name}", notify=("service:postfix",))
     yield Directory(layout.POSTGREY, mode=0o755)
     yield Directory(f"{layout.POSTGREY}/db", mode=0o700, owner="postgrey", group="postgrey")
     yield File("/etc/default/postgrey", notify=("service:postgrey",))

@@ -1,13 +1,21 @@
 """The mail box against a real local box, with real SMTP and IMAP clients: submission and auth, port 25
-rules (no AUTH, no relay, unknown users, greylisting), anti-spoofing, delivery, spam filing and learning,
-DKIM, aliases, account commands, and a second deploy that touches nothing."""
+rules (no AUTH, no relay, unknown users, greylisting, SMTP smuggling, sender domains, DMARC), anti-spoofing,
+delivery, spam filing and learning, DKIM, the submitter's privacy, aliases, account commands, and a second
+deploy that touches nothing.
+
+Mail from "outside" comes from this machine (HOST_ADDRESS on the test bridge), which the fixture makes an
+authorised server of OTHER (its SPF lists it): such senders resolve, pass SPF and DMARC, as a real
+server's would. OTHER publishes DMARC p=reject, DOMAIN keeps the generated p=quarantine."""
 
 from __future__ import annotations
 
+import email.message
 import imaplib
 import smtplib
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +24,7 @@ import pytest
 
 from miab_remote import layout
 from miab_remote.passwords import hash_password
-from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import HOST_ADDRESS, Box, cli, create_box, edit_inventory, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +60,12 @@ def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
                 {"source": f"@{OTHER}", "destinations": [f"carol@{OTHER}"]},
             ],
             options={"greylist_delay": 2},
+            dns={
+                "records": [
+                    {"name": OTHER, "type": "TXT", "value": f'"v=spf1 mx ip4:{HOST_ADDRESS} -all"'},
+                    {"name": f"_dmarc.{OTHER}", "type": "TXT", "value": '"v=DMARC1; p=reject;"'},
+                ]
+            },
         )
         res = cli(inv, "deploy", NAME, "--json")
         assert res.code == 0, res.errors()
@@ -90,7 +104,7 @@ def test_port_25_no_auth_no_relay_unknown_user_refused(mail: Mail) -> None:
     assert not conn.has_extn("auth")
     mail.starttls(conn)
     assert not conn.has_extn("auth"), "port 25 never offers AUTH, even over TLS"
-    conn.mail("someone@elsewhere.test")
+    conn.mail(f"someone@{OTHER}")
     code, text = conn.rcpt("victim@gmail.com")
     assert code == 554 and b"Relay access denied" in text
     code, text = conn.rcpt(f"nobody@{DOMAIN}")
@@ -100,12 +114,12 @@ def test_port_25_no_auth_no_relay_unknown_user_refused(mail: Mail) -> None:
 
 def test_greylisting_first_attempt_then_accepted_after_delay(mail: Mail) -> None:
     conn = mail.smtp(25)
-    conn.mail("first-time@sender-grey.test")
+    conn.mail(f"first-time@{OTHER}")
     code, text = conn.rcpt(f"bob@{DOMAIN}")
     assert code == 450 and b"Greylisted" in text
     conn.quit()
-    msg = message("first-time@sender-grey.test", f"bob@{DOMAIN}", "after greylisting")
-    mail.deliver_25("first-time@sender-grey.test", [f"bob@{DOMAIN}"], msg)
+    msg = message(f"first-time@{OTHER}", f"bob@{DOMAIN}", "after greylisting")
+    mail.deliver_25(f"first-time@{OTHER}", [f"bob@{DOMAIN}"], msg)
     mail.wait_for(f"bob@{DOMAIN}", PASSWORDS[f"bob@{DOMAIN}"], "INBOX", lambda m: m["Subject"] == "after greylisting")
 
 
@@ -116,6 +130,157 @@ def test_authenticated_user_cannot_send_as_another(mail: Mail) -> None:
         )
     code, text = next(iter(refused.value.recipients.values()))
     assert code == 553 and b"not owned by user" in text
+
+
+def subjects(mail: Mail, user: str, folders: tuple[str, ...] = ("INBOX", "Spam")) -> list[str]:
+    """Every subject in the user's `folders`, read over IMAPS."""
+    out = []
+    conn = mail.imap(user, PASSWORDS[user])
+    try:
+        for folder in folders:
+            conn.select(f'"{folder}"', readonly=True)
+            _, data = conn.search(None, "ALL")
+            for num in data[0].split():
+                _, parts = conn.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                raw = parts[0][1]
+                assert isinstance(raw, bytes)
+                out.append(raw.decode().partition(":")[2].strip())
+    finally:
+        conn.logout()
+    return out
+
+
+class RawSMTP:
+    """Port 25 over a raw socket, to send bytes that smtplib would never write (bare newlines)."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.create_connection((address, 25), timeout=20)
+        self.buf = b""
+        assert self.reply().startswith(b"220")
+
+    def reply(self) -> bytes:
+        """One (possibly multi-line) reply."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    return b"".join(lines)
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line + b"\r\n")
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def cmd(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def replies(self) -> list[bytes]:
+        """Every reply until the server closes the connection."""
+        out = []
+        while reply := self.reply():
+            out.append(reply)
+        self.sock.close()
+        return out
+
+
+def open_envelope(address: str, sender: str, rcpt: str, timeout: float = 60) -> RawSMTP:
+    """A raw connection with MAIL and RCPT accepted, retried past greylisting like a real server."""
+    deadline = time.monotonic() + timeout
+    conn = RawSMTP(address)
+    assert conn.cmd("EHLO client.e2e.test").startswith(b"250")
+    while True:
+        assert conn.cmd(f"MAIL FROM:<{sender}>").startswith(b"250")
+        got = conn.cmd(f"RCPT TO:<{rcpt}>")
+        if got.startswith(b"250"):
+            return conn
+        assert got.startswith(b"450") and time.monotonic() < deadline, got
+        conn.cmd("RSET")
+        time.sleep(1)
+
+
+SMUGGLING = {"lf-dot-lf": b"\n.\n", "crlf-dot-lf": b"\r\n.\n", "lf-dot-crlf": b"\n.\r\n"}
+
+
+@pytest.mark.parametrize("ending", list(SMUGGLING), ids=list(SMUGGLING))
+def test_smtp_smuggling_each_end_of_data_variant_delivers_one_message(mail: Mail, box: Box, ending: str) -> None:
+    bob, sender, tag = f"bob@{DOMAIN}", f"smuggler@{OTHER}", f"{ending} {uuid.uuid4().hex[:8]}"
+    conn = open_envelope(box.address, sender, bob)
+    assert conn.cmd("DATA").startswith(b"354")
+    smuggled = (
+        f"MAIL FROM:<{sender}>\r\nRCPT TO:<{bob}>\r\nDATA\r\n"
+        f"From: alice@{DOMAIN}\r\nTo: {bob}\r\nSubject: smuggled {tag}\r\n\r\nforged\r\n.\r\nQUIT\r\n"
+    )
+    outer = f"From: {sender}\r\nTo: {bob}\r\nSubject: outer {tag}\r\n\r\nhello".encode()
+    conn.sock.sendall(outer + SMUGGLING[ending] + smuggled.encode())
+    conn.replies()
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == f"outer {tag}")
+    box.run("postqueue -f; sleep 2")  # anything still queued would be delivered by now
+    seen = subjects(mail, bob)
+    assert seen.count(f"outer {tag}") == 1
+    assert f"smuggled {tag}" not in seen, "a second, smuggled message was delivered"
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        f"alice@{DOMAIN}.",
+        f"alice@{DOMAIN}..",
+        f"alice@.{DOMAIN}",
+        f"alice@[{HOST_ADDRESS}]",
+        "alice@mailtest",
+        "alice@no-such-domain.test",
+    ],
+    ids=["trailing-dot", "double-dot", "leading-dot", "address-literal", "non-fqdn", "unknown-domain"],
+)
+def test_port_25_refuses_non_canonical_non_fqdn_and_unknown_sender_domains(mail: Mail, sender: str) -> None:
+    conn = mail.smtp(25)
+    mail.starttls(conn)
+    code, text = conn.docmd(f"MAIL FROM:<{sender}>")
+    if code == 250:  # postfix refuses at RCPT (smtpd_delay_reject)
+        code, text = conn.docmd(f"RCPT TO:<bob@{DOMAIN}>")
+    conn.quit()
+    assert 500 <= code < 600, (code, text)
+
+
+def forged_results(domain: str) -> str:
+    """An Authentication-Results header an outside sender writes to look as if the box had checked it."""
+    return (
+        f"{NAME}; dkim=pass header.d={domain} header.i=@{domain}; spf=pass smtp.mailfrom={domain}; "
+        f"dmarc=pass (p=none dis=none) header.from={domain}"
+    )
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["plain", "forged-results"])
+def test_dmarc_p_reject_is_refused_with_5xx(mail: Mail, forged: bool) -> None:
+    bob = f"bob@{DOMAIN}"
+    msg = message(f"carol@{OTHER}", bob, f"dmarc reject {uuid.uuid4().hex[:8]}")
+    if forged:
+        msg["Authentication-Results"] = forged_results(OTHER)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        mail.deliver_25("", [bob], msg)  # a null sender: only the header From names a domain
+    assert 500 <= refused.value.smtp_code < 600, refused.value
+
+
+def test_dmarc_p_quarantine_goes_to_spam_with_authentication_results(mail: Mail) -> None:
+    bob = f"bob@{DOMAIN}"
+    subject = f"dmarc quarantine {uuid.uuid4().hex[:8]}"
+    msg = message(f"alice@{DOMAIN}", bob, subject)
+    msg["Authentication-Results"] = forged_results(DOMAIN)
+    mail.deliver_25("", [bob], msg)
+    got = mail.wait_for(bob, PASSWORDS[bob], "Spam", lambda m: m["Subject"] == subject)
+    results = [" ".join(str(r).split()) for r in got.get_all("Authentication-Results", [])]
+    assert any(r.startswith(f"{NAME}; dmarc=fail") and "p=quarantine" in r for r in results), results
+    assert not any("dmarc=pass" in r or "dkim=pass" in r for r in results), "a forged result was kept"
+
+
+def test_dmarc_pass_from_the_domains_own_server_lands_in_inbox(mail: Mail) -> None:
+    bob, sender, subject = f"bob@{DOMAIN}", f"dave@{OTHER}", f"dmarc pass {uuid.uuid4().hex[:8]}"
+    mail.deliver_25(sender, [bob], message(sender, bob, subject))
+    got = mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == subject)
+    results = [" ".join(str(r).split()) for r in got.get_all("Authentication-Results", [])]
+    assert any(r.startswith(f"{NAME}; dmarc=pass") for r in results), results
 
 
 def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
@@ -133,7 +298,7 @@ def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
 
 def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: Box) -> None:
     bob = (f"bob@{DOMAIN}", PASSWORDS[f"bob@{DOMAIN}"])
-    mail.deliver_25("spammer@sender-spam.test", [bob[0]], message("spammer@sender-spam.test", bob[0], "gtube", GTUBE))
+    mail.deliver_25(f"spammer@{OTHER}", [bob[0]], message(f"spammer@{OTHER}", bob[0], "gtube", GTUBE))
     spam = mail.wait_for(*bob, "Spam", lambda m: m["Subject"] == "gtube")
     assert spam["X-Spam-Flag"] == "YES"
 
@@ -143,7 +308,7 @@ def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: 
         out = box.run("runuser -u debian-spamd -- sa-learn --dump magic")[1]
         return next(int(line.split()[2]) for line in out.splitlines() if line.rstrip().endswith("nspam"))
 
-    mail.deliver_25("friend@sender-ham.test", [bob[0]], message("friend@sender-ham.test", bob[0], "to be junked"))
+    mail.deliver_25(f"friend@{OTHER}", [bob[0]], message(f"friend@{OTHER}", bob[0], "to be junked"))
     mail.wait_for(*bob, "INBOX", lambda m: m["Subject"] == "to be junked")
     before = nspam()
     conn = mail.imap(*bob)
@@ -156,19 +321,38 @@ def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: 
     assert nspam() == before + 1
 
 
-def test_dkim_signature_verifies_against_the_box_key(mail: Mail, box: Box) -> None:
+def dkim_verifies(box: Box, msg: email.message.Message) -> bool:
+    """dkimpy's verdict on `msg`'s signature, with the box's public key as the only DNS answer."""
     public = box.run(f"cat {layout.DKIM_PUBLIC}")[1]
     record = "".join(part for part in public.split('"')[1::2]).encode()
-    alice = f"alice@{DOMAIN}"
-    mail.submit(alice, PASSWORDS[alice], message(alice, f"carol@{OTHER}", "signed"))
-    got = mail.wait_for(f"carol@{OTHER}", PASSWORDS[f"carol@{OTHER}"], "INBOX", lambda m: m["Subject"] == "signed")
-    assert f"d={DOMAIN}" in got["DKIM-Signature"].replace(" ", "") and "s=mail" in got["DKIM-Signature"]
 
     def dns(name: bytes, timeout: int = 5) -> bytes:
         assert name == f"mail._domainkey.{DOMAIN}.".encode()
         return record
 
-    assert dkim.verify(got.as_bytes(), dnsfunc=dns)
+    return bool(dkim.verify(msg.as_bytes(), dnsfunc=dns))
+
+
+def test_dkim_signature_verifies_against_the_box_key(mail: Mail, box: Box) -> None:
+    alice = f"alice@{DOMAIN}"
+    mail.submit(alice, PASSWORDS[alice], message(alice, f"carol@{OTHER}", "signed"))
+    got = mail.wait_for(f"carol@{OTHER}", PASSWORDS[f"carol@{OTHER}"], "INBOX", lambda m: m["Subject"] == "signed")
+    assert f"d={DOMAIN}" in got["DKIM-Signature"].replace(" ", "") and "s=mail" in got["DKIM-Signature"]
+    assert dkim_verifies(box, got)
+
+
+@pytest.mark.parametrize("port", [587, 465])
+def test_submitted_mail_hides_the_client_address_and_still_verifies(mail: Mail, box: Box, port: int) -> None:
+    alice, carol = f"alice@{DOMAIN}", f"carol@{OTHER}"
+    subject = f"private {port} {uuid.uuid4().hex[:8]}"
+    mail.submit(alice, PASSWORDS[alice], message(alice, carol, subject), port)
+    got = mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m: m["Subject"] == subject)
+    received = [str(r) for r in got.get_all("Received", [])]
+    assert received, "the box still records that it received the message"
+    leaks = [r for r in received if HOST_ADDRESS in r or "client.e2e.test" in r]
+    assert not leaks, f"the submitter's address or name is in a Received header: {leaks}"
+    assert any("ESMTPSA" in r for r in received), received
+    assert dkim_verifies(box, got)
 
 
 def test_aliases_catch_all_and_postmaster_deliver(mail: Mail) -> None:
