@@ -163,10 +163,8 @@ def read_journal(path):
     try:
         with open(path, encoding="utf-8") as f:
             pending = json.load(f).get("pending", {})
-    except FileNotFoundError:
-        return {}
     except (OSError, ValueError, AttributeError):
-        # A journal that cannot be read is replaced; its entries are lost, as before there was one.
+        # None yet, or unreadable (then replaced at the next change; the postmap guards still catch up).
         return {}
     return pending if isinstance(pending, dict) else {}
 
