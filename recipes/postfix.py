@@ -42,6 +42,12 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     yield File("/etc/postfix/master.cf", notify=("service:postfix",))
     for name in MAPS:
         path = f"/etc/postfix/{name}"
-        # When the text changed, or when the .db is missing (a first run, or someone deleted it).
-        yield Command(f"postmap-{name}", run=f"postmap {path}", on_notify=True, creates=f"{path}.db")
+        # When the text changed, or when the .db is missing or older than the text (a first run, a deleted
+        # .db, or a run killed between moving the text and postmap): guarded by freshness, not existence.
+        yield Command(
+            f"postmap-{name}",
+            run=f"postmap {path}",
+            on_notify=True,
+            unless=f"test -e {path}.db && ! test {path} -nt {path}.db",
+        )
     yield Service("postfix", reload=True, validator="postfix check && postconf -n >/dev/null")

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import email.message
 import imaplib
+import os
+import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,7 +28,16 @@ import pytest
 
 from miab_remote import layout
 from miab_remote.passwords import hash_password
-from tests.e2e.helpers import HOST_ADDRESS, Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import (
+    E2E_ENV,
+    HOST_ADDRESS,
+    Box,
+    cli,
+    create_box,
+    edit_inventory,
+    new_inventory,
+    operator_key,
+)
 from tests.e2e.mailclients import Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -440,3 +453,64 @@ def test_user_remove_purge_deletes_the_mailbox_after_confirmation(inv: Path, mai
     assert res.code == 0, res.err + res.out
     assert box.run(f"test -e {folder}", check=False)[0] != 0, "the mailbox is gone"
     assert f'"{erin}"' not in (inv / f"{NAME}.toml").read_text()
+
+
+# postmap on the box, while /run/hold-postmap exists: waits, then fails, so that a push is cut off after the
+# maps' text moved into place and before any .db was rebuilt (a killed `user add`, deterministically).
+HELD_POSTMAP = """#!/bin/sh
+if test -e /run/hold-postmap; then
+    touch /run/held-postmap
+    while test -e /run/hold-postmap; do sleep 0.2; done
+    exit 1
+fi
+exec /usr/sbin/postmap.real "$@"
+"""
+
+
+def test_a_killed_user_add_is_finished_by_the_next_deploy(inv: Path, mail: Mail, box: Box) -> None:
+    frank, bob = f"frank@{DOMAIN}", f"bob@{DOMAIN}"
+    box.run(
+        "dpkg-divert --local --rename --divert /usr/sbin/postmap.real --add /usr/sbin/postmap >/dev/null && "
+        "cat > /usr/sbin/postmap && chmod 755 /usr/sbin/postmap && rm -f /run/held-postmap && touch /run/hold-postmap",
+        stdin=HELD_POSTMAP.encode(),
+    )
+    try:
+        env = {**os.environ, **E2E_ENV, "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inv)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miab_remote", "user", "add", NAME, frank, "--password-stdin"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"frank-password-1\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 120
+        while box.run("test -e /run/held-postmap", check=False)[0] != 0:
+            assert proc.poll() is None, "user add ended before postmap ran"
+            assert time.monotonic() < deadline, "user add never reached postmap"
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        box.run("rm -f /run/hold-postmap; timeout 60 flock /run/lock/miab-remote.lock true")
+    finally:
+        box.run(
+            "rm -f /run/hold-postmap /usr/sbin/postmap && "
+            "dpkg-divert --local --rename --remove /usr/sbin/postmap >/dev/null"
+        )
+    # frank's login works (dovecot's file moved), but the maps' .db files are stale: he may not send as himself.
+    mail.imap(frank, "frank-password-1").logout()
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        mail.submit(frank, "frank-password-1", message(frank, bob, "frank before"))
+    res = cli(inv, "deploy", NAME, "--json")
+    assert res.code == 0, res.errors()
+    run = res.json()["hosts"][NAME]
+    rebuilt = {a["resource"]: a for a in run["actions"] if a["resource"].startswith("command:postmap-")}
+    assert "command:postmap-sender_logins" in rebuilt, run["actions"]
+    assert all(a["status"] == "changed" for a in rebuilt.values())
+    assert any("interrupted" in n for n in run["notes"]), run["notes"]
+    mail.submit(frank, "frank-password-1", message(frank, bob, "frank after"))
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "frank after")
+    again = cli(inv, "deploy", NAME, "--json").json()["hosts"][NAME]
+    assert again["changed"] == 0, again["actions"]
