@@ -346,3 +346,30 @@ def test_user_remove_purge_deletes_the_mailbox_after_confirmation(inv: Path, mai
     assert res.code == 0, res.err + res.out
     assert box.run(f"test -e {folder}", check=False)[0] != 0, "the mailbox is gone"
     assert f'"{erin}"' not in (inv / f"{NAME}.toml").read_text()
+
+
+def test_an_alias_added_later_may_be_sent_as_at_once(inv: Path, mail: Mail, box: Box) -> None:
+    bob, carol = f"bob@{DOMAIN}", f"carol@{OTHER}"
+    guard_pid = box.run("systemctl show -p MainPID --value miab-sender-guard")[1].strip()
+    with pytest.raises(smtplib.SMTPDataError):
+        _send(mail, bob, bob, f"news@{DOMAIN}", carol, "news before the alias")
+    assert cli(inv, "alias", "add", NAME, f"news@{DOMAIN}", bob).code == 0  # pushed: the guard re-reads its table
+    _send(mail, bob, f"news@{DOMAIN}", f"News <news@{DOMAIN}>", carol, "news from the new alias")
+    mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m: m["Subject"] == "news from the new alias")
+    assert box.run("systemctl show -p MainPID --value miab-sender-guard")[1].strip() == guard_pid, "no restart"
+
+
+def test_admin_email_moves_system_mail_and_the_automatic_addresses(inv: Path, mail: Mail, box: Box) -> None:
+    bob = f"bob@{DOMAIN}"
+    edit_inventory(inv, NAME, options={"admin_email": bob})
+    res = cli(inv, "deploy", NAME, "--json")
+    assert res.code == 0, res.errors()
+    box.run("printf 'Subject: for the new admin\\n\\nbody\\n' | /usr/sbin/sendmail root")
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "for the new admin")
+    msg = message("reporter@sender-report.test", f"hostmaster@{OTHER}", "hostmaster for the new admin")
+    mail.deliver_25("reporter@sender-report.test", [f"hostmaster@{OTHER}"], msg)
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "hostmaster for the new admin")
+    shown = cli(inv, "hosts", "--json").json()["hosts"][NAME]
+    assert shown["admin_email"] == bob
+    again = cli(inv, "deploy", NAME, "--json").json()["hosts"][NAME]
+    assert again["changed"] == 0, again["actions"]
