@@ -139,6 +139,7 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
     installing = [p.name for p in packages if p.present and pkg_facts.get(p.name) != "installed"]
     removing = [p.name for p in packages if not p.present and pkg_facts.get(p.name) == "installed"]
     packages_done = False
+    unit_files = {r.path for r in resources if isinstance(r, File)}
 
     for r in resources:
         if isinstance(r, Package):
@@ -165,8 +166,10 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
             fact = facts.get("files", {}).get(r.path, {"exists": False})
             _plan_file(out, r, rendered[r.path], fact, changed, [t for t in r.notify if t in reacting])
         elif isinstance(r, Service):
+            # A unit that a package being installed, or a File of the recipes, brings may not exist yet.
+            coming = bool(installing) or _unit_path(r.name) in unit_files
             _plan_service(
-                out, r, facts.get("services", {}).get(r.name), bool(installing), notifiers, changed, resources, pending
+                out, r, facts.get("services", {}).get(r.name), coming, notifiers, changed, resources, pending
             )
         elif isinstance(r, Command):
             _plan_command(
@@ -189,6 +192,11 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
             )
         )
     return out
+
+
+def _unit_path(service: str) -> str:
+    """Where a recipe that ships its own systemd unit puts it."""
+    return f"/etc/systemd/system/{service if '.' in service else service + '.service'}"
 
 
 def _plan_packages(out: Plan, installing: list[str], removing: list[str], lists_age: float | None) -> None:

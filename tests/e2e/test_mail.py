@@ -9,6 +9,7 @@ server's would. OTHER publishes DMARC p=reject, DOMAIN keeps the generated p=qua
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import imaplib
 import os
@@ -294,6 +295,93 @@ def test_dmarc_pass_from_the_domains_own_server_lands_in_inbox(mail: Mail) -> No
     got = mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == subject)
     results = [" ".join(str(r).split()) for r in got.get_all("Authentication-Results", [])]
     assert any(r.startswith(f"{NAME}; dmarc=pass") for r in results), results
+def _send(mail: Mail, login: str, envelope: str, header_from: str, to: str, subject: str, port: int = 587) -> None:
+    """Submit as `login` with one envelope sender and another header From (smtplib raises on a refusal)."""
+    conn = mail.smtp(port)
+    try:
+        if port == 587:
+            mail.starttls(conn)
+        conn.login(login, PASSWORDS[login])
+        msg = message(header_from, to, subject)
+        conn.sendmail(envelope, [to], msg.as_bytes())
+    finally:
+        with contextlib.suppress(smtplib.SMTPServerDisconnected):
+            conn.quit()
+
+
+@pytest.mark.parametrize("port", [587, 465])
+def test_authenticated_user_cannot_forge_the_header_from(mail: Mail, port: int) -> None:
+    alice, bob, carol = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{OTHER}"
+    # The envelope is alice's own (postfix's envelope check passes); the header says bob.
+    for forged in (f"Bob <{bob}>", f"Alice <{alice}>, Bob <{bob}>", f"carol@{OTHER}", "someone@elsewhere.test"):
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            _send(mail, alice, alice, forged, carol, f"forged {port}", port)
+        assert 500 <= refused.value.smtp_code < 600, refused.value
+        assert b"may not send as" in refused.value.smtp_error, refused.value.smtp_error
+
+
+def test_header_from_of_own_address_alias_and_catch_all_goes_through(mail: Mail) -> None:
+    alice, bob, carol = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{OTHER}"
+    allowed = [
+        (alice, alice, f"Alice <{alice}>", "own address"),
+        (alice, alice, f"Alice <Alice+News@{DOMAIN.upper()}>", "own address, extension, upper case"),
+        (alice, f"team@{DOMAIN}", f"The team <team@{DOMAIN}>", "alias of the login"),
+        (bob, f"team@{DOMAIN}", f"team@{DOMAIN}", "alias of the login, second owner"),
+        (carol, f"anything@{OTHER}", f"Anything <anything@{OTHER}>", "catch-all domain"),
+        (alice, f"postmaster@{DOMAIN}", f"postmaster@{DOMAIN}", "automatic alias of the admin"),
+    ]
+    for login, envelope, header_from, subject in allowed:
+        _send(mail, login, envelope, header_from, carol, f"allowed: {subject}")
+    for *_, subject in allowed:
+        mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m, s=subject: m["Subject"] == f"allowed: {s}")
+
+
+def test_mail_to_root_on_the_box_and_its_bounces_reach_the_admin(mail: Mail, box: Box) -> None:
+    alice = f"alice@{DOMAIN}"  # the first user: the admin by default
+    box.run("printf 'Subject: cron says hello\\n\\nbody\\n' | /usr/sbin/sendmail root")
+    mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m: m["Subject"] == "cron says hello")
+    # A bounce of system mail goes back to root, so it reaches the admin too.
+    box.run(f"printf 'Subject: to nobody\\n\\nbody\\n' | /usr/sbin/sendmail -f root nobody-here@{NAME}")
+    bounce = mail.wait_for(
+        alice,
+        PASSWORDS[alice],
+        "INBOX",
+        lambda m: "to nobody" in m.as_string() and m.get_content_type() == "multipart/report",
+    )
+    assert bounce["From"] and "MAILER-DAEMON" in bounce["From"]
+
+
+def test_postmaster_abuse_root_hostmaster_of_the_hostname_from_outside_reach_the_admin(mail: Mail) -> None:
+    alice = f"alice@{DOMAIN}"
+    for local in ("postmaster", "abuse", "root", "hostmaster"):
+        msg = message("reporter@sender-report.test", f"{local}@{NAME}", f"for {local} of the hostname")
+        mail.deliver_25("reporter@sender-report.test", [f"{local}@{NAME}"], msg)
+    for local in ("postmaster", "abuse", "root", "hostmaster"):
+        mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m, x=local: m["Subject"] == f"for {x} of the hostname")
+    # Other names of the hostname are refused, not relayed or looped.
+    conn = mail.smtp(25)
+    conn.mail("reporter@sender-report.test")
+    code, _ = conn.rcpt(f"nobody-here@{NAME}")
+    assert code == 550
+    conn.quit()
+
+
+def test_hostmaster_of_every_domain_delivers(mail: Mail) -> None:
+    alice = f"alice@{DOMAIN}"
+    for domain in (DOMAIN, OTHER):
+        msg = message("reporter@sender-report.test", f"hostmaster@{domain}", f"hostmaster of {domain}")
+        mail.deliver_25("reporter@sender-report.test", [f"hostmaster@{domain}"], msg)
+    mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m: m["Subject"] == f"hostmaster of {DOMAIN}")
+    # @OTHER has a catch-all to carol, but hostmaster@ is the admin's like postmaster@.
+    mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m: m["Subject"] == f"hostmaster of {OTHER}")
+
+
+def test_check_says_the_admin_addresses_are_delivered(inv: Path, box: Box) -> None:
+    res = cli(inv, "check", NAME, "--json")
+    checks = {c["name"]: c for c in res.json()["hosts"][NAME]["checks"]}
+    for address in (f"alice@{DOMAIN}", f"postmaster@{NAME}", f"abuse@{DOMAIN}", f"hostmaster@{OTHER}"):
+        line = next((c for n, c in checks.items() if address in n), None)
+        assert line is not None and line["ok"], (address, sorted(checks))
 
 
 def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
@@ -512,5 +600,28 @@ def test_a_killed_user_add_is_finished_by_the_next_deploy(inv: Path, mail: Mail,
     assert any("interrupted" in n for n in run["notes"]), run["notes"]
     mail.submit(frank, "frank-password-1", message(frank, bob, "frank after"))
     mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "frank after")
+def test_an_alias_added_later_may_be_sent_as_at_once(inv: Path, mail: Mail, box: Box) -> None:
+    bob, carol = f"bob@{DOMAIN}", f"carol@{OTHER}"
+    guard_pid = box.run("systemctl show -p MainPID --value miab-sender-guard")[1].strip()
+    with pytest.raises(smtplib.SMTPDataError):
+        _send(mail, bob, bob, f"news@{DOMAIN}", carol, "news before the alias")
+    assert cli(inv, "alias", "add", NAME, f"news@{DOMAIN}", bob).code == 0  # pushed: the guard re-reads its table
+    _send(mail, bob, f"news@{DOMAIN}", f"News <news@{DOMAIN}>", carol, "news from the new alias")
+    mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m: m["Subject"] == "news from the new alias")
+    assert box.run("systemctl show -p MainPID --value miab-sender-guard")[1].strip() == guard_pid, "no restart"
+
+
+def test_admin_email_moves_system_mail_and_the_automatic_addresses(inv: Path, mail: Mail, box: Box) -> None:
+    bob = f"bob@{DOMAIN}"
+    edit_inventory(inv, NAME, options={"admin_email": bob})
+    res = cli(inv, "deploy", NAME, "--json")
+    assert res.code == 0, res.errors()
+    box.run("printf 'Subject: for the new admin\\n\\nbody\\n' | /usr/sbin/sendmail root")
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "for the new admin")
+    msg = message("reporter@sender-report.test", f"hostmaster@{OTHER}", "hostmaster for the new admin")
+    mail.deliver_25("reporter@sender-report.test", [f"hostmaster@{OTHER}"], msg)
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "hostmaster for the new admin")
+    shown = cli(inv, "hosts", "--json").json()["hosts"][NAME]
+    assert shown["admin_email"] == bob
     again = cli(inv, "deploy", NAME, "--json").json()["hosts"][NAME]
     assert again["changed"] == 0, again["actions"]

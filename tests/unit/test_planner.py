@@ -419,6 +419,17 @@ def test_unknown_service_without_package_is_an_error() -> None:
         )
 
 
+def test_a_service_whose_unit_a_recipe_ships_may_not_exist_yet() -> None:
+    unit = File("/etc/systemd/system/guard.service", content="[Service]\n", notify=("service:guard",))
+    p = plan(
+        [unit, Service("guard")],
+        {unit.path: b"[Service]\n"},
+        facts(services={"guard": {"load": "not-found", "active": "inactive", "enabled": ""}}),
+    )
+    service = next(a for a in p.actions if a.resource == "service:guard")
+    assert service.params["restart"] == "restart" and "enable if needed" in service.why
+
+
 def test_probe_spec_reads_everything_once_and_no_secret_content() -> None:
     res: list[Resource] = [
         Package("nginx"),
