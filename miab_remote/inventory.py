@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import tomlkit
 import tomlkit.exceptions
 
-from miab_remote import dnszones, fsutil, sshkeys
+from miab_remote import dnszones, fsutil, names, sshkeys
 from miab_remote.errors import InputError
 from miab_remote.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, SSHSettings
 from miab_remote.profiles import PROFILES
@@ -64,14 +64,17 @@ PASSWORD_SCHEMES: dict[str, re.Pattern[str]] = {
     ),
 }
 
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_FQDN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
-_NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")  # what `load("...")` accepts as a box name
 _ANY_CASE_HOST_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
-_LOCAL_PART_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?$")
 _RECIPE_RE = re.compile(r"^[a-z0-9_-]+$")
 _QUOTA_RE = re.compile(r"^(0|[1-9][0-9]*[KMGT]?)$")
+# dovecot 2.3 reads `storage=N[KMGT]` (no unit: KiB) into a signed 64-bit count of bytes: 8388608T is
+# refused ("Bytes limit can't be negative") and the user cannot log in or receive mail.
+_QUOTA_UNITS = {"": 1024, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+QUOTA_MAX_BYTES = 2**63 - 1
+# postfix 3.7 parses message_size_limit as a signed 64-bit `long` (`postfix check` refuses 2**63).
+# roundcube, PHP and nginx derive their limits from it and take as much.
+MESSAGE_SIZE_MAX = 2**63 - 1
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR_RE = re.compile(r"[^,\]}#\r\n]+")  # a number, boolean or date/time (which may contain a space)
 
@@ -119,8 +122,12 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         type=int,
         default=134217728,
         doc="largest message accepted, in bytes (postfix message_size_limit)",
-        check=_int_range(1048576, None, "bytes (1 MiB or more)"),
-        accepted="an integer number of bytes, at least 1048576",
+        check=_int_range(
+            1048576,
+            MESSAGE_SIZE_MAX,
+            "bytes (postfix's largest is 2**63 - 1; it takes mail only while its disk has 1.5 times the limit free)",
+        ),
+        accepted=f"an integer number of bytes, 1048576..{MESSAGE_SIZE_MAX}",
     ),
     "greylist_delay": OptionSpec(
         type=int,
@@ -476,24 +483,36 @@ def _fqdn_problem(value: str, what: str, example: str) -> str | None:
     return f"{value!r} is not {what}; expected lower-case labels joined by dots, like {example!r}"
 
 
-def _is_fqdn(value: str) -> bool:
-    return (
-        len(value) <= 253
-        and bool(_FQDN_RE.fullmatch(value))
-        and not value.rsplit(".", 1)[-1].isdigit()  # "1.2.3.4" is an address, not a name
-    )
+_is_fqdn = names.is_fqdn
+# One rule for every address (miab_remote/names.py); kept under its old name for the modules that import it.
+_email_problem = names.email_problem
 
 
-def _email_problem(value: str) -> str | None:
-    """Why `value` is not an address `local@domain` with a lower-case domain (None if it is)."""
-    local, at, domain = value.rpartition("@")
-    if not at or not local or len(local) > 64 or not _LOCAL_PART_RE.fullmatch(local):
-        return f"{value!r} is not an email address"
-    if _is_fqdn(domain):
-        return None
-    if _is_fqdn(domain.lower()):
-        return f"{value!r} has an upper-case domain; write {local + '@' + domain.lower()!r}"
-    return f"{value!r} is not an email address"
+def quota_problem(value: str) -> str | None:
+    """Why `value` is not a quota dovecot accepts (None if it is one)."""
+    if not _QUOTA_RE.fullmatch(value):
+        return f'{value!r} is not a quota; expected a size like "500M" or "2G" (suffix K, M, G or T), or "0" for none'
+    number, unit = (value[:-1], value[-1]) if value[-1] in _QUOTA_UNITS else (value, "")
+    if int(number) * _QUOTA_UNITS[unit] > QUOTA_MAX_BYTES:
+        return (
+            f"{value!r} is too large; accepted: at most {QUOTA_MAX_BYTES // 1024**4}T ({QUOTA_MAX_BYTES} bytes, "
+            "dovecot's limit: a signed 64-bit count of bytes)"
+        )
+    return None
+
+
+def _served(address: str, domains: tuple[str, ...] | None) -> bool:
+    """Whether the box itself delivers to `address` (its domain is hosted here)."""
+    return domains is not None and address.rpartition("@")[2].lower() in domains
+
+
+def _destination(address: str, domains: tuple[str, ...] | None) -> str:
+    """An alias destination as the maps want it: an address of the box all in lower case, another
+    server's with its domain in lower case and its local part as written (that server may care)."""
+    if _served(address, domains):
+        return names.normal_email(address)
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
 
 
 def _address_problem(value: str) -> str | None:
@@ -641,7 +660,7 @@ class _Checker:
         options = self.check_options()
         ipv4 = self.check_ip("ipv4", 4)
         ipv6 = self.check_ip("ipv6", 6)
-        dns_records = self.check_dns_records()
+        dns_records = self.check_dns_records(hostname, domains)
         if self.problems or hostname is None or address is None:
             return None
         return Host(
@@ -676,8 +695,10 @@ class _Checker:
             return None
         return str(parsed)
 
-    def check_dns_records(self) -> tuple[DNSRecord, ...]:
-        """[[dns.records]]: extra records, each checked with dnspython; types limited to what makes sense."""
+    def check_dns_records(self, hostname: str | None, domains: tuple[str, ...] | None) -> tuple[DNSRecord, ...]:
+        """[[dns.records]]: extra records, each checked with dnspython as data of one of the box's zones;
+        types limited to what makes sense."""
+        zones = dnszones.zones_for(hostname, domains) if hostname is not None and domains is not None else None
         table = self.typed(self.data, (), "dns", dict, "a table ([dns] section)")
         if table is None:
             return ()
@@ -698,7 +719,7 @@ class _Checker:
                 self.fail((*at, "ttl"), f"{ttl} is out of range; expected 60 to 86400 seconds")
             if name is None or rtype is None or value is None:
                 continue
-            problem = dnszones.record_problem(name, rtype, value)
+            problem = dnszones.record_problem(name, rtype, value, zones)
             if problem:
                 self.fail((*at, problem[0]), problem[1])
                 continue
@@ -829,14 +850,16 @@ class _Checker:
                 if problem:
                     self.fail((*at, "email"), problem)
                     email = None
-                elif not self.hosted((*at, "email"), email, email.rpartition("@")[2], domains):
+                elif not self.hosted((*at, "email"), email, email.rpartition("@")[2].lower(), domains):
                     email = None
-                elif email.lower() in first:
+                elif names.normal_email(email) in first:
                     self.fail(
                         (*at, "email"),
-                        f"{email!r} is listed twice (also users[{first[email.lower()]}].email)",
+                        f"{email!r} is listed twice (also users[{first[names.normal_email(email)]}].email)",
                     )
                     email = None
+                else:
+                    email = names.normal_email(email)  # dovecot and postfix look addresses up in lower case
             password_hash = self.typed(
                 table,
                 at,
@@ -849,14 +872,10 @@ class _Checker:
                 self.fail((*at, "password_hash"), problem)
                 password_hash = None
             quota = self.typed(table, at, "quota", str, 'a size like "500M" or "2G", or "0" for none')
-            if quota is not None and not _QUOTA_RE.fullmatch(quota):
-                self.fail(
-                    (*at, "quota"),
-                    f'{quota!r} is not a quota; expected a size like "500M" or "2G" '
-                    '(suffix K, M, G or T), or "0" for none',
-                )
+            if quota is not None and (problem := quota_problem(quota)):
+                self.fail((*at, "quota"), problem)
             if email is not None:
-                first[email.lower()] = index
+                first[email] = index
                 if password_hash is not None:
                     users.append(MailUser(email, password_hash, quota))
         return tuple(users)
@@ -871,7 +890,7 @@ class _Checker:
             if source is not None:
                 source = self.check_source((*at, "source"), source, domains, sources)
                 if source is not None:
-                    sources[source.lower()] = index
+                    sources[source] = index
             destinations = self.typed(table, at, "destinations", list, "a non-empty array of addresses", required=True)
             if destinations is not None and not destinations:
                 self.fail((*at, "destinations"), "is empty; list at least one address to deliver to")
@@ -881,15 +900,15 @@ class _Checker:
                 key = (*at, "destinations", n)
                 if not isinstance(dest, str):
                     self.fail(key, f"expected an address, got {_toml_type(dest)} {_short(dest)}")
-                elif problem := _email_problem(dest):
+                elif problem := _email_problem(dest, served=_served(dest, domains)):
                     self.fail(key, problem)
-                elif source is not None and dest.lower() == source.lower():
+                elif source is not None and dest.lower() == source:
                     self.fail(key, f"{dest!r} is the alias's own source: an alias to itself")
                 elif dest.lower() in seen:
                     self.fail(key, f"{dest!r} is listed twice (also destinations[{seen[dest.lower()]}])")
                 else:
                     seen[dest.lower()] = n
-                    checked.append(dest)
+                    checked.append(_destination(dest, domains))
             if source is not None and destinations and len(checked) == len(destinations):
                 aliases.append(Alias(source, tuple(checked)))
         return tuple(aliases)
@@ -897,9 +916,10 @@ class _Checker:
     def check_source(
         self, key: _KeyPath, source: str, domains: tuple[str, ...] | None, sources: dict[str, int]
     ) -> str | None:
-        """The alias source if it is an address or '@domain' in a hosted domain, used once, not a user."""
+        """The alias source, in lower case, if it is an address or '@domain' in a hosted domain, used once,
+        not a user."""
         if source.startswith("@"):
-            domain = source[1:]
+            domain = source[1:].lower()
             problem = _fqdn_problem(domain, "a domain name", "example.org")
             if problem:
                 self.fail(key, f"catch-all {source!r}: {problem}")
@@ -909,20 +929,21 @@ class _Checker:
             if problem:
                 self.fail(key, f"{problem}; expected an address, or '@domain' for a catch-all")
                 return None
-            domain = source.rpartition("@")[2]
+            domain = source.rpartition("@")[2].lower()
         if not self.hosted(key, source, domain, domains):
             return None
-        if source.lower() in sources:
-            self.fail(key, f"{source!r} is listed twice (also aliases[{sources[source.lower()]}].source)")
+        normal = names.normal_email(source)
+        if normal in sources:
+            self.fail(key, f"{source!r} is listed twice (also aliases[{sources[normal]}].source)")
             return None
-        if source.lower() in self.user_index:
+        if normal in self.user_index:
             self.fail(
                 key,
-                f"{source!r} is also a user (users[{self.user_index[source.lower()]}].email); "
+                f"{source!r} is also a user (users[{self.user_index[normal]}].email); "
                 "an address is either a mailbox or an alias",
             )
             return None
-        return source
+        return normal
 
     def check_options(self) -> dict[str, Any]:
         options = {name: spec.default for name, spec in OPTION_SPECS.items()}
@@ -988,7 +1009,7 @@ def validate(document_text: str, path: Path) -> Host:
 
 def _check_name(name: str) -> None:
     """A box name is its FQDN; refusing anything else keeps names from escaping the inventory folder."""
-    if not isinstance(name, str) or len(name) > 253 or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or len(name) > 253 or not names.HOST_NAME_RE.fullmatch(name):
         raise InputError(f"{name!r} is not a box name: expected the box's FQDN, like box1.example.org")
 
 
