@@ -23,6 +23,7 @@ from miab_remote import __version__
 from miab_remote.deploy import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory
+from miab_remote.model import Host
 from miab_remote.output import Progress, plural, stdout_console
 
 T = TypeVar("T")
@@ -58,8 +59,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     names = inv.names() if args.all else args.names
     if not names:
         raise InputError("name at least one box, or --all")
-    for n in names:  # every name is checked before any box is touched
-        inv.load(n)
+    for n in names:  # every name, recipe and template is checked before any box is touched
+        check_builds(inv, inv.load(n))
     opts = DeployOptions(
         dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout, connect_timeout=args.connect_timeout
     )
@@ -71,6 +72,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     else:
         print_runs(runs, args)
     return 1 if any(r.failed for r in runs.values()) else 0
+
+
+def check_builds(inv: Inventory, host: Host) -> None:
+    """Load every recipe and render every template of a box on the laptop, so that a failed recipe or
+    template is bad input (exit 2, one line naming the file) before any box is contacted."""
+    from miab_remote.deploy import build
+    from miab_remote.profiles import DEBIAN_12, profile_by_id
+
+    build(host, (profile_by_id(host.os) if host.os else None) or DEBIAN_12, inv.root)
 
 
 def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:

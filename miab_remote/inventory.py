@@ -984,10 +984,20 @@ def parse_document(text: str, path: Path) -> tomlkit.TOMLDocument:
     """Parse for editing: tomllib first (it checks the TOML standard strictly and places errors well),
     then tomlkit, which keeps comments and formatting."""
     try:
-        tomllib.loads(text)
+        try:
+            tomllib.loads(text)
+        except RecursionError:
+            # tomllib recurses once per level of nesting; tomlkit stops at 100 levels with a line and a
+            # column, so let it say where (and the fallback below covers whatever it does not).
+            tomlkit.parse(text)
+            raise
         return tomlkit.parse(text)
     except (tomllib.TOMLDecodeError, tomlkit.exceptions.TOMLKitError) as e:
         raise InventoryError(path, [_syntax_problem(text, e)]) from None
+    except RecursionError:
+        raise InventoryError(
+            path, [Problem(1, "", "TOML nested too deeply to read; an inventory needs a few levels")]
+        ) from None
 
 
 def validate(document_text: str, path: Path) -> Host:
