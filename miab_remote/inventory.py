@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import datetime
 import difflib
+import errno
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -31,6 +34,8 @@ from miab_remote.profiles import PROFILES
 PROVIDERS: tuple[str, ...] = ("local", "digitalocean", "linode", "vultr", "ec2", "manual")
 # The committed, documented example lives among the real inventories but is not a box.
 EXAMPLE_STEM = "example"
+# Where `destroy` keeps the inventories of destroyed boxes (never listed as boxes).
+ARCHIVE_DIR = ".archive"
 
 TOP_KEYS: tuple[str, ...] = (
     "hostname",
@@ -1094,6 +1099,33 @@ class Inventory:
             fsutil.atomic_write(path, text.encode(), mode=0o600)
         return path
 
+    def archive(self, name: str) -> Path:
+        """Move a destroyed box's file to `.archive/NAME.TIMESTAMP.toml` (0600, in a 0700 folder that
+        `names()` never lists): an inventory is the operator's record and is never deleted by the tool.
+
+        A hard link, then the unlink: at every moment the file exists under one name or both, and an
+        archive of the same second is never overwritten."""
+        path = self.path_for(name)
+        folder = self.root / ARCHIVE_DIR
+        with fsutil.file_lock(self._lock_path(name), what=display_path(path)):
+            if not path.is_file():
+                raise self._unknown(name)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+            for n in itertools.count(1):
+                target = folder / (f"{name}.{stamp}.toml" if n == 1 else f"{name}.{stamp}-{n}.toml")
+                try:
+                    _link_or_copy(path, target)
+                    break
+                except FileExistsError:
+                    continue
+            os.chmod(target, 0o600)
+            path.unlink()
+            fsutil.fsync_dir(folder)
+            fsutil.fsync_dir(self.root)
+        return target
+
     # -- helpers
 
     def _lock_path(self, name: str) -> Path:
@@ -1119,6 +1151,21 @@ class Inventory:
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
             raise InventoryError(path, [Problem(line, "", "not UTF-8 text")]) from None
+
+
+def _link_or_copy(path: Path, target: Path) -> None:
+    """A second name for `path` at `target` (which must not exist): a hard link, or, when `path` is a
+    symlink to another file system, an exclusive copy written and synced before it counts."""
+    try:
+        os.link(path, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        with open(target, "xb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(path.read_bytes())
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------- new documents

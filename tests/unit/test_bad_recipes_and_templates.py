@@ -195,3 +195,44 @@ def test_user_add_with_a_failed_template_changes_nothing(
     assert (root / f"{NAME}.toml").read_bytes() == before
     with pytest.raises(BlockingIOError):
         listener.accept()
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["MX2.EXAMPLE.TEST"], "'MX2.EXAMPLE.TEST' is not lower-case; write 'mx2.example.test'; nothing was made"),
+        (
+            ["box"],
+            "'box' is not a box name; expected lower-case labels joined by dots, like 'box1.example.org'; "
+            "nothing was made",
+        ),
+        (["a.example.test", "a.example.test"], "a.example.test is given twice; nothing was made"),
+        ([("x" * 60) + ".example.test"], "is not a valid host name"),
+        (
+            [NAME],
+            f"hosts/{NAME}.toml is the inventory of a digitalocean box; a local box of the same name would "
+            "take over its record; nothing was made",
+        ),
+    ],
+)
+def test_create_checks_its_arguments_first(root: Path, names: list[str], message: str) -> None:
+    """Before anything is made (the e2e test proves no box boots): here, the checks themselves."""
+    from miab_remote.errors import InputError
+    from miab_remote.inventory import Inventory
+
+    path = root / f"{NAME}.toml"
+    path.write_text(path.read_text().replace('provider = "manual"', 'provider = "digitalocean"'))
+    with pytest.raises(InputError) as e:
+        cli.check_new_boxes(Inventory(root), names)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("provider", ['provider = "manual"', "", 'provider = "vultr"'])
+def test_destroy_refuses_what_it_cannot_destroy(root: Path, capsys: pytest.CaptureFixture[str], provider: str) -> None:
+    path = root / f"{NAME}.toml"
+    path.write_text(path.read_text().replace('provider = "manual"', provider))
+    before = path.read_bytes()
+    assert cli.main(["--inventory", "hosts", "destroy", "--yes", NAME]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"miab-remote: {NAME}: not destroyed: ") and "nothing was touched" in err, err
+    assert path.read_bytes() == before

@@ -978,3 +978,22 @@ def test_inventory_files_are_private_by_default(hosts: Inventory) -> None:
     hosts.create(NAME, new_document(NAME, "192.0.2.10", provider=None, host_keys=[], os=None))
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in hosts.root.iterdir())
     assert os.access(hosts.path_for(NAME), os.R_OK)
+
+
+def test_archive_moves_the_file_aside_and_never_overwrites(tmp_path: Path) -> None:
+    """destroy's record: hosts/.archive/NAME.TIMESTAMP.toml, 0600 in a 0700 folder, not a box any more."""
+    inv = Inventory(tmp_path / "hosts")
+    text = new_document(NAME, "192.0.2.10", provider="local", host_keys=[KEY], os=None).as_string()
+    first = None
+    for _ in range(2):  # the same second twice: the second archive gets its own name
+        inv.create(NAME, tomlkit.parse(text))
+        os.chmod(inv.path_for(NAME), 0o644)
+        archived = inv.archive(NAME)
+        assert not inv.path_for(NAME).exists() and archived.read_text() == text
+        assert archived.parent == tmp_path / "hosts/.archive" and archived != first
+        assert stat.S_IMODE(archived.stat().st_mode) == 0o600
+        assert stat.S_IMODE(archived.parent.stat().st_mode) == 0o700
+        first = archived
+    assert inv.names() == []
+    with pytest.raises(InputError, match="no inventory for"):
+        inv.archive(NAME)
