@@ -256,3 +256,38 @@ def test_user_remove_purge_deletes_the_mailbox_after_confirmation(inv: Path, mai
     assert res.code == 0, res.err + res.out
     assert box.run(f"test -e {folder}", check=False)[0] != 0, "the mailbox is gone"
     assert f'"{erin}"' not in (inv / f"{NAME}.toml").read_text()
+
+
+def test_a_hand_edited_mixed_case_address_logs_in_and_receives(inv: Path, mail: Mail, box: Box) -> None:
+    """Addresses match without regard to case everywhere: an operator's hand-written `Dave@` is served as
+    dave@ (dovecot looks logins up as %Lu, postfix folds its map keys), so the login and mail in any case
+    work. Before, the users file said `Dave@...` and every login failed."""
+    path = inv / f"{NAME}.toml"
+    before = path.read_text()
+    password = "dave-secret-4444"
+    path.write_text(
+        before
+        + f'\n[[users]]\nemail = "Dave@{DOMAIN}"\npassword_hash = "{hash_password(password)}"\n'
+        + f'\n[[aliases]]\nsource = "Sales@{DOMAIN}"\ndestinations = ["DAVE@{DOMAIN}"]\n'
+    )
+    try:
+        res = cli(inv, "deploy", NAME, "--json")
+        assert res.code == 0, res.errors()
+        for login in (f"Dave@{DOMAIN}", f"dave@{DOMAIN}", f"DAVE@{DOMAIN.upper()}"):
+            mail.imap(login, password).logout()
+        mail.deliver_25(
+            "someone@elsewhere.test",
+            [f"DAVE@{DOMAIN.upper()}"],
+            message("someone@elsewhere.test", f"dave@{DOMAIN}", "upper-case rcpt"),
+        )
+        mail.deliver_25(
+            "someone@elsewhere.test",
+            [f"sales@{DOMAIN}"],
+            message("someone@elsewhere.test", f"sales@{DOMAIN}", "via the alias"),
+        )
+        mail.submit(f"Dave@{DOMAIN}", password, message(f"sales@{DOMAIN}", f"dave@{DOMAIN}", "as the alias"))
+        for subject in ("upper-case rcpt", "via the alias", "as the alias"):
+            mail.wait_for(f"dave@{DOMAIN}", password, "INBOX", lambda m, s=subject: m["Subject"] == s)
+    finally:
+        path.write_text(before)
+        assert cli(inv, "deploy", NAME).code == 0
