@@ -11,9 +11,9 @@ from __future__ import annotations
 import tomlkit
 from tomlkit.items import AoT, Array, InlineTable, Table
 
-from miab_remote import mailmaps
+from miab_remote import mailmaps, names
 from miab_remote.errors import InputError
-from miab_remote.inventory import _QUOTA_RE, _email_problem, _fqdn_problem  # the validator's own rules
+from miab_remote.inventory import _fqdn_problem, quota_problem  # the validator's own rules
 from miab_remote.model import Alias, Host, MailUser
 
 # ------------------------------------------------------------------------------------------ lookups
@@ -45,20 +45,23 @@ def is_automatic(host: Host, source: str) -> bool:
 # ------------------------------------------------------------------------------------ checked input
 
 
-def address(value: str, what: str = "address") -> str:
-    """An email address, with its domain in lower case (domains are case-insensitive, the file wants lower).
-    The local part is kept as typed: a destination elsewhere may care about its case."""
+def address(value: str, what: str = "address", host: Host | None = None) -> str:
+    """An email address as the inventory stores it: one of the box (its domain is hosted on `host`) in
+    lower case, as dovecot and postfix look it up; another server's with its domain in lower case and the
+    local part as typed (that server may care about its case)."""
     local, at, domain = value.rpartition("@")
-    normal = f"{local}@{domain.lower()}" if at else value
-    if _email_problem(normal) is not None:
+    served = host is None or domain.lower() in host.domains
+    if not at or not local or "@" in local or not names.is_fqdn(domain.lower()):
         raise InputError(f"{value!r} is not a valid {what}; expected local@domain, like 'alice@example.org'")
-    return normal
+    if (problem := names.email_problem(value, served=served)) is not None:
+        raise InputError(problem)
+    return names.normal_email(value) if served else f"{local}@{domain.lower()}"
 
 
 def new_address(value: str) -> str:
-    """A new mailbox or alias source on this box: all lower case, as postfix and dovecot look addresses up
-    (dovecot lower-cases logins, postfix its map keys), so a mixed-case entry would never match."""
-    return address(value).lower()
+    """A new mailbox or alias source on this box: what dovecot, postfix and the Maildir layout serve, in
+    lower case, as postfix and dovecot look addresses up."""
+    return address(value)
 
 
 def alias_source(value: str) -> str:
@@ -68,22 +71,20 @@ def alias_source(value: str) -> str:
         if _fqdn_problem(domain, "a domain name", "example.org") is not None:
             raise InputError(f"{value!r} is not a valid catch-all; expected '@' and a domain, like '@example.org'")
         return f"@{domain}"
-    if _email_problem(value.lower()) is not None:
+    local, at, _domain = value.rpartition("@")
+    if not at or not local:
         raise InputError(
             f"{value!r} is not a valid alias source; expected an address like 'info@example.org', "
             "or '@example.org' for a catch-all"
         )
-    return value.lower()
+    return address(value, "alias source")
 
 
 def quota(value: str) -> str:
     """A quota as the inventory wants it ("500M", "2G", "0"); the unit letter may be typed in lower case."""
     normal = value.strip().upper()
-    if not _QUOTA_RE.fullmatch(normal):
-        raise InputError(
-            f'--quota {value!r} is not a quota; expected a size like "500M" or "2G" '
-            '(suffix K, M, G or T), or "0" for none'
-        )
+    if (problem := quota_problem(normal)) is not None:
+        raise InputError(f"--quota {problem}")
     return normal
 
 
@@ -148,11 +149,11 @@ def check_new_alias(host: Host, source: str, destinations: list[str]) -> Alias:
         )
     checked: list[str] = []
     for value in destinations:
-        dest = address(value, "destination address")
+        dest = address(value, "destination address", host)
         if dest.lower() == source.lower():
-            raise InputError(f"{dest!r} is the alias's own source: an alias to itself would loop")
+            raise InputError(f"{value!r} is the alias's own source: an alias to itself would loop")
         if dest.lower() in (d.lower() for d in checked):
-            raise InputError(f"destination {dest!r} is given twice; give each destination once")
+            raise InputError(f"destination {value!r} is given twice; give each destination once")
         checked.append(dest)
     return Alias(source, tuple(checked))
 

@@ -21,8 +21,9 @@ from rich.table import Table
 
 from miab_remote import __version__, mailmaps
 from miab_remote.deploy import DeployOptions, HostRun, deploy_host
-from miab_remote.errors import InputError, MiabError
-from miab_remote.inventory import Inventory
+from miab_remote.errors import InputError, MiabError, ProviderError
+from miab_remote.inventory import Inventory, display_path
+from miab_remote.model import Host
 from miab_remote.output import Progress, plural, stdout_console
 
 T = TypeVar("T")
@@ -58,8 +59,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     names = inv.names() if args.all else args.names
     if not names:
         raise InputError("name at least one box, or --all")
-    for n in names:  # every name is checked before any box is touched
-        inv.load(n)
+    for n in names:  # every name, recipe and template is checked before any box is touched
+        check_builds(inv, inv.load(n))
     opts = DeployOptions(
         dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout, connect_timeout=args.connect_timeout
     )
@@ -71,6 +72,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     else:
         print_runs(runs, args)
     return 1 if any(r.failed for r in runs.values()) else 0
+
+
+def check_builds(inv: Inventory, host: Host) -> None:
+    """Load every recipe and render every template of a box on the laptop, so that a failed recipe or
+    template is bad input (exit 2, one line naming the file) before any box is contacted."""
+    from miab_remote.deploy import build
+    from miab_remote.profiles import DEBIAN_12, profile_by_id
+
+    build(host, (profile_by_id(host.os) if host.os else None) or DEBIAN_12, inv.root)
 
 
 def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:
@@ -110,7 +120,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     from miab_remote.providers import local
 
     inv = inventory_of(args)
+    check_new_boxes(inv, args.names)  # every argument is checked before anything is made
     key_path, key_line = operator_key.resolve(args.identity_file)
+    local.LocalConfig.from_env().validate()
     local.check_requirements()
     progress = Progress(args.names, verbose=True)
 
@@ -124,8 +136,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                 doc["options"] = tomlkit.table()
             doc["options"]["resolvers"] = list(box.resolvers)
 
-    def one(name: str) -> str:
-        box = local.create(name, key_line, progress=lambda msg: progress(name, msg))
+    def write_inventory(name: str, box: local.CreatedBox) -> str:
         if inv.path_for(name).exists():
             with inv.edit(name) as doc:
                 record(doc, box)
@@ -142,7 +153,53 @@ def cmd_create(args: argparse.Namespace) -> int:
         inv.create(name, doc)
         return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
 
+    def one(name: str) -> str:
+        box = local.create(name, key_line, progress=lambda msg: progress(name, msg))
+        try:
+            return write_inventory(name, box)
+        except BaseException as e:
+            # A box without its inventory would be an orphan nobody can reach (no pinned key): undo it.
+            progress(name, "the inventory could not be written: destroying the new box")
+            why = str(e) or type(e).__name__
+            try:
+                local.destroy(name)
+            except Exception as cleanup:
+                raise ProviderError(
+                    f"the inventory could not be written ({why}), and destroying the new box failed too "
+                    f"({cleanup}); run `miab-remote destroy {name}`"
+                ) from e
+            if not isinstance(e, Exception):
+                raise
+            raise ProviderError(f"the inventory could not be written ({why}); the new box was destroyed") from e
+
     return report_each(args.names, one, progress)
+
+
+def check_new_boxes(inv: Inventory, names: Sequence[str]) -> None:
+    """`create`'s arguments: each name is a box name as the inventory wants it (a lower-case FQDN: the
+    inventory's hostname rule, and the local provider's 64 characters), given once, and an existing
+    inventory of that name is valid and is a local box's (create re-pins it)."""
+    from miab_remote.inventory import _fqdn_problem
+    from miab_remote.providers import local
+
+    seen: set[str] = set()
+    for name in names:
+        if problem := _fqdn_problem(name, "a box name", "box1.example.org"):
+            raise InputError(f"{problem}; nothing was made")
+        local.check_name(name)
+        if name in seen:
+            raise InputError(f"{name} is given twice; nothing was made")
+        seen.add(name)
+        path = inv.path_for(name)
+        if path.exists():
+            provider = inv.load(name).provider
+            if provider not in (None, "local"):
+                raise InputError(
+                    f"{display_path(path)} is the inventory of a {provider} box; a local box of the same name "
+                    "would take over its record; nothing was made"
+                )
+    if inv.root.exists() and not inv.root.is_dir():
+        raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
 
 
 def report_each(names: Sequence[str], job: Callable[[str], str], progress: Progress | None = None) -> int:
@@ -169,21 +226,42 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     from miab_remote.providers import local
 
     inv = inventory_of(args)
-    for name in args.names:
-        if inv.path_for(name).exists():
-            provider = inv.load(name).provider
-            if provider not in (None, "local"):
-                raise InputError(f"{name}: destroy for provider {provider!r} is not available yet")
+    for name in args.names:  # every box is checked before any is touched
+        check_destroyable(inv, name)
     confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
 
     def one(name: str) -> str:
         removed = local.destroy(name)
-        if not args.keep_inventory and inv.path_for(name).exists():
-            inv.path_for(name).unlink()
-            removed.append(f"inventory {inv.path_for(name)}")
+        if inv.path_for(name).exists():
+            if args.keep_inventory:
+                removed.append(f"kept its inventory {display_path(inv.path_for(name))}")
+            else:
+                removed.append(f"its inventory is kept as {display_path(inv.archive(name))}")
         return f"{name}: destroyed ({'; '.join(removed) or 'nothing was left'})"
 
     return report_each(args.names, one)
+
+
+def check_destroyable(inv: Inventory, name: str) -> None:
+    """Refuse (exit 2, nothing touched) a box this tool cannot destroy: its inventory names no provider
+    (the operator made the server) or one without a destroy. Without an inventory, the local provider
+    still cleans up what a box of that name left behind."""
+    path = inv.path_for(name)
+    if not path.exists():
+        return
+    provider = inv.load(name).provider
+    if provider == "local":
+        return
+    if provider is None or provider == "manual":
+        made = "names no provider" if provider is None else 'says provider = "manual"'
+        raise InputError(
+            f"{name}: not destroyed: {display_path(path)} {made}, so miab-remote did not make this box and cannot "
+            "remove it; nothing was touched. Remove the server yourself, then move its inventory away"
+        )
+    raise InputError(
+        f"{name}: not destroyed: destroy for provider {provider!r} is not available yet; nothing was touched. "
+        f"Remove the server at {provider}, then move {display_path(path)} away"
+    )
 
 
 # -- hosts / trust ------------------------------------------------------------------------------------------
@@ -312,7 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("destroy", parents=[common], help="stop and remove boxes made by create")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--keep-inventory", action="store_true", help="keep hosts/NAME.toml (users, aliases)")
+    p.add_argument(
+        "--keep-inventory",
+        action="store_true",
+        help="leave hosts/NAME.toml in place (default: it moves to hosts/.archive/NAME.TIMESTAMP.toml)",
+    )
     p.set_defaults(func=cmd_destroy)
 
     p = sub.add_parser("hosts", parents=[common], help="list the boxes in the inventory")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from miab_remote import accounts, mailmaps, passwords
-from miab_remote.cli import inventory_of
+from miab_remote.cli import check_builds, inventory_of
 from miab_remote.deploy import HostRun, purge_mailbox, push_accounts
 from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory, display_path
@@ -33,6 +33,8 @@ Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | None:
     """Under the box's lock: re-check and edit (via `edit`, which raises InputError to write nothing), then
     push unless --no-push. The push result, or None when not pushed."""
+    if not args.no_push:  # a failed recipe or template is bad input, found before the inventory changes
+        check_builds(inv, inv.load(args.name))
     with inv.lock(args.name):
         with inv.edit(args.name, locked=True) as doc:
             # Checked again under the lock: another operator may have changed the file since the first check.

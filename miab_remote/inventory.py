@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import datetime
 import difflib
+import errno
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -23,7 +26,7 @@ from typing import Any, TypeVar
 import tomlkit
 import tomlkit.exceptions
 
-from miab_remote import dnszones, fsutil, sshkeys
+from miab_remote import dnszones, fsutil, names, sshkeys
 from miab_remote.errors import InputError
 from miab_remote.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, SSHSettings
 from miab_remote.profiles import PROFILES
@@ -31,6 +34,8 @@ from miab_remote.profiles import PROFILES
 PROVIDERS: tuple[str, ...] = ("local", "digitalocean", "linode", "vultr", "ec2", "manual")
 # The committed, documented example lives among the real inventories but is not a box.
 EXAMPLE_STEM = "example"
+# Where `destroy` keeps the inventories of destroyed boxes (never listed as boxes).
+ARCHIVE_DIR = ".archive"
 
 TOP_KEYS: tuple[str, ...] = (
     "hostname",
@@ -64,14 +69,17 @@ PASSWORD_SCHEMES: dict[str, re.Pattern[str]] = {
     ),
 }
 
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_FQDN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
-_NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")  # what `load("...")` accepts as a box name
 _ANY_CASE_HOST_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
-_LOCAL_PART_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?$")
 _RECIPE_RE = re.compile(r"^[a-z0-9_-]+$")
 _QUOTA_RE = re.compile(r"^(0|[1-9][0-9]*[KMGT]?)$")
+# dovecot 2.3 reads `storage=N[KMGT]` (no unit: KiB) into a signed 64-bit count of bytes: 8388608T is
+# refused ("Bytes limit can't be negative") and the user cannot log in or receive mail.
+_QUOTA_UNITS = {"": 1024, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+QUOTA_MAX_BYTES = 2**63 - 1
+# postfix 3.7 parses message_size_limit as a signed 64-bit `long` (`postfix check` refuses 2**63).
+# roundcube, PHP and nginx derive their limits from it and take as much.
+MESSAGE_SIZE_MAX = 2**63 - 1
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR_RE = re.compile(r"[^,\]}#\r\n]+")  # a number, boolean or date/time (which may contain a space)
 
@@ -119,8 +127,12 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         type=int,
         default=134217728,
         doc="largest message accepted, in bytes (postfix message_size_limit)",
-        check=_int_range(1048576, None, "bytes (1 MiB or more)"),
-        accepted="an integer number of bytes, at least 1048576",
+        check=_int_range(
+            1048576,
+            MESSAGE_SIZE_MAX,
+            "bytes (postfix's largest is 2**63 - 1; it takes mail only while its disk has 1.5 times the limit free)",
+        ),
+        accepted=f"an integer number of bytes, 1048576..{MESSAGE_SIZE_MAX}",
     ),
     "greylist_delay": OptionSpec(
         type=int,
@@ -147,7 +159,7 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         type=str,
         default=None,
         doc="who gets system mail (root, cron) and postmaster@, abuse@, hostmaster@; default: the first user",
-        check=lambda value: _email_problem(value),
+        check=lambda value: names.email_problem(value, served=False),
         accepted='an email address, like "admin@example.org"',
     ),
 }
@@ -483,24 +495,36 @@ def _fqdn_problem(value: str, what: str, example: str) -> str | None:
     return f"{value!r} is not {what}; expected lower-case labels joined by dots, like {example!r}"
 
 
-def _is_fqdn(value: str) -> bool:
-    return (
-        len(value) <= 253
-        and bool(_FQDN_RE.fullmatch(value))
-        and not value.rsplit(".", 1)[-1].isdigit()  # "1.2.3.4" is an address, not a name
-    )
+_is_fqdn = names.is_fqdn
+# One rule for every address (miab_remote/names.py); kept under its old name for the modules that import it.
+_email_problem = names.email_problem
 
 
-def _email_problem(value: str) -> str | None:
-    """Why `value` is not an address `local@domain` with a lower-case domain (None if it is)."""
-    local, at, domain = value.rpartition("@")
-    if not at or not local or len(local) > 64 or not _LOCAL_PART_RE.fullmatch(local):
-        return f"{value!r} is not an email address"
-    if _is_fqdn(domain):
-        return None
-    if _is_fqdn(domain.lower()):
-        return f"{value!r} has an upper-case domain; write {local + '@' + domain.lower()!r}"
-    return f"{value!r} is not an email address"
+def quota_problem(value: str) -> str | None:
+    """Why `value` is not a quota dovecot accepts (None if it is one)."""
+    if not _QUOTA_RE.fullmatch(value):
+        return f'{value!r} is not a quota; expected a size like "500M" or "2G" (suffix K, M, G or T), or "0" for none'
+    number, unit = (value[:-1], value[-1]) if value[-1] in _QUOTA_UNITS else (value, "")
+    if int(number) * _QUOTA_UNITS[unit] > QUOTA_MAX_BYTES:
+        return (
+            f"{value!r} is too large; accepted: at most {QUOTA_MAX_BYTES // 1024**4}T ({QUOTA_MAX_BYTES} bytes, "
+            "dovecot's limit: a signed 64-bit count of bytes)"
+        )
+    return None
+
+
+def _served(address: str, domains: tuple[str, ...] | None) -> bool:
+    """Whether the box itself delivers to `address` (its domain is hosted here)."""
+    return domains is not None and address.rpartition("@")[2].lower() in domains
+
+
+def _destination(address: str, domains: tuple[str, ...] | None) -> str:
+    """An alias destination as the maps want it: an address of the box all in lower case, another
+    server's with its domain in lower case and its local part as written (that server may care)."""
+    if _served(address, domains):
+        return names.normal_email(address)
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
 
 
 def _address_problem(value: str) -> str | None:
@@ -649,7 +673,7 @@ class _Checker:
         self.check_admin_email(options.get("admin_email"), hostname, domains, users, aliases)
         ipv4 = self.check_ip("ipv4", 4)
         ipv6 = self.check_ip("ipv6", 6)
-        dns_records = self.check_dns_records()
+        dns_records = self.check_dns_records(hostname, domains)
         if self.problems or hostname is None or address is None:
             return None
         return Host(
@@ -684,8 +708,10 @@ class _Checker:
             return None
         return str(parsed)
 
-    def check_dns_records(self) -> tuple[DNSRecord, ...]:
-        """[[dns.records]]: extra records, each checked with dnspython; types limited to what makes sense."""
+    def check_dns_records(self, hostname: str | None, domains: tuple[str, ...] | None) -> tuple[DNSRecord, ...]:
+        """[[dns.records]]: extra records, each checked with dnspython as data of one of the box's zones;
+        types limited to what makes sense."""
+        zones = dnszones.zones_for(hostname, domains) if hostname is not None and domains is not None else None
         table = self.typed(self.data, (), "dns", dict, "a table ([dns] section)")
         if table is None:
             return ()
@@ -706,7 +732,7 @@ class _Checker:
                 self.fail((*at, "ttl"), f"{ttl} is out of range; expected 60 to 86400 seconds")
             if name is None or rtype is None or value is None:
                 continue
-            problem = dnszones.record_problem(name, rtype, value)
+            problem = dnszones.record_problem(name, rtype, value, zones)
             if problem:
                 self.fail((*at, problem[0]), problem[1])
                 continue
@@ -837,14 +863,16 @@ class _Checker:
                 if problem:
                     self.fail((*at, "email"), problem)
                     email = None
-                elif not self.hosted((*at, "email"), email, email.rpartition("@")[2], domains):
+                elif not self.hosted((*at, "email"), email, email.rpartition("@")[2].lower(), domains):
                     email = None
-                elif email.lower() in first:
+                elif names.normal_email(email) in first:
                     self.fail(
                         (*at, "email"),
-                        f"{email!r} is listed twice (also users[{first[email.lower()]}].email)",
+                        f"{email!r} is listed twice (also users[{first[names.normal_email(email)]}].email)",
                     )
                     email = None
+                else:
+                    email = names.normal_email(email)  # dovecot and postfix look addresses up in lower case
             password_hash = self.typed(
                 table,
                 at,
@@ -857,14 +885,10 @@ class _Checker:
                 self.fail((*at, "password_hash"), problem)
                 password_hash = None
             quota = self.typed(table, at, "quota", str, 'a size like "500M" or "2G", or "0" for none')
-            if quota is not None and not _QUOTA_RE.fullmatch(quota):
-                self.fail(
-                    (*at, "quota"),
-                    f'{quota!r} is not a quota; expected a size like "500M" or "2G" '
-                    '(suffix K, M, G or T), or "0" for none',
-                )
+            if quota is not None and (problem := quota_problem(quota)):
+                self.fail((*at, "quota"), problem)
             if email is not None:
-                first[email.lower()] = index
+                first[email] = index
                 if password_hash is not None:
                     users.append(MailUser(email, password_hash, quota))
         return tuple(users)
@@ -879,7 +903,7 @@ class _Checker:
             if source is not None:
                 source = self.check_source((*at, "source"), source, domains, sources)
                 if source is not None:
-                    sources[source.lower()] = index
+                    sources[source] = index
             destinations = self.typed(table, at, "destinations", list, "a non-empty array of addresses", required=True)
             if destinations is not None and not destinations:
                 self.fail((*at, "destinations"), "is empty; list at least one address to deliver to")
@@ -889,15 +913,15 @@ class _Checker:
                 key = (*at, "destinations", n)
                 if not isinstance(dest, str):
                     self.fail(key, f"expected an address, got {_toml_type(dest)} {_short(dest)}")
-                elif problem := _email_problem(dest):
+                elif problem := _email_problem(dest, served=_served(dest, domains)):
                     self.fail(key, problem)
-                elif source is not None and dest.lower() == source.lower():
+                elif source is not None and dest.lower() == source:
                     self.fail(key, f"{dest!r} is the alias's own source: an alias to itself")
                 elif dest.lower() in seen:
                     self.fail(key, f"{dest!r} is listed twice (also destinations[{seen[dest.lower()]}])")
                 else:
                     seen[dest.lower()] = n
-                    checked.append(dest)
+                    checked.append(_destination(dest, domains))
             if source is not None and destinations and len(checked) == len(destinations):
                 aliases.append(Alias(source, tuple(checked)))
         return tuple(aliases)
@@ -905,9 +929,10 @@ class _Checker:
     def check_source(
         self, key: _KeyPath, source: str, domains: tuple[str, ...] | None, sources: dict[str, int]
     ) -> str | None:
-        """The alias source if it is an address or '@domain' in a hosted domain, used once, not a user."""
+        """The alias source, in lower case, if it is an address or '@domain' in a hosted domain, used once,
+        not a user."""
         if source.startswith("@"):
-            domain = source[1:]
+            domain = source[1:].lower()
             problem = _fqdn_problem(domain, "a domain name", "example.org")
             if problem:
                 self.fail(key, f"catch-all {source!r}: {problem}")
@@ -917,20 +942,21 @@ class _Checker:
             if problem:
                 self.fail(key, f"{problem}; expected an address, or '@domain' for a catch-all")
                 return None
-            domain = source.rpartition("@")[2]
+            domain = source.rpartition("@")[2].lower()
         if not self.hosted(key, source, domain, domains):
             return None
-        if source.lower() in sources:
-            self.fail(key, f"{source!r} is listed twice (also aliases[{sources[source.lower()]}].source)")
+        normal = names.normal_email(source)
+        if normal in sources:
+            self.fail(key, f"{source!r} is listed twice (also aliases[{sources[normal]}].source)")
             return None
-        if source.lower() in self.user_index:
+        if normal in self.user_index:
             self.fail(
                 key,
-                f"{source!r} is also a user (users[{self.user_index[source.lower()]}].email); "
+                f"{source!r} is also a user (users[{self.user_index[normal]}].email); "
                 "an address is either a mailbox or an alias",
             )
             return None
-        return source
+        return normal
 
     def check_admin_email(
         self,
@@ -994,10 +1020,20 @@ def parse_document(text: str, path: Path) -> tomlkit.TOMLDocument:
     """Parse for editing: tomllib first (it checks the TOML standard strictly and places errors well),
     then tomlkit, which keeps comments and formatting."""
     try:
-        tomllib.loads(text)
+        try:
+            tomllib.loads(text)
+        except RecursionError:
+            # tomllib recurses once per level of nesting; tomlkit stops at 100 levels with a line and a
+            # column, so let it say where (and the fallback below covers whatever it does not).
+            tomlkit.parse(text)
+            raise
         return tomlkit.parse(text)
     except (tomllib.TOMLDecodeError, tomlkit.exceptions.TOMLKitError) as e:
         raise InventoryError(path, [_syntax_problem(text, e)]) from None
+    except RecursionError:
+        raise InventoryError(
+            path, [Problem(1, "", "TOML nested too deeply to read; an inventory needs a few levels")]
+        ) from None
 
 
 def validate(document_text: str, path: Path) -> Host:
@@ -1019,7 +1055,7 @@ def validate(document_text: str, path: Path) -> Host:
 
 def _check_name(name: str) -> None:
     """A box name is its FQDN; refusing anything else keeps names from escaping the inventory folder."""
-    if not isinstance(name, str) or len(name) > 253 or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or len(name) > 253 or not names.HOST_NAME_RE.fullmatch(name):
         raise InputError(f"{name!r} is not a box name: expected the box's FQDN, like box1.example.org")
 
 
@@ -1094,6 +1130,33 @@ class Inventory:
             fsutil.atomic_write(path, text.encode(), mode=0o600)
         return path
 
+    def archive(self, name: str) -> Path:
+        """Move a destroyed box's file to `.archive/NAME.TIMESTAMP.toml` (0600, in a 0700 folder that
+        `names()` never lists): an inventory is the operator's record and is never deleted by the tool.
+
+        A hard link, then the unlink: at every moment the file exists under one name or both, and an
+        archive of the same second is never overwritten."""
+        path = self.path_for(name)
+        folder = self.root / ARCHIVE_DIR
+        with fsutil.file_lock(self._lock_path(name), what=display_path(path)):
+            if not path.is_file():
+                raise self._unknown(name)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+            for n in itertools.count(1):
+                target = folder / (f"{name}.{stamp}.toml" if n == 1 else f"{name}.{stamp}-{n}.toml")
+                try:
+                    _link_or_copy(path, target)
+                    break
+                except FileExistsError:
+                    continue
+            os.chmod(target, 0o600)
+            path.unlink()
+            fsutil.fsync_dir(folder)
+            fsutil.fsync_dir(self.root)
+        return target
+
     # -- helpers
 
     def _lock_path(self, name: str) -> Path:
@@ -1119,6 +1182,21 @@ class Inventory:
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
             raise InventoryError(path, [Problem(line, "", "not UTF-8 text")]) from None
+
+
+def _link_or_copy(path: Path, target: Path) -> None:
+    """A second name for `path` at `target` (which must not exist): a hard link, or, when `path` is a
+    symlink to another file system, an exclusive copy written and synced before it counts."""
+    try:
+        os.link(path, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        with open(target, "xb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(path.read_bytes())
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------- new documents

@@ -7,8 +7,7 @@ from it simple.
 
 from __future__ import annotations
 
-import re
-
+from miab_remote import names
 from miab_remote.errors import InputError
 
 STATE = "/home/user-data"
@@ -25,13 +24,10 @@ DKIM_SELECTOR = "mail"
 DKIM_KEY = f"{DKIM}/{DKIM_SELECTOR}.private"
 DKIM_PUBLIC = f"{DKIM}/{DKIM_SELECTOR}.txt"
 
-_LOCAL = re.compile(r"[a-z0-9!#$%&*+=?^_`{|}~-]+(?:\.[a-z0-9!#$%&*+=?^_`{|}~-]+)*")
-_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
-
 
 def mailbox_dir(email: str) -> str:
-    """The Maildir of an address; refuses anything that could leave the mailbox tree."""
-    local, _, domain = email.lower().partition("@")
-    if not _LOCAL.fullmatch(local) or not _DOMAIN.fullmatch(domain):
+    """The Maildir of an address (dovecot's %Ld/%Ln); refuses anything that could leave the mailbox tree."""
+    if names.email_problem(email) is not None:
         raise InputError(f"{email!r} is not an email address")
+    local, _, domain = names.normal_email(email).rpartition("@")
     return f"{MAILBOXES}/{domain}/{local}"

@@ -78,10 +78,10 @@ def virtual_aliases(host: Host) -> str:
 
 def sender_logins(host: Host) -> str:
     """Which logins may use which sender address: a user its own address and the aliases that reach it."""
-    users = {u.email for u in host.users}
+    users = {u.email.lower() for u in host.users}
     pairs = [(u.email, u.email) for u in host.users]
     for a in aliases(host):
-        owners = [d for d in a.destinations if d in users]
+        owners = [d.lower() for d in a.destinations if d.lower() in users]
         if owners:
             pairs.append((a.source, ", ".join(owners)))
     return HEADER + _lines(pairs)

@@ -2,18 +2,25 @@
 
 Recipes are looked up in `<inventory>/recipes/NAME.py` (the operator's own) and then among the built-in
 ones shipped in the package. A recipe only declares; it never touches a box and never sees facts.
+
+An operator's recipe that fails (a syntax error, an exception while loading or while yielding its
+resources, something yielded that is not a resource) is bad input: one InputError naming the file and
+line, before anything is sent to a box.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 import sys
 import threading
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from miab_remote import layout
 from miab_remote.errors import InputError
@@ -21,6 +28,8 @@ from miab_remote.model import Host
 from miab_remote.paths import builtin_dir
 from miab_remote.profiles import OSProfile
 from miab_remote.resources import File, Resource
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ _LOADING = threading.Lock()
 def _load_module(path: Path) -> ModuleType:
     """Import a recipe file once per process. Hosts deploy in parallel threads: the lock keeps one of them
     from seeing another's half-executed module."""
-    mod_name = f"miab_remote_recipe_{path.parent.name}_{path.stem}_{abs(hash(str(path)))}"
+    mod_name = f"miab_remote_recipe_{path.parent.name}_{path.stem}_{abs(hash(os.path.abspath(path)))}"
     with _LOADING:
         if mod_name in sys.modules:
             return sys.modules[mod_name]
@@ -59,20 +68,53 @@ def _load_module(path: Path) -> ModuleType:
         if spec is None or spec.loader is None:
             raise InputError(f"cannot load recipe {path}")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        loader = spec.loader
+        _operator_code(path, "failed to load", lambda: loader.exec_module(module))
         sys.modules[mod_name] = module
         return module
+
+
+def _operator_code(path: Path, what: str, run: Callable[[], T]) -> T:
+    """Run an operator's recipe code; an exception in it becomes `file:line: recipe ... failed: ...`.
+
+    Built-in recipes are not wrapped: an exception there is a bug of the tool, and its traceback says where.
+    """
+    if path.is_relative_to(builtin_dir("recipes")):
+        return run()
+    try:
+        return run()
+    except InputError:
+        raise
+    except Exception as e:
+        mine = os.path.abspath(path)
+        line = e.lineno if isinstance(e, SyntaxError) and os.path.abspath(e.filename or "") == mine else None
+        if line is None:
+            lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == mine]
+            line = lines[-1] if lines else None
+        where = f"{path}:{line}" if line else str(path)
+        raise InputError(f"{where}: recipe {path.stem!r} {what}: {type(e).__name__}: {e}") from None
+
+
+def _collect(fn: Callable[[RecipeContext], Iterable[Any]], ctx: RecipeContext) -> list[Any]:
+    return list(fn(ctx))
 
 
 def load_resources(host: Host, profile: OSProfile, inventory_root: Path) -> list[Resource]:
     ctx = RecipeContext(host, profile)
     out: list[Resource] = []
     for name in host.recipes:
-        module = _load_module(find_recipe(name, inventory_root))
+        path = find_recipe(name, inventory_root)
+        module = _load_module(path)
         fn = getattr(module, "resources", None)
-        if fn is None:
-            raise InputError(f"recipe {name!r} ({module.__file__}) has no resources(ctx) function")
-        items: Iterable[Resource] = fn(ctx)
+        if fn is None or not callable(fn):
+            raise InputError(f"{path}: recipe {name!r} has no resources(ctx) function")
+        items: list[Any] = _operator_code(path, "failed", functools.partial(_collect, fn, ctx))
+        for item in items:
+            if not isinstance(item, Resource):
+                raise InputError(
+                    f"{path}: recipe {name!r} yielded {type(item).__name__} {item!r:.60}, not a resource "
+                    "(Package, Directory, File, Service, Group, User or Command)"
+                )
         out.extend(items)
     return out
 

@@ -4,11 +4,18 @@ A template is named after its destination path (`etc/nginx/nginx.conf` for /etc/
 operator's override in `<inventory>/templates/` wins over the built-in one, so local changes survive every
 re-deploy; within each, an OS profile's variants (`PATH@debian-12`, `PATH@dovecot-2.4`) come before the
 plain file.
+
+Every way a template can fail (not found, a missing include, a syntax error, an undefined variable, an
+exception raised while rendering) is bad input: one InputError naming the file and, where there is one,
+the line, before anything is sent to a box. An operator's template (or include) that is a symlink
+resolving outside the inventory folder is refused, so a deploy never ships a laptop file by accident.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +25,26 @@ from miab_remote.errors import InputError
 from miab_remote.paths import builtin_dir
 
 
+class _ConfinedLoader(jinja2.FileSystemLoader):
+    """A FileSystemLoader that refuses an operator file (includes and imports too) leaving the folder."""
+
+    def __init__(self, roots: list[Path], check: Callable[[Path], None]) -> None:
+        super().__init__([str(r) for r in roots])
+        self.check = check
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        self.check(Path(filename))
+        return source, filename, uptodate
+
+
 class TemplateSet:
     def __init__(self, override_root: Path | None, variants: tuple[str, ...]) -> None:
+        self.override_root = override_root
         self.roots = [r for r in (override_root, builtin_dir("templates")) if r is not None]
         self.variants = variants
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader([str(r) for r in self.roots]),
+            loader=_ConfinedLoader(self.roots, self._check_confined),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             autoescape=False,
@@ -36,6 +57,7 @@ class TemplateSet:
             for candidate in [f"{name}@{v}" for v in self.variants] + [name]:
                 path = root / candidate
                 if path.is_file():
+                    self._check_confined(path)
                     return path
         raise InputError(f"template {name!r} not found in " + " or ".join(str(r) for r in self.roots))
 
@@ -45,7 +67,41 @@ class TemplateSet:
         try:
             template = self.env.get_template(path.relative_to(root).as_posix())
             return template.render(**context).encode()
+        except InputError:
+            raise
         except jinja2.TemplateSyntaxError as e:
-            raise InputError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+            where = e.filename or str(path)
+            raise InputError(f"{where}:{e.lineno}: template syntax error: {e.message}") from None
+        except jinja2.TemplateNotFound as e:
+            raise InputError(
+                f"{self._where(e, path)}: template {e.name!r} (included or imported) not found in "
+                + " or ".join(str(r) for r in self.roots)
+            ) from None
         except jinja2.UndefinedError as e:
-            raise InputError(f"{path}: {e.message}") from None
+            raise InputError(f"{self._where(e, path)}: {e.message}") from None
+        except Exception as e:  # a filter or a test raising: still the template's fault, not a crash
+            raise InputError(f"{self._where(e, path)}: rendering failed: {type(e).__name__}: {e}") from None
+
+    # -- helpers
+
+    def _where(self, error: BaseException, path: Path) -> str:
+        """`file:line` of the innermost template frame in the error's traceback (jinja2 rewrites
+        tracebacks so that template code shows with its own file and line), or the template's file."""
+        roots = [str(r) for r in self.roots]
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if any(f.filename.startswith(r) for r in roots)]
+        if not frames:
+            return str(path)
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+
+    def _check_confined(self, path: Path) -> None:
+        """Refuse an operator template that resolves (through symlinks) outside the inventory folder."""
+        root = self.override_root
+        if root is None or not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+            return
+        folder = Path(os.path.abspath(root)).parent.resolve()
+        target = path.resolve()
+        if not target.is_relative_to(folder):
+            raise InputError(
+                f"{path}: a symlink to {target}, outside the inventory folder {folder}; an operator's template "
+                f"must live in the inventory folder: copy the file into {root} instead of linking it"
+            )

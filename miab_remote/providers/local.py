@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from miab_remote import names
 from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.fsutil import atomic_write, file_lock
 from miab_remote.sshkeys import KeyPair, generate_ed25519, parse_public_line
@@ -72,8 +73,7 @@ BOX_LOCK_TIMEOUT = 5.0
 
 Progress = Callable[[str], None]
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_NAME_RE = names.HOST_NAME_RE  # the inventory's rule for a box name
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 

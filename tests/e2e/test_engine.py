@@ -352,8 +352,7 @@ def test_unsupported_os_is_refused_before_anything_changes(inv: Path, box: Box) 
 
 def test_vanished_box_fails_in_bounded_time_with_a_clear_message(inv: Path, box: Box, tmp_path: Path) -> None:
     # An address on the test bridge that no box holds: packets go nowhere, nothing leaves this machine.
-    other = tmp_path / "hosts"
-    other.mkdir()
+    other = new_inventory(tmp_path / "hosts")  # with the test recipe: deploy checks it before connecting
     doc = tomlkit.parse((inv / f"{NAME}.toml").read_text())
     doc["address"] = f"{SUBNET_PREFIX}.250"
     (other / f"{NAME}.toml").write_text(tomlkit.dumps(doc))

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,8 @@ from miab_remote.errors import InputError, ProviderError
 from miab_remote.providers import local
 from miab_remote.providers.local import CreatedBox, LocalConfig
 from miab_remote.sshkeys import KeyPair, generate_ed25519
+from tests.e2e import helpers
+from tests.e2e.helpers import E2E_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -488,3 +491,129 @@ def test_dead_box_is_cleaned_up_by_create_and_destroy(config: LocalConfig, opera
     assert not link_exists(BRIDGE)
     assert nft_table_text(config) is None
     assert local.destroy(BOX_DEAD, config) == ["nothing to remove"]
+
+
+# --------------------------------------------------------------------------- the CLI's create and destroy
+# These run the real CLI on the e2e lane's bridge and subnet (tests/e2e/helpers.py), not this module's own
+# configuration above.
+
+CLI_BOX = "tpcli.example.test"
+ORPHAN_BOX = "tporphan.example.test"
+
+
+@pytest.fixture
+def cli_config() -> LocalConfig:
+    try:
+        local.check_requirements()
+    except ProviderError as exc:
+        pytest.skip(str(exc))
+    return dataclasses.replace(
+        LocalConfig.from_env(),
+        state_dir=Path(E2E_ENV["MIAB_REMOTE_LOCAL_DIR"]),
+        subnet=ipaddress.IPv4Network(E2E_ENV["MIAB_REMOTE_LOCAL_SUBNET"]),
+        bridge=E2E_ENV["MIAB_REMOTE_LOCAL_BRIDGE"],
+    )
+
+
+@pytest.fixture
+def cli_inventory(tmp_path: Path) -> tuple[Path, Path]:
+    """(inventory folder, operator key) for CLI runs."""
+    inv = tmp_path / "hosts"
+    inv.mkdir()
+    return inv, helpers.operator_key(tmp_path)
+
+
+def test_create_checks_every_argument_before_anything_is_made(
+    cli_config: LocalConfig, cli_inventory: tuple[Path, Path]
+) -> None:
+    """`MX2.EXAMPLE.TEST` used to boot a box, then fail "not a box name" (exit 1), leaving an orphan with
+    no inventory and no pinned key. The inventory wants a lower-case FQDN: so does create, up front."""
+    inv, key = cli_inventory
+    name = "MX2.EXAMPLE.TEST"
+    try:
+        res = helpers.cli(inv, "create", "--provider", "local", "--identity-file", str(key), name, timeout=300)
+        assert res.code == 2, res.err + res.out
+        assert res.err == (
+            "miab-remote: 'MX2.EXAMPLE.TEST' is not lower-case; write 'mx2.example.test'; nothing was made\n"
+        )
+        assert local.status(name.lower(), cli_config) == "absent"
+        assert list(inv.iterdir()) == []
+        for args in (["box1.example.test", "box1.example.test"], ["single"]):
+            res = helpers.cli(inv, "create", "--provider", "local", "--identity-file", str(key), *args)
+            assert res.code == 2, res.err + res.out
+            assert "nothing was made" in res.err
+    finally:
+        helpers.cli(inv, "destroy", "--yes", name.lower())  # what the unfixed create left behind
+
+
+def test_create_destroys_its_box_when_the_inventory_cannot_be_written(
+    cli_config: LocalConfig, cli_inventory: tuple[Path, Path]
+) -> None:
+    """Something failing after the box exists (here the inventory folder is replaced by a file while the
+    box boots) never leaves an orphan: the new box is destroyed, and the error says so."""
+    inv, key = cli_inventory
+    env = {**os.environ, **E2E_ENV, "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inv)}
+    command = [sys.executable, "-m", "miab_remote", "create", "--provider", "local", "--identity-file", str(key)]
+    proc = subprocess.Popen([*command, ORPHAN_BOX], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (cli_config.state_dir / ORPHAN_BOX / "box.json").exists(), 300, "the box to be made")
+        inv.rename(inv.with_name("moved-away"))
+        inv.write_text("not a folder any more\n")
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 1, err + out
+        assert f"{ORPHAN_BOX}: FAILED: the inventory could not be written (" in out, err + out
+        assert "the new box was destroyed" in out
+        assert local.status(ORPHAN_BOX, cli_config) == "absent"
+        assert ORPHAN_BOX not in local.list_boxes(cli_config)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        local.destroy(ORPHAN_BOX, cli_config)
+
+
+@pytest.mark.parametrize("provider", [None, "manual", "digitalocean"])
+def test_destroy_refuses_a_box_it_cannot_destroy(
+    cli_config: LocalConfig, cli_inventory: tuple[Path, Path], provider: str | None
+) -> None:
+    """An inventory is the operator's record (every user's hash, every alias): destroy used to delete the
+    file of a box it did not make, and destroy nothing. Now: exit 2, nothing touched."""
+    from miab_remote.inventory import new_document
+
+    inv, _key = cli_inventory
+    path = inv / f"{CLI_BOX}.toml"
+    path.write_text(new_document(CLI_BOX, "192.0.2.10", provider=provider, host_keys=[], os=None).as_string())
+    before = path.read_bytes()
+    res = helpers.cli(inv, "destroy", "--yes", CLI_BOX)
+    assert res.code == 2, res.err + res.out
+    assert res.err.startswith(f"miab-remote: {CLI_BOX}: not destroyed: ") and res.err.count("\n") == 1, res.err
+    assert "nothing was touched" in res.err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in inv.iterdir()) == [path.name]
+
+
+def test_destroy_keeps_the_inventory_in_the_archive(cli_config: LocalConfig, cli_inventory: tuple[Path, Path]) -> None:
+    """A destroy that destroys keeps the inventory as hosts/.archive/NAME.TIMESTAMP.toml (0600), unless
+    --keep-inventory leaves it in place; `hosts` and `--all` never see the archive."""
+    inv, key = cli_inventory
+    try:
+        helpers.create_box(inv, key, CLI_BOX)
+        path = inv / f"{CLI_BOX}.toml"
+        text = path.read_bytes()
+        res = helpers.cli(inv, "destroy", "--yes", "--keep-inventory", CLI_BOX)
+        assert res.code == 0, res.err + res.out
+        assert local.status(CLI_BOX, cli_config) == "absent"
+        assert path.read_bytes() == text and "kept its inventory" in res.out
+        res = helpers.cli(inv, "destroy", "--yes", CLI_BOX)  # the box is gone already: the file moves
+        assert res.code == 0, res.err + res.out
+        assert not path.exists()
+        archived = list((inv / ".archive").iterdir())
+        assert len(archived) == 1 and re.fullmatch(rf"{re.escape(CLI_BOX)}\.\d{{8}}T\d{{6}}Z\.toml", archived[0].name)
+        assert archived[0].read_bytes() == text
+        assert archived[0].stat().st_mode & 0o777 == 0o600 and (inv / ".archive").stat().st_mode & 0o777 == 0o700
+        assert f"its inventory is kept as {archived[0]}" in res.out or ".archive/" in res.out
+        hosts = helpers.cli(inv, "hosts", "--json")
+        assert (hosts.code, hosts.json()) == (0, {"hosts": {}}), hosts.err
+        res = helpers.cli(inv, "deploy", "--all", "--dry-run")
+        assert res.code == 2 and "name at least one box" in res.err, res.err + res.out
+    finally:
+        helpers.cli(inv, "destroy", "--yes", "--keep-inventory", CLI_BOX)

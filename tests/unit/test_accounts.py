@@ -137,6 +137,40 @@ BAD_INPUT: list[tuple[str, list[str], str | None, str]] = [
         PASSWORD,
         "'carol' is not a valid address; expected local@domain, like 'alice@example.org'",
     ),
+    *(
+        (
+            f"add-unservable-{n}",
+            ["user", "add", NAME, f"{local}@example.test", *STDIN_FLAGS],
+            PASSWORD,
+            f"{local + '@example.test'!r} cannot be an address on this box: {shown} in {local!r}; accepted before "
+            "the '@': ASCII letters, digits, '.', '-' and '_' (what dovecot accepts in a login)",
+        )
+        for n, (local, shown) in enumerate(
+            [("o'neil", '"\'"'), ("a/b", "'/'"), ("`id`", "'`'"), ("a|b", "'|'"), ("{x}", "'{', '}'"),
+             ("a#b", "'#'"), ("a$b", "'$'")]
+        )
+    ),
+    (
+        "alias-unservable-source",
+        ["alias", "add", NAME, "a|b@example.test", "alice@example.test", "--no-push"],
+        None,
+        "'a|b@example.test' cannot be an address on this box: '|' in 'a|b'; accepted before the '@': ASCII "
+        "letters, digits, '.', '-' and '_' (what dovecot accepts in a login)",
+    ),
+    (
+        "alias-unservable-destination-here",
+        ["alias", "add", NAME, "sales@example.test", "x+y@example.test", "--no-push"],
+        None,
+        "'x+y@example.test' cannot be an address on this box: '+' in 'x+y'; accepted before the '@': ASCII "
+        "letters, digits, '.', '-' and '_' (what dovecot accepts in a login)",
+    ),
+    (
+        "add-huge-quota",
+        ["user", "add", NAME, "carol@example.test", "--quota", "99999999999999999999T", *STDIN_FLAGS],
+        PASSWORD,
+        "--quota '99999999999999999999T' is too large; accepted: at most 8388607T (9223372036854775807 bytes, "
+        "dovecot's limit: a signed 64-bit count of bytes)",
+    ),
     (
         "add-catch-all",
         ["user", "add", NAME, "@example.test", *STDIN_FLAGS],
@@ -416,6 +450,29 @@ def test_first_user_of_an_empty_box(tmp_path: Path) -> None:
     assert after.startswith(before + "\n[[users]]\n")  # a blank line before the new table, nothing else moved
     assert cli(tmp_path, "alias", "add", NAME, "info@example.test", "alice@example.test", "--no-push").code == 0
     assert inventory_bytes(tmp_path).decode().startswith(after + "\n[[aliases]]\n")
+
+
+def test_hand_edited_upper_case_address_is_one_address(root: Path, known_hash: str) -> None:
+    """An operator's `Carol@...` is carol@: the model, every duplicate check and lookup use lower case."""
+    path = root / P
+    path.write_text(
+        path.read_text()
+        + f'\n[[users]]\nemail = "Carol@Example.Test"\npassword_hash = "{known_hash}"\n'
+        + '\n[[aliases]]\nsource = "Sales@example.test"\ndestinations = ["CAROL@example.test", "Ext@Other.Example"]\n'
+    )
+    host = Inventory(root / "hosts").load(NAME)
+    assert host.users[-1].email == "carol@example.test"
+    assert host.aliases[-1].source == "sales@example.test"
+    assert host.aliases[-1].destinations == ("carol@example.test", "Ext@other.example")
+    assert cli(root, "user", "add", NAME, "carol@example.test", *STDIN_FLAGS).code == 2
+    assert cli(root, "alias", "add", NAME, "SALES@example.test", "alice@example.test", "--no-push").code == 2
+    result = cli(root, "user", "password", NAME, "CAROL@example.test", *STDIN_FLAGS)
+    assert (result.code, result.err) == (0, ""), result.out
+    result = cli(root, "alias", "remove", NAME, "sales@EXAMPLE.test", "--no-push")
+    assert (result.code, result.err) == (0, ""), result.out
+    result = cli(root, "user", "remove", NAME, "carol@example.test", "--no-push")
+    assert (result.code, result.err) == (0, ""), result.out
+    assert "Carol@" not in path.read_text() and "Sales@" not in path.read_text()
 
 
 def test_user_password(root: Path, known_hash: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dns.zone
@@ -125,3 +126,66 @@ def test_inventory_dns_records_are_validated_with_file_and_line(tmp_path: Path) 
     assert host.ipv6 == "2001:db8::7"
     with pytest.raises(InputError, match=r":2: ipv4: 'fe80::1' is not an IPv4 address"):
         validate('hostname = "mx.alpha.test"\nipv4 = "fe80::1"\naddress = "10.0.0.1"\n', path)
+
+
+INJECTIONS = [
+    # A second record (a foreign NS) smuggled in through the name: refused at load time.
+    (
+        "name",
+        '"@ 60 IN NS ns.evil.invalid.\\nx.alpha.test"',
+        "A",
+        '"192.0.2.1"',
+        r"'@ 60 IN NS ns.evil.invalid.\\nx.alpha.test' is not a DNS name: '\\n', ' ', '@' not accepted",
+    ),
+    ("name", '"$ORIGIN.alpha.test"', "A", '"192.0.2.1"', r"'\$ORIGIN.alpha.test' is not a DNS name: '\$'"),
+    (
+        "name",
+        '"www.gamma.test"',
+        "A",
+        '"192.0.2.1"',
+        r"'www.gamma.test' is in none of the box's zones; its zones: alpha.test$",
+    ),
+    ("name", '"a\\\\032b.alpha.test"', "A", '"192.0.2.1"', r"is not a DNS name: '\\\\' not accepted"),
+    # A newline in a value used to be cut silently (dnspython stops at the end of the line).
+    (
+        "value",
+        '"192.0.2.1\\nx 60 IN NS ns.evil.invalid."',
+        "A",
+        "",
+        r"'192.0.2.1\\nx 60 IN NS ns.evil.invalid.' contains the control character '\\n'",
+    ),
+    ("value", '"\\"v=spf1\\" \\u0000"', "TXT", "", r"contains the control character '\\x00'"),
+    ("value", '"$INCLUDE /etc/passwd"', "TXT", "", r"starts like a zone-file directive"),
+    ("value", '"\\"a\\" ; the rest"', "TXT", "", r"has a ';' outside quotes"),
+]
+
+
+@pytest.mark.parametrize(("field", "name", "rtype", "value", "message"), INJECTIONS)
+def test_records_that_are_not_plain_zone_data_are_refused_at_load_time(
+    tmp_path: Path, field: str, name: str, rtype: str, value: str, message: str
+) -> None:
+    if field == "value":
+        name, value = '"x.alpha.test"', name
+    text = 'hostname = "mx.alpha.test"\naddress = "203.0.113.7"\ndomains = ["alpha.test"]\n\n[[dns.records]]\n'
+    text += f'name = {name}\ntype = "{rtype}"\nvalue = {value}\n'
+    with pytest.raises(InputError, match=rf":{6 if field == 'name' else 8}: dns\.records\[0\]\.{field}: .*{message}"):
+        validate(text, tmp_path / "mx.alpha.test.toml")
+
+
+def test_wildcards_and_service_names_are_plain_zone_data(tmp_path: Path) -> None:
+    text = 'hostname = "mx.alpha.test"\naddress = "203.0.113.7"\n'
+    for name, rtype, value in [
+        ("*.alpha.test", "A", "192.0.2.1"),
+        ("_25._tcp.mx.alpha.test", "TLSA", "3 1 1 " + "ab" * 32),
+        ("alpha.test", "TXT", '"v=spf1 mx -all" "second; string"'),
+        ("web.alpha.test.", "CNAME", "elsewhere.example"),
+    ]:
+        text += f'\n[[dns.records]]\nname = "{name}"\ntype = "{rtype}"\nvalue = {json.dumps(value)}\n'
+    host = validate(text, tmp_path / "mx.alpha.test.toml")
+    assert [r.name for r in host.dns_records] == [
+        "*.alpha.test",
+        "_25._tcp.mx.alpha.test",
+        "alpha.test",
+        "web.alpha.test",
+    ]
+    assert all(dnszones.zone_body(host, zone) for zone in dnszones.zones_of(host))

@@ -99,3 +99,29 @@ def test_dovecot_users_carry_hash_and_quota_only() -> None:
         f"alice@a.test:{HASH}::::::",
         f"quota@a.test:{HASH}::::::userdb_quota_rule=*:storage=2G",
     ]
+
+
+def test_a_hand_edited_upper_case_address_is_served_in_lower_case() -> None:
+    """dovecot looks logins up as %Lu and postfix folds map keys: the rendered tables are all lower case."""
+    from miab_remote.inventory import validate
+
+    text = (
+        'hostname = "mx.a.test"\naddress = "10.0.0.1"\ndomains = ["a.test"]\n'
+        f'[[users]]\nemail = "Carol@A.Test"\npassword_hash = "{HASH}"\n'
+        '[[aliases]]\nsource = "Info@a.test"\ndestinations = ["CAROL@a.test"]\n'
+    )
+    h = validate(text, Path("hosts/mx.a.test.toml"))
+    assert lines(mailmaps.dovecot_users(h)) == [f"carol@a.test:{HASH}::::::"]
+    assert lines(mailmaps.virtual_mailboxes(h)) == ["carol@a.test OK"]
+    assert "info@a.test carol@a.test" in lines(mailmaps.virtual_aliases(h))
+    assert lines(mailmaps.sender_logins(h)) == [
+        "carol@a.test carol@a.test",
+        "info@a.test carol@a.test",
+        "postmaster@a.test carol@a.test",
+        "abuse@a.test carol@a.test",
+        "hostmaster@a.test carol@a.test",
+        "root@mx.a.test carol@a.test",
+        "postmaster@mx.a.test carol@a.test",
+        "abuse@mx.a.test carol@a.test",
+        "hostmaster@mx.a.test carol@a.test",
+    ]
