@@ -95,6 +95,14 @@ def test_every_record_is_answered_by_the_box(boxes: dict[str, Box]) -> None:
         assert ask(b, domain, "SOA")[0].startswith(f"ns1.{B}. hostmaster.{domain}. ")
     for name in (B, f"ns1.{B}", f"ns2.{B}"):
         assert ask(b, name, "A") == [b.address]
+    # Names with an address that never send mail: a null MX (RFC 7505) and an SPF that allows no one. The
+    # hostname sends (HELO, bounces, system mail): its SPF lets it, and it has no null MX.
+    quiet = [f"ns1.{B}", f"ns2.{B}"]
+    quiet += [f"{s}.{d}" for d in ("beta-dns.test", "second-beta.test") for s in ("www", "autoconfig", "autodiscover")]
+    for name in quiet:
+        assert ask(b, name, "MX") == ["0 ."], name
+        assert ask(b, name, "TXT") == ['"v=spf1 -all"'], name
+    assert ask(b, B, "TXT") == ['"v=spf1 a -all"'] and ask(b, B, "MX") == []
 
 
 def test_serial_moves_only_with_the_content(inv: Path, boxes: dict[str, Box]) -> None:
@@ -128,6 +136,7 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     checks = res.json()["hosts"][B]["checks"]
     assert res.code == 0, [c for c in checks if not c["ok"]]
     assert any(c["name"] == "DNS MX second-beta.test" and c["ok"] for c in checks)
+    assert any(c["name"] == "DNS MX www.second-beta.test" and c["ok"] and c["detail"] == "0 ." for c in checks)
     boxes[B].run("systemctl stop nsd")
     try:
         res = cli(inv, "check", B)
@@ -157,5 +166,7 @@ def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, box
     assert f"alpha-dns.test. 1800 IN MX 10 {A}." in res.out
     assert 'mail._domainkey.alpha-dns.test. 1800 IN TXT "v=DKIM1;' in res.out
     assert "_dmarc.alpha-dns.test. 1800 IN TXT" in res.out
+    assert "www.alpha-dns.test. 1800 IN MX 0 ." in res.out
+    assert 'autoconfig.alpha-dns.test. 1800 IN TXT "v=spf1 -all"' in res.out
     data = cli(inv, "dns", A, "--json").json()
     assert {r["type"] for r in data["records"]["alpha-dns.test"]} >= {"A", "MX", "TXT", "SRV", "NS"}
