@@ -5,8 +5,8 @@ The key is made once in the box's life and never regenerated. The certificate is
 (`CA:FALSE`, keyUsage, extendedKeyUsage serverAuth, subjectAltName): strict verifiers (webpki, rustls,
 `cryptography`'s verifier) refuse a `CA:TRUE` certificate as a server's even when told to trust it, and
 the first versions of this recipe made one. Its guard reads the certificate on the box, so a box deployed
-before gets a new certificate from its existing key (and again when the hosted domains change); a second
-deploy finds it right and changes nothing.
+before gets a new certificate from its existing key (and again when the hosted domains change, or
+RENEW_DAYS before it expires); a second deploy finds it right and changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from miab_remote.recipes import RecipeContext
 from miab_remote.resources import Command, Directory, Package, Resource
 
 DAYS = 3650
+RENEW_DAYS = 30  # a certificate this close to its end is re-issued (from the same key)
 EXTENSIONS = (
     "basicConstraints=critical,CA:FALSE",
     "keyUsage=critical,digitalSignature,keyEncipherment",
@@ -46,13 +47,14 @@ def certificate_guard(dns_names: list[str]) -> str:
 
     want_names = " ".join(shlex.quote(f"DNS:{n}") for n in sorted(dns_names))
     return (
-        f"{ext('basicConstraints')} | grep -q 'CA:FALSE'"
+        f"openssl x509 -in {cert} -noout -checkend {RENEW_DAYS * 86400} >/dev/null"
+        f" && {ext('basicConstraints')} | grep -q 'CA:FALSE'"
         f" && {ext('keyUsage')} | grep 'Digital Signature' | grep -q 'Key Encipherment'"
         f" && {ext('extendedKeyUsage')} | grep -q 'TLS Web Server Authentication'"
         f' && [ "$({ext("subjectAltName")} | sed 1d | tr -d " " | tr , "\\n" | LC_ALL=C sort)"'
         f' = "$(printf "%s\\n" {want_names})" ]'
         f' && [ "$(openssl x509 -in {cert} -noout -pubkey)" = "$(openssl pkey -in {key} -pubout)" ]'
-        "  # an end-entity certificate (CA:FALSE, serverAuth) for these names and the box's key"
+        f"  # an end-entity certificate (CA:FALSE, serverAuth) for these names and this key, {RENEW_DAYS}+ days left"
     )
 
 
