@@ -213,6 +213,12 @@ def judge_certificate(host: Host, cert: x509.Certificate, now: datetime.datetime
             "a certificate for the box's hostname is made by deploy",
         )
     renew = f"miab-remote deploy {host.name} re-issues it from the same key" if self_signed else "renew it"
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca:
+        return Check("TLS certificate", False, f"{kind}, a CA certificate (CA:TRUE): strict clients refuse it", renew)
     if cert.not_valid_after_utc <= now:
         return Check("TLS certificate", False, f"{kind}, expired on {cert.not_valid_after_utc:%Y-%m-%d}", renew)
     if days < CERT_MIN_DAYS:

@@ -181,7 +181,7 @@ def test_a_warning_is_not_a_failure() -> None:
     assert Check("x", False, "broken").failed and Check("x", True, "fine").status == "ok"
 
 
-def certificate(name: str, not_after: datetime.datetime) -> x509.Certificate:
+def certificate(name: str, not_after: datetime.datetime, ca: bool = False) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     return (
@@ -193,6 +193,7 @@ def certificate(name: str, not_after: datetime.datetime) -> x509.Certificate:
         .not_valid_before(not_after - datetime.timedelta(days=3650))
         .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
 
@@ -207,3 +208,5 @@ def test_certificate_expiry_warns_within_14_days_and_fails_once_past(tmp_path: P
     past = checks.judge_certificate(h, certificate(NAME, now - day), now)
     assert past.failed and "expired on 2029-12-31" in past.detail
     assert checks.judge_certificate(h, certificate("other.test", now + 100 * day), now).failed
+    old = checks.judge_certificate(h, certificate(NAME, now + 100 * day, ca=True), now)
+    assert old.failed and "CA:TRUE" in old.detail and f"miab-remote deploy {NAME} re-issues it" in old.fix
