@@ -38,9 +38,8 @@ def automatic_aliases(host: Host) -> list[mailmaps.AliasEntry]:
 
 
 def is_automatic(host: Host, source: str) -> bool:
-    """Whether `source` is (or would be, with a user) one of the automatic addresses of a hosted domain."""
-    local, _, domain = source.lower().rpartition("@")
-    return local in mailmaps.AUTOMATIC and domain in host.domains
+    """Whether `source` is (or would be, with an administrator) one of the automatic addresses."""
+    return source.lower() in mailmaps.automatic_sources(host)
 
 
 # ------------------------------------------------------------------------------------ checked input
@@ -168,9 +167,9 @@ def check_alias(host: Host, source: str) -> Alias:
             f"{user.email} is a user (a mailbox) of {host.name}, not an alias; aliases: {_aliases_text(host)}"
         )
     if is_automatic(host, source):
-        first = host.users[0].email if host.users else "the first user, once there is one"
+        admin = mailmaps.admin_email(host) or "the first user, once there is one"
         raise InputError(
-            f"{source} is automatic on {host.name} (to {first}) and cannot be removed; "
+            f"{source} is automatic on {host.name} (to {admin}) and cannot be removed; "
             f"`miab-remote alias add {host.name} {source} ADDRESS...` sends it elsewhere"
         )
     raise InputError(f"no alias {source} on {host.name}; aliases: {_aliases_text(host)}")
@@ -185,7 +184,7 @@ def unreachable(host: Host, alias: Alias) -> list[str]:
             find_user(host, dest) is not None
             or find_alias(host, dest) is not None
             or find_alias(host, f"@{domain}") is not None
-            or (is_automatic(host, dest) and bool(host.users))
+            or (is_automatic(host, dest) and mailmaps.admin_email(host) is not None)
         )
         if domain in host.domains and not known:
             out.append(dest)

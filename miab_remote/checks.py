@@ -267,4 +267,89 @@ def run_checks(host: Host) -> list[Check]:
     if facts is not None:
         out += boxchecks.box_checks(host, facts, resources, rendered)
     out += dns_checks(host, dkim_rdata(facts.get("dkim")) if facts else None)
+    out += admin_mail_checks(host)
+    return out
+
+
+# ------------------------------------------------------------------------------ the admin addresses
+
+_DELIVERY_PROBE = (
+    "echo '@aliases'; postmap -s hash:/etc/postfix/virtual_aliases; "
+    "echo '@mailboxes'; postmap -s hash:/etc/postfix/virtual_mailboxes; "
+    "echo '@domains'; postconf -h virtual_alias_domains virtual_mailbox_domains; "
+    "echo '@users'; doveadm user '*'"
+)
+
+
+def _box_tables(text: str) -> dict[str, list[str]]:
+    """The probe's output, by section: each line of the live .db tables, the domains, dovecot's users."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("@") and line[1:] in ("aliases", "mailboxes", "domains", "users"):
+            current = sections.setdefault(line[1:], [])
+        elif line.strip():
+            current.append(line.strip())
+    return sections
+
+
+def delivery_of(address: str, tables: dict[str, list[str]], ours: set[str]) -> tuple[bool, str]:
+    """Where the box's live tables (what postfix reads now, not the inventory) send `address`: expanded
+    through virtual_aliases the way postfix does (full address, without +extension, @domain), each
+    result into a dovecot mailbox or out to another server. `ours`: the box's hostname and domains, which
+    postfix must take as its own. (True, where) or (False, why it is lost)."""
+    from miab_remote.remote.sender_guard import lookup_keys, parse_table  # postfix's lookup order, one copy
+
+    aliases = parse_table("\n".join(tables.get("aliases", [])))
+    mailboxes = parse_table("\n".join(tables.get("mailboxes", [])))
+    local = {d.lower() for line in tables.get("domains", []) for d in re.split(r"[\s,]+", line) if d}
+    users = {line.split()[0].lower() for line in tables.get("users", [])}
+    reached: list[str] = []
+    todo, seen = [address.lower()], set[str]()
+    while todo:
+        addr = todo.pop(0)
+        if addr in seen or len(seen) > 50:
+            continue
+        seen.add(addr)
+        domain = addr.rpartition("@")[2]
+        if domain not in local:
+            if domain in ours:
+                return False, f"postfix does not take mail for {domain} as its own: mail to {addr} is refused"
+            reached.append(f"{addr} (another server)")
+            continue
+        found = next((aliases[k] for k in lookup_keys(addr) if k in aliases), None)
+        if found is not None and list(found) != [addr]:
+            todo += list(found)
+            continue
+        box = next((k for k in lookup_keys(addr)[:2] if k in mailboxes), None)
+        if box is None:
+            return False, f"{addr} is neither a mailbox nor an alias on the box: mail to {address} is refused"
+        if box not in users:
+            return False, f"{addr} is a mailbox postfix knows but dovecot has no such user: mail would bounce"
+        reached.append(f"{box}'s mailbox")
+    return True, "delivered to " + ", ".join(dict.fromkeys(reached))
+
+
+def admin_mail_checks(host: Host) -> list[Check]:
+    """The administrator's address and postmaster@, abuse@, hostmaster@ (and the hostname's root@): asked of
+    the box's own tables over SSH, so the answer is what postfix and dovecot would do now, and no mail is
+    sent (an SMTP probe would be greylisted, and is often blocked from a laptop)."""
+    from miab_remote import mailmaps
+
+    admin = mailmaps.admin_email(host)
+    addresses = ([admin] if admin else []) + mailmaps.automatic_sources(host)
+    fix_admin = f"set [options] admin_email in {host.path.name}, or add a user, then miab-remote deploy {host.name}"
+    if admin is None:
+        return [Check("mail to the administrator", False, "no admin_email and no user to default to", fix_admin)]
+    try:
+        with Transport(host, connect_timeout=TIMEOUT * 2) as t:
+            res = t.exec(_DELIVERY_PROBE, idle_timeout=TIMEOUT * 4)
+    except MiabError as e:
+        return [Check("mail to the admin addresses", False, f"could not ask the box: {e}", "")]
+    tables = _box_tables(res.stdout.decode(errors="replace"))
+    out = []
+    for address in dict.fromkeys(addresses):
+        ok, detail = delivery_of(address, tables, {host.hostname, *host.domains})
+        label = f"mail to {address}" + (" (the administrator)" if address == admin else "")
+        out.append(Check(label, ok, detail, "" if ok else f"miab-remote deploy {host.name}; {fix_admin}"))
     return out

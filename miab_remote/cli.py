@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from miab_remote import __version__
+from miab_remote import __version__, mailmaps
 from miab_remote.deploy import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory
@@ -202,6 +202,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                             "domains": list(h.domains),
                             "users": len(h.users),
                             "aliases": len(h.aliases),
+                            "admin_email": mailmaps.admin_email(h),
                         }
                         for h in hosts
                     }
@@ -210,7 +211,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    table = Table("box", "address", "provider", "os", "domains", "users", "aliases", box=None)
+    table = Table("box", "address", "provider", "os", "domains", "users", "aliases", "admin", box=None)
     for h in hosts:
         table.add_row(
             h.name,
@@ -220,6 +221,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             " ".join(h.domains),
             str(len(h.users)),
             str(len(h.aliases)),
+            mailmaps.admin_email(h) or "-",
         )
     stdout_console().print(table if hosts else f"no boxes in {inv.root}/")
     return 0

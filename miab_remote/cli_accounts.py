@@ -18,7 +18,7 @@ import tomlkit
 from rich.console import Console
 from rich.table import Table
 
-from miab_remote import accounts, passwords
+from miab_remote import accounts, mailmaps, passwords
 from miab_remote.cli import inventory_of
 from miab_remote.deploy import HostRun, purge_mailbox, push_accounts
 from miab_remote.errors import InputError, MiabError
@@ -99,10 +99,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     run = _change(inv, args, edit)
     notes = []
-    if not host.users:
+    if not host.users and not host.options.get("admin_email"):
         notes.append(
-            f"postmaster@ and abuse@ of {', '.join(host.domains)} go to {email} (automatic, "
-            "unless an alias says otherwise)"
+            f"system mail and postmaster@, abuse@ and hostmaster@ of {', '.join(host.domains)} go to {email} "
+            "(automatic, unless [options] admin_email or an alias says otherwise)"
         )
     return _report(inv, args, f"added user {email}" + (f" (quota {quota})" if quota else ""), run, notes)
 
@@ -146,9 +146,9 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     notes = []
     if sources := accounts.aliases_to(host, email):
         notes.append(f"these aliases still deliver to {email}: {', '.join(sources)}")
-    if host.users[0].email == email and accounts.automatic_aliases(host):
+    if mailmaps.admin_email(host) == email and accounts.automatic_aliases(host):
         after = host.users[1].email if len(host.users) > 1 else "nobody (no users left)"
-        notes.append(f"automatic postmaster@ and abuse@ now go to {after}")
+        notes.append(f"system mail and the automatic postmaster@, abuse@ and hostmaster@ now go to {after}")
     if not args.purge:
         notes.append(f"the mailbox of {email} is kept on the box, with its mail")
     code = _report(inv, args, f"removed user {email}", run, notes)
@@ -219,8 +219,8 @@ def cmd_alias_add(args: argparse.Namespace) -> int:
 
     run = _change(inv, args, edit)
     notes = []
-    if accounts.is_automatic(host, source) and host.users:
-        notes.append(f"replaces the automatic {source} (to {host.users[0].email})")
+    if accounts.is_automatic(host, source) and (admin := mailmaps.admin_email(host)):
+        notes.append(f"replaces the automatic {source} (to {admin})")
     if lost := accounts.unreachable(host, alias):
         notes.append(f"no user or alias takes {', '.join(lost)} on {host.name}: mail sent there would bounce")
     return _report(inv, args, f"added alias {source} -> {', '.join(alias.destinations)}", run, notes)
@@ -237,8 +237,8 @@ def cmd_alias_remove(args: argparse.Namespace) -> int:
 
     run = _change(inv, args, edit)
     notes = []
-    if accounts.is_automatic(host, source) and host.users:
-        notes.append(f"{source} goes to {host.users[0].email} again (automatic)")
+    if accounts.is_automatic(host, source) and (admin := mailmaps.admin_email(host)):
+        notes.append(f"{source} goes to {admin} again (automatic)")
     return _report(inv, args, f"removed alias {source}", run, notes)
 
 
@@ -322,6 +322,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     no_push(p)
     p.set_defaults(func=cmd_alias_remove)
 
-    p = action(aliases, "list", "list the aliases, including the automatic postmaster@ and abuse@")
+    p = action(aliases, "list", "list the aliases, including the automatic postmaster@, abuse@ and hostmaster@")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alias_list)

@@ -31,6 +31,7 @@ from miab_remote.templates import TemplateSet
 
 STALE = 75
 LOCK_TIMEOUT = 3
+RESUME = "left pending by an interrupted run"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: 
             if opts.diff:
                 run.diff = plan_diff(the_plan, facts, rendered, mask)
             if opts.dry_run or not the_plan.actions:
+                if the_plan.resumed:
+                    run.notes.append(f"{RESUME} (would finish): {', '.join(the_plan.resumed)}")
                 run.actions = [ActionReport(a.resource, mask(a.why), "planned") for a in the_plan.actions]
                 run.changed = len(the_plan.changed_resources) if opts.dry_run else 0
                 if not opts.dry_run:
@@ -196,7 +199,7 @@ def _run_apply(
     """Run the apply script over `wire` actions, following its events; False if the box was stale."""
     name = run.name
     reports = [ActionReport(a["resource"], mask(a["why"]), "skipped") for a in wire]
-    state: dict[str, Any] = {"error": None, "stale": None, "lock": None}
+    state: dict[str, Any] = {"error": None, "stale": None, "lock": None, "pending": []}
 
     def on_line(line: bytes) -> None:
         try:
@@ -214,6 +217,8 @@ def _run_apply(
             state["error"] = f"{wire[event['index']]['resource']}: {mask(event['error'])}"
         elif kind == "stale":
             state["stale"] = event["path"]
+        elif kind == "pending":
+            state["pending"] = event["ids"]
         elif kind == "lock":
             state["lock"] = event
             if event["state"] == "waiting":
@@ -234,10 +239,27 @@ def _run_apply(
         )
     run.actions = reports
     run.changed = len({r.resource for r in reports if r.status == "changed"})
+    run.notes += _resume_notes(state["pending"], wire, reports)
     if res.exit_code != 0:
         detail = state["error"] or mask(res.stderr.decode(errors="replace").strip()[-2000:])
         raise HostError(f"{name}: {detail}")
     return True
+
+
+def _resume_notes(pending: list[str], wire: list[dict[str, Any]], reports: list[ActionReport]) -> list[str]:
+    """What of the box's journal (notifications an interrupted run could not deliver) this run delivered."""
+    done = {
+        t
+        for a, r in zip(wire, reports, strict=True)
+        if r.status in ("changed", "unchanged")
+        for t in a.get("settles", [])
+    }
+    finished = [p for p in pending if p in done]
+    left = [p for p in pending if p not in done]
+    notes = [f"{RESUME}, finished now: {', '.join(finished)}"] if finished else []
+    if left:
+        notes.append(f"{RESUME}, still to do (the next deploy does it): {', '.join(left)}")
+    return notes
 
 
 def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRun:

@@ -143,6 +143,13 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         check=lambda value: _ip_list_problem(value),
         accepted='a list of IP addresses, like ["10.77.0.1"]',
     ),
+    "admin_email": OptionSpec(
+        type=str,
+        default=None,
+        doc="who gets system mail (root, cron) and postmaster@, abuse@, hostmaster@; default: the first user",
+        check=lambda value: _email_problem(value),
+        accepted='an email address, like "admin@example.org"',
+    ),
 }
 
 
@@ -639,6 +646,7 @@ class _Checker:
         users = self.check_users(domains)
         aliases = self.check_aliases(domains)
         options = self.check_options()
+        self.check_admin_email(options.get("admin_email"), hostname, domains, users, aliases)
         ipv4 = self.check_ip("ipv4", 4)
         ipv6 = self.check_ip("ipv6", 6)
         dns_records = self.check_dns_records()
@@ -924,6 +932,29 @@ class _Checker:
             return None
         return source
 
+    def check_admin_email(
+        self,
+        admin: str | None,
+        hostname: str | None,
+        domains: tuple[str, ...] | None,
+        users: tuple[MailUser, ...],
+        aliases: tuple[Alias, ...],
+    ) -> None:
+        """An admin address on this box must be a mailbox or an alias of the inventory: the automatic
+        addresses forward to it, so anything else would bounce, or loop back to itself."""
+        if admin is None or hostname is None:
+            return
+        domain = admin.rpartition("@")[2]
+        if domain != hostname and domain not in (domains or ()):
+            return  # elsewhere: the box forwards system mail there
+        known = {u.email.lower() for u in users} | {a.source.lower() for a in aliases}
+        if admin.lower() not in known:
+            self.fail(
+                ("options", "admin_email"),
+                f"{admin!r} is on this box but is neither a user nor an alias of it; "
+                "accepted: a user's address, an alias's source, or an address elsewhere",
+            )
+
     def check_options(self) -> dict[str, Any]:
         options = {name: spec.default for name, spec in OPTION_SPECS.items()}
         table = self.typed(self.data, (), "options", dict, "a table ([options] section)")
@@ -1123,7 +1154,10 @@ def new_document(
         "# Optional, with their defaults: recipes = " + _toml(list(DEFAULT_RECIPES)) + ",",
         f"# domains = [{_toml(parent)}] (the hostname's parent domain), and an [options] table:",
     ]
-    out += [f"#   {name} = {_toml(spec.default)}: {spec.doc}" for name, spec in OPTION_SPECS.items()]
+    out += [
+        f"#   {name} = {_toml(spec.default)}: {spec.doc}" if spec.default is not None else f"#   {name}: {spec.doc}"
+        for name, spec in OPTION_SPECS.items()
+    ]
     out += [
         "# Mailboxes are [[users]] tables (email, password_hash: never a clear password, quota);",
         "# forwarding addresses are [[aliases]] tables (source, destinations).",

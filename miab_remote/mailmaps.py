@@ -1,8 +1,10 @@
 """The account tables a box needs, computed from its inventory (pure, so they are easy to test).
 
 postfix: which addresses have a mailbox, where aliases forward, and which login may send as which
-address; dovecot: the users with their password hashes and quotas. postmaster@ and abuse@ exist for every
-hosted domain, pointing at the first user unless the inventory defines them.
+address; dovecot: the users with their password hashes and quotas. postmaster@, abuse@ and hostmaster@
+exist for every hosted domain, and root@, postmaster@, abuse@ and hostmaster@ for the box's hostname (where
+system mail from cron, postfix and unattended-upgrades goes), all pointing at the administrator
+(`admin_email`, default the first user) unless the inventory defines them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 
 from miab_remote.model import Host
 
-AUTOMATIC = ("postmaster", "abuse")
+AUTOMATIC = ("postmaster", "abuse", "hostmaster")
+# The box's own addresses: unqualified system mail (to `root`, to `postmaster`) gets the hostname appended.
+SYSTEM = ("root", "postmaster", "abuse", "hostmaster")
 
 
 @dataclass(frozen=True)
@@ -21,18 +25,35 @@ class AliasEntry:
     automatic: bool = False
 
 
+def admin_email(host: Host) -> str | None:
+    """Who gets the box's system mail and the automatic addresses: `admin_email`, else the first user."""
+    chosen: str | None = host.options.get("admin_email")
+    if chosen:  # a user's address as the inventory spells it, so that the maps agree with each other
+        return next((u.email for u in host.users if u.email.lower() == chosen.lower()), chosen)
+    return host.users[0].email if host.users else None
+
+
+def system_alias_domain(host: Host) -> str | None:
+    """The hostname when it is not a mail domain: postfix then takes mail for its system addresses only
+    (a virtual alias domain), so that mail to root and postmaster of the box neither loops nor is relayed."""
+    return None if host.hostname in host.domains else host.hostname
+
+
+def automatic_sources(host: Host) -> list[str]:
+    """Every automatic address, in a stable order, whether or not the inventory defines it itself."""
+    out = [f"{local}@{domain}" for domain in host.domains for local in AUTOMATIC]
+    out += [f"{local}@{host.hostname}" for local in SYSTEM if f"{local}@{host.hostname}" not in out]
+    return out
+
+
 def aliases(host: Host) -> list[AliasEntry]:
-    """The inventory's aliases plus the automatic postmaster@/abuse@ of every domain."""
+    """The inventory's aliases plus the automatic addresses, each to the administrator."""
     out = [AliasEntry(a.source, a.destinations) for a in host.aliases]
     # An address that is already an alias or a mailbox of its own gets no automatic alias.
     taken = {a.source.lower() for a in host.aliases} | {u.email.lower() for u in host.users}
-    if host.users:
-        first = host.users[0].email
-        for domain in host.domains:
-            for local in AUTOMATIC:
-                source = f"{local}@{domain}"
-                if source not in taken:
-                    out.append(AliasEntry(source, (first,), automatic=True))
+    admin = admin_email(host)
+    if admin:
+        out += [AliasEntry(s, (admin,), automatic=True) for s in automatic_sources(host) if s not in taken]
     return out
 
 

@@ -11,6 +11,7 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "hardening",
     "tls",
     "opendkim",
+    "opendmarc",
     "nsd",
     "spamassassin",
     "dovecot",

@@ -2,7 +2,8 @@
 
 Each resource either yields actions (with a `why` an operator can read) or a `Skip` that says why nothing
 needs doing. Notifications are resolved here too, so a dry run shows exactly what a real run would do,
-including the restart that a changed file will cause.
+including the restart that a changed file will cause. A notification an interrupted run could not deliver
+is in the box's journal (facts["pending"]) and is delivered now, even when no file changed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from miab_remote.errors import InputError
 from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
 
 APT_LISTS_MAX_AGE = 6 * 3600.0
+PENDING = "pending from an interrupted run"
 
 
 class PlanError(InputError):
@@ -44,6 +46,8 @@ class Skip:
 class Plan:
     actions: list[Action] = field(default_factory=list)
     unchanged: list[Skip] = field(default_factory=list)
+    # Notifications left pending on the box by an interrupted run, which this plan delivers.
+    resumed: list[str] = field(default_factory=list)
 
     @property
     def changed_resources(self) -> list[str]:
@@ -79,6 +83,11 @@ def check_resources(resources: Sequence[Resource]) -> None:
             tr = resources[position[target]]
             if isinstance(tr, Command) and not tr.on_notify:
                 raise InputError(f"recipe error: {r.id} notifies {target}, which is not on_notify")
+
+
+def _reacting(resources: Sequence[Resource]) -> set[str]:
+    """Notify targets that react: the box journals them before their notifier changes anything."""
+    return {r.id for r in resources if isinstance(r, Command) or (isinstance(r, Service) and r.running)}
 
 
 def probe_spec(resources: Sequence[Resource], rendered: Mapping[str, bytes], want_content: bool) -> dict[str, Any]:
@@ -122,12 +131,15 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
     for r in resources:
         for target in getattr(r, "notify", ()):
             notifiers.setdefault(target, []).append(r.id)
+    reacting = _reacting(resources)
+    pending = {str(k) for k in facts.get("pending", {})}
 
     pkg_facts: Mapping[str, str] = facts.get("packages", {})
     packages = [r for r in resources if isinstance(r, Package)]
     installing = [p.name for p in packages if p.present and pkg_facts.get(p.name) != "installed"]
     removing = [p.name for p in packages if not p.present and pkg_facts.get(p.name) == "installed"]
     packages_done = False
+    unit_files = {r.path for r in resources if isinstance(r, File)}
 
     for r in resources:
         if isinstance(r, Package):
@@ -151,14 +163,40 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
         elif isinstance(r, Directory):
             _plan_directory(out, r, facts.get("files", {}).get(r.path, {"exists": False}), changed)
         elif isinstance(r, File):
-            _plan_file(out, r, rendered[r.path], facts.get("files", {}).get(r.path, {"exists": False}), changed)
+            fact = facts.get("files", {}).get(r.path, {"exists": False})
+            _plan_file(out, r, rendered[r.path], fact, changed, [t for t in r.notify if t in reacting])
         elif isinstance(r, Service):
+            # A unit that a package being installed, or a File of the recipes, brings may not exist yet.
+            coming = bool(installing) or _unit_path(r.name) in unit_files
             _plan_service(
-                out, r, facts.get("services", {}).get(r.name), bool(installing), notifiers, changed, resources
+                out, r, facts.get("services", {}).get(r.name), coming, notifiers, changed, resources, pending
             )
         elif isinstance(r, Command):
-            _plan_command(out, r, facts.get("guards", {}).get(r.id), notifiers, changed)
+            _plan_command(
+                out,
+                r,
+                facts.get("guards", {}).get(r.id),
+                notifiers,
+                changed,
+                pending,
+                [t for t in r.notify if t in reacting],
+            )
+    if stray := sorted(pending - set(out.resumed)):
+        # Owed to something no recipe declares anymore (or a service now meant to be stopped): drop it.
+        out.actions.append(
+            Action(
+                "pending",
+                "forget",
+                "forget pending " + ", ".join(stray) + " (nothing declared reacts)",
+                {"settles": stray},
+            )
+        )
     return out
+
+
+def _unit_path(service: str) -> str:
+    """Where a recipe that ships its own systemd unit puts it."""
+    return f"/etc/systemd/system/{service if '.' in service else service + '.service'}"
 
 
 def _plan_packages(out: Plan, installing: list[str], removing: list[str], lists_age: float | None) -> None:
@@ -222,7 +260,7 @@ def _plan_directory(out: Plan, r: Directory, fact: Mapping[str, Any], changed: s
         out.unchanged.append(Skip(r.id, f"exists, {r.mode:04o} {r.owner}:{r.group}"))
 
 
-def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed: set[str]) -> None:
+def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed: set[str], notify: list[str]) -> None:
     digest = sha256(data)
     params: dict[str, Any] = {
         "path": r.path,
@@ -231,6 +269,7 @@ def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed
         "group": r.group,
         "sha256": digest,
         "secret": r.secret,
+        "notify": notify,
     }
     if not fact.get("exists"):
         out.actions.append(Action(r.id, "file", f"create {r.path}", {**params, "content": True, "expect": None}))
@@ -262,9 +301,14 @@ def _plan_service(
     notifiers: Mapping[str, list[str]],
     changed: set[str],
     resources: Sequence[Resource],
+    pending: set[str],
 ) -> None:
     by = [n for n in notifiers.get(r.id, []) if n in changed]
-    known = fact is not None and fact.get("load") == "loaded"
+    owed = r.id in pending and r.running
+    load = fact.get("load") if fact is not None else None
+    # A masked unit exists but cannot start: unmask it when its recipe wants it running or enabled.
+    unmask = load == "masked" and (r.running or r.enabled)
+    known = load in ("loaded", "masked")
     if not known and not installing:
         raise PlanError(f"service {r.name} does not exist on the box (no systemd unit) and no package installs it")
     active = known and fact is not None and fact.get("active") == "active"
@@ -280,21 +324,31 @@ def _plan_service(
         "restart": None,
         "validator": None,
         "rollback": [],
+        "unmask": unmask,
+        "settles": [],
     }
-    if by:
+    if unmask:
+        todo.append("unmask (it was masked; its recipe needs it " + ("running)" if r.running else "enabled)"))
+    if by or owed:
         files = {res.id: res.path for res in resources if isinstance(res, File)}
         params["validator"] = r.validator
         params["rollback"] = [files[n] for n in by if n in files]
         if r.running:
             params["restart"] = "reload" if r.reload and active else "restart"
-            todo.append(f"{params['restart']} (changed: {', '.join(by)})")
-    if r.running and not active and not by:
+            params["settles"] = [r.id]
+            causes = ([f"changed: {', '.join(by)}"] if by else []) + ([PENDING] if owed else [])
+            todo.append(f"{params['restart']} ({'; '.join(causes)})")
+    if owed:
+        out.resumed.append(r.id)
+    if r.running and not active and not (by or owed):
         todo.append("start" if known else "start if not running after package install")
     if not r.running and active:
         todo.append("stop")
     if r.enabled != enabled or not known:
         if not known:
             todo.append("enable if needed after package install")
+        elif unmask and r.enabled:
+            todo.append("enable if needed once unmasked")
         elif r.enabled != enabled:
             todo.append("enable" if r.enabled else "disable")
     if todo:
@@ -306,13 +360,23 @@ def _plan_service(
 
 
 def _plan_command(
-    out: Plan, r: Command, guard: bool | None, notifiers: Mapping[str, list[str]], changed: set[str]
+    out: Plan,
+    r: Command,
+    guard: bool | None,
+    notifiers: Mapping[str, list[str]],
+    changed: set[str],
+    pending: set[str],
+    notify: list[str],
 ) -> None:
     by = [n for n in notifiers.get(r.id, []) if n in changed] if r.on_notify else []
-    if by:
+    owed = r.id in pending
+    if by or owed:
         # Notified: runs whatever its guard says (the guard is for runs where nothing it depends on changed).
-        params = {"run": r.run, "creates": None, "unless": None}
-        out.actions.append(Action(r.id, "command", f"run {r.name} (changed: {', '.join(by)})", params))
+        params = {"run": r.run, "creates": None, "unless": None, "notify": notify, "settles": [r.id]}
+        causes = ([f"changed: {', '.join(by)}"] if by else []) + ([PENDING] if owed else [])
+        out.actions.append(Action(r.id, "command", f"run {r.name} ({'; '.join(causes)})", params))
+        if owed:
+            out.resumed.append(r.id)
     elif not (r.creates or r.unless):
         out.unchanged.append(Skip(r.id, "not notified: nothing it depends on changed"))
         return
@@ -323,7 +387,7 @@ def _plan_command(
     else:
         why = f"{r.creates} is missing" if r.creates else f"guard `{r.unless}` failed"
         # The box checks the guard again just before running: an earlier step may have satisfied it.
-        params = {"run": r.run, "creates": r.creates, "unless": r.unless}
+        params = {"run": r.run, "creates": r.creates, "unless": r.unless, "notify": notify}
         out.actions.append(Action(r.id, "command", f"run {r.name} ({why})", params))
     changed.add(r.id)
 
@@ -334,6 +398,7 @@ def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], t
     decides (under its lock) what differs, so one round trip is enough and nothing unchanged is touched."""
     check_resources(resources)
     members = {r.id for r in resources if isinstance(r, File) and tag in r.tags}
+    reacting = _reacting(resources)
     for r in resources:  # notify targets come after their notifiers, so one pass closes the set
         if r.id in members:
             members.update(getattr(r, "notify", ()))
@@ -357,6 +422,7 @@ def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], t
                 "content": True,
                 "expect": "*",
                 "inline": base64.b64encode(data).decode(),
+                "notify": [t for t in r.notify if t in members and t in reacting],
             }
         elif isinstance(r, Service):
             files = [n.path for n in resources if isinstance(n, File) and n.id in members and r.id in n.notify]
@@ -371,6 +437,7 @@ def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], t
                 "validator": r.validator,
                 "rollback": files,
                 "if_changed": by,
+                "settles": [r.id],
             }
         elif isinstance(r, Command):
             item = {
@@ -380,6 +447,10 @@ def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], t
                 "creates": None,
                 "unless": None,
                 "if_changed": by,
+                "settles": [r.id],
+                "notify": [t for t in r.notify if t in members and t in reacting],
+                # Also run when its output is missing or out of date (e.g. a .db older than its text).
+                "guard": {"creates": r.creates} if r.creates else {"unless": r.unless} if r.unless else {},
             }
         else:
             continue

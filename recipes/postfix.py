@@ -11,16 +11,25 @@ from collections.abc import Iterator
 
 from miab_remote import layout, mailmaps
 from miab_remote.recipes import RecipeContext
+from miab_remote.remote import script
 from miab_remote.resources import Command, Directory, File, Package, Resource, Service
 
 MAPS = ("virtual_mailboxes", "virtual_aliases", "sender_logins")
+# The submission ports' header From check (miab_remote/remote/sender_guard.py), a milter on loopback.
+GUARD = "miab-sender-guard"
+GUARD_PROGRAM = f"/usr/local/sbin/{GUARD}"
+GUARD_PORT = 8895
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:
     host = ctx.host
-    for name in ("postfix", "postgrey", "postfix-policyd-spf-python"):
+    for name in ("postfix", "postgrey", "postfix-policyd-spf-python", "python3-milter"):
         yield Package(name)
     yield File("/etc/postfix-policyd-spf-python/policyd-spf.conf", notify=("service:postfix",))
+    # Sender domains normalised and checked on port 25, and the submission ports' anonymised Received
+    # header (regexp tables: read as text, no postmap).
+    for name in ("command_filter", "sender_checks", "submission_header_checks"):
+        yield File(f"/etc/postfix/{name}", notify=("service:postfix",))
     yield Directory(layout.POSTGREY, mode=0o755)
     yield Directory(f"{layout.POSTGREY}/db", mode=0o700, owner="postgrey", group="postgrey")
     yield File("/etc/default/postgrey", notify=("service:postgrey",))
@@ -34,10 +43,36 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     for name in MAPS:
         path = f"/etc/postfix/{name}"
         yield File(path, content=contents[name], mode=0o644, tags=("accounts",), notify=(f"command:postmap-{name}",))
-    yield File("/etc/postfix/main.cf", notify=("service:postfix",))
+    yield from _sender_guard()
+    context = {"guard_port": GUARD_PORT, "system_alias_domain": mailmaps.system_alias_domain(host)}
+    yield File("/etc/postfix/main.cf", context=context, notify=("service:postfix",))
     yield File("/etc/postfix/master.cf", notify=("service:postfix",))
     for name in MAPS:
         path = f"/etc/postfix/{name}"
-        # When the text changed, or when the .db is missing (a first run, or someone deleted it).
-        yield Command(f"postmap-{name}", run=f"postmap {path}", on_notify=True, creates=f"{path}.db")
+        # When the text changed, or when the .db is missing or older than the text (a first run, a deleted
+        # .db, or a run killed between moving the text and postmap): guarded by freshness, not existence.
+        yield Command(
+            f"postmap-{name}",
+            run=f"postmap {path}",
+            on_notify=True,
+            unless=f"test -e {path}.db && ! test {path} -nt {path}.db",
+        )
     yield Service("postfix", reload=True, validator="postfix check && postconf -n >/dev/null")
+
+
+def _sender_guard() -> Iterator[Resource]:
+    """The milter that refuses a header From the login may not send as. It reads /etc/postfix/sender_logins
+    itself (re-read when it changes), so account changes never restart it; only a new program or unit does.
+
+    pymilter (Debian's python3-milter) rather than a milter from PyPI or a second rule engine: it is
+    packaged for Debian 12, the box has python3 already, and the rule stays the one postfix's own
+    smtpd_sender_login_maps applies to the envelope, read from the same table."""
+    unit = f"/etc/systemd/system/{GUARD}.service"
+    yield File(GUARD_PROGRAM, content=script("sender_guard"), mode=0o755, notify=(f"service:{GUARD}",))
+    yield File(
+        unit,
+        context={"program": GUARD_PROGRAM, "port": GUARD_PORT},
+        notify=(f"command:{GUARD}-daemon-reload", f"service:{GUARD}"),
+    )
+    yield Command(f"{GUARD}-daemon-reload", run="systemctl daemon-reload", on_notify=True)
+    yield Service(GUARD, validator=f"python3 {GUARD_PROGRAM} --check /etc/postfix/sender_logins")

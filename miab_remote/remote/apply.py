@@ -4,6 +4,9 @@
 # It takes the box's deploy lock, checks that the files it replaces are still what the plan saw (else it
 # reports "stale" and changes nothing), keeps a backup of every replaced file, and puts those back when a
 # service's validator rejects the new configuration, leaving the running service untouched.
+# Notifications survive an interruption: before a file (or command) that notifies a service or command
+# changes anything, the targets are written to a journal on the box (under the lock, atomically, fsynced);
+# each is cleared only once it ran. The probe reports the journal, and the next plan runs what is left.
 # stdlib only, Python >= 3.8.
 import base64
 import fcntl
@@ -18,7 +21,9 @@ import sys
 import threading
 import time
 
-LOCK_PATH = "/run/lock/miab-remote.lock"
+# The environment overrides are for the unit tests, which run this script outside a box.
+LOCK_PATH = os.environ.get("MIAB_REMOTE_LOCK", "/run/lock/miab-remote.lock")
+JOURNAL_PATH = os.environ.get("MIAB_REMOTE_JOURNAL", "/var/lib/miab-remote/pending.json")
 OUT_LOCK = threading.Lock()
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8", NEEDRESTART_MODE="a")
 APT_OPTS = [
@@ -107,9 +112,67 @@ def fsync_dir(path):
         os.close(fd)
 
 
+class Journal:
+    """The notifications owed to this box: {resource id: {"by": [what changed]}}, kept across runs.
+
+    An entry is written before the change that causes it and removed once the target ran, so a run
+    killed in between leaves it for the next one. Written only when it changes (a no-op run never writes).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = read_journal(path)
+        self.inherited = set(self.entries)  # pending before this run: a rollback here never drops them
+        self.added_by = {}  # notifier -> the entries it added in this run
+
+    def owe(self, notifier, targets):
+        new = [t for t in targets if t not in self.entries]
+        for t in new:
+            self.entries[t] = {"by": [notifier]}
+        self.added_by.setdefault(notifier, set()).update(new)
+        if new:
+            self.save()
+
+    def settle(self, targets):
+        gone = [t for t in targets if self.entries.pop(t, None) is not None]
+        if gone:
+            self.save()
+
+    def undo(self, notifiers):
+        """Notifiers put back by a rollback owe nothing anymore, unless something still in place does."""
+        dropped = set()
+        for n in notifiers:
+            dropped |= self.added_by.pop(n, set())
+        keep = set().union(*self.added_by.values()) | self.inherited
+        self.settle(sorted(dropped - keep))
+
+    def save(self):
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"pending": self.entries}, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(parent)
+
+
+def read_journal(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            pending = json.load(f).get("pending", {})
+    except (OSError, ValueError, AttributeError):
+        # None yet, or unreadable (then replaced at the next change; the postmap guards still catch up).
+        return {}
+    return pending if isinstance(pending, dict) else {}
+
+
 class Runner:
-    def __init__(self, stage):
+    def __init__(self, stage, journal):
         self.stage = stage
+        self.journal = journal
         self.backups = {}  # path -> backup path in the stage dir, or None when the file did not exist
 
     def apt_update(self, a):
@@ -173,6 +236,7 @@ class Runner:
         path = a["path"]
         if a["expect"] == "*" and sha256_of(path) == a["sha256"] and meta_matches(path, a):
             return False  # a push: decided here, under the lock, from the box's current state
+        self.journal.owe(a["resource"], a.get("notify", []))
         if a["content"]:
             if "inline" in a:
                 a["staged"] = "inline-" + hashlib.sha256(path.encode()).hexdigest()[:16]
@@ -228,10 +292,14 @@ class Runner:
             rc, out = run(a["validator"], shell=True)
             if rc != 0:
                 restored = self.restore(a["rollback"])
+                self.journal.undo("file:" + p for p in restored)
                 raise Failed(
                     f"validation of {name} failed (`{a['validator']}` exit {rc}), previous files put back "
                     f"({', '.join(restored) or 'none'}), service left untouched:\n{out.strip()}"
                 )
+        if a.get("unmask"):
+            check(["systemctl", "unmask", unit], f"systemctl unmask {unit}")
+            did = True
         active = run(["systemctl", "is-active", "--quiet", unit])[0] == 0
         if a["restart"] and a["running"]:
             verb = a["restart"] if active else "start"
@@ -263,8 +331,12 @@ class Runner:
             return False
         if a["unless"] and run(a["unless"], shell=True)[0] == 0:
             return False
+        self.journal.owe(a["resource"], a.get("notify", []))
         check(["/bin/sh", "-c", a["run"]], "command")
         return True
+
+    def forget(self, a):
+        return False  # pending entries no recipe declares anymore: settled below, nothing to run
 
 
 def stale_files(actions):
@@ -294,11 +366,23 @@ def take_lock(timeout):
         emit(event="lock", state="acquired", seconds=round(time.monotonic() - started, 1))
 
 
+def owed(runner, a, changed_indices):
+    """A push decides notifications here: a service or command runs if what notifies it changed, if an
+    interrupted run left it pending, or if its guard says its output is missing or out of date."""
+    if changed_indices.intersection(a["if_changed"]) or a["resource"] in runner.journal.entries:
+        return True
+    guard = a.get("guard") or {}
+    if guard.get("creates"):
+        return not os.path.lexists(guard["creates"])
+    if guard.get("unless"):
+        return run(guard["unless"], shell=True)[0] != 0
+    return False
+
+
 def run_actions(runner, actions):
     changed_indices = set()
     for i, a in enumerate(actions):
-        # A push decides notifications here: a service or command runs only if what notifies it changed.
-        if "if_changed" in a and not changed_indices.intersection(a["if_changed"]):
+        if "if_changed" in a and not owed(runner, a, changed_indices):
             emit(event="done", index=i, changed=False)
             continue
         emit(event="start", index=i)
@@ -310,6 +394,8 @@ def run_actions(runner, actions):
         except Exception as e:
             emit(event="fail", index=i, error=f"{type(e).__name__}: {e}")
             sys.exit(1)
+        # Only now is the notification delivered; the journal keeps it until here.
+        runner.journal.settle(a.get("settles", []))
         if changed:
             changed_indices.add(i)
         emit(event="done", index=i, changed=bool(changed))
@@ -325,7 +411,10 @@ def main():
         if stale:
             emit(event="stale", path=stale)
             sys.exit(75)
-        run_actions(Runner(spec["stage"]), spec["actions"])
+        journal = Journal(JOURNAL_PATH)
+        if journal.entries:
+            emit(event="pending", ids=sorted(journal.entries))
+        run_actions(Runner(spec["stage"], journal), spec["actions"])
         emit(event="end")
     finally:
         shutil.rmtree(spec["stage"], ignore_errors=True)

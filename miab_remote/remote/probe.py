@@ -13,6 +13,8 @@ import sys
 import time
 
 MAX_CONTENT = 256 * 1024
+# What an interrupted apply left to do (see apply.py); the override is for the unit tests.
+JOURNAL_PATH = os.environ.get("MIAB_REMOTE_JOURNAL", "/var/lib/miab-remote/pending.json")
 
 
 def os_release():
@@ -155,6 +157,16 @@ def guards(spec):
     return out
 
 
+def pending():
+    """The journal's entries, {resource id: details}; a missing or unreadable journal owes nothing."""
+    try:
+        with open(JOURNAL_PATH, encoding="utf-8") as f:
+            entries = json.load(f).get("pending", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
 def apt_lists_age():
     newest = None
     try:
@@ -180,6 +192,7 @@ def main():
         "groups": groups(spec.get("groups", [])),
         "guards": guards(spec.get("guards", {})),
         "apt_lists_age": apt_lists_age(),
+        "pending": pending(),
     }
     sys.stdout.write(json.dumps(facts))
 

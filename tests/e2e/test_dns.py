@@ -137,8 +137,8 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     assert res.code == 0, [c for c in checks if not c["ok"]]
     # The box's own state, read in the same run: every service its recipes run, LMTP, the firewall, ...
     by_name = {c["name"]: c for c in checks}
-    inside = [f"service {u}" for u in ("postgrey", "spamd", "opendkim", "dovecot", "postfix", "php8.2-fpm")]
-    inside += [f"service {u}" for u in ("fail2ban", "nginx", "nsd", "ufw", "ssh")]
+    inside = [f"service {u}" for u in ("postgrey", "spamd", "opendkim", "opendmarc", "dovecot", "postfix")]
+    inside += [f"service {u}" for u in ("php8.2-fpm", "fail2ban", "nginx", "nsd", "ufw", "ssh")]
     inside += ["LMTP delivery to dovecot", "firewall (ufw)", "port 80 HTTP (redirects to HTTPS)"]
     inside += ["port 4190 ManageSieve", "disk /", "memory", "reboot", "published ipv4"]
     for name in inside:

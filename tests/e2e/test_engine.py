@@ -3,6 +3,8 @@ keys, concurrent deploys, and an installed wheel that needs no source tree."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ import tomlkit
 
 from miab_remote.sshkeys import fingerprint_line, generate_ed25519
 from tests.e2e.helpers import (
+    E2E_ENV,
     SUBNET_PREFIX,
     Box,
     CLIResult,
@@ -196,6 +199,73 @@ def test_concurrent_deploys_wait_for_each_other(inv: Path, box: Box) -> None:
     finally:
         override.write_text(original)
     assert deploy(inv).code == 0
+
+
+def serves(box: Box, port: int) -> bool:
+    """Whether nginx on the box answers on this port."""
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3).close()"
+    return box.run(f'python3 -c "{probe}"', check=False)[0] == 0
+
+
+def test_a_reload_lost_to_a_killed_deploy_is_finished_by_the_next(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    override = inv / "templates" / NGINX_CONF.lstrip("/")
+    original = override.read_text()
+    # The fixture's `hold` command pauses the apply after the nginx file moved and before nginx reloads.
+    box.run("rm -f /run/miab-test-held; touch /run/miab-test-hold")
+    try:
+        override.write_text(original.replace("listen 8080;", "listen 8087;"))
+        env = {**os.environ, **E2E_ENV, "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inv)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miab_remote", "deploy", NAME],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 300
+        while box.run("test -e /run/miab-test-held", check=False)[0] != 0:
+            assert proc.poll() is None, "the deploy ended before it reached the hold"
+            assert time.monotonic() < deadline, "the deploy never reached the hold"
+            time.sleep(0.3)
+        assert "listen 8087;" in box.run(f"cat {NGINX_CONF}")[1], "the file moved into place"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        box.run("rm -f /run/miab-test-hold")
+        # The apply on the box ends at its next word to the vanished CLI, before it reloads nginx.
+        box.run("timeout 60 flock /run/lock/miab-remote.lock true")
+        assert serves(box, 8080) and not serves(box, 8087), "nginx still runs the old configuration"
+        res = deploy(inv, "--json")
+        assert res.code == 0, res.errors()
+        run = res.json()["hosts"][NAME]
+        nginx = [a for a in run["actions"] if a["resource"] == "service:nginx"]
+        assert nginx and "pending from an interrupted run" in nginx[0]["why"], run["actions"]
+        assert nginx[0]["status"] == "changed"
+        assert any("interrupted" in n and "service:nginx" in n for n in run["notes"]), run["notes"]
+        assert serves(box, 8087) and not serves(box, 8080)
+        third = deploy(inv, "--json").json()["hosts"][NAME]
+        assert third["changed"] == 0 and third["actions"] == [], third["actions"]
+    finally:
+        box.run("rm -f /run/miab-test-hold")
+        override.write_text(original)
+    assert deploy(inv).code == 0
+    assert serves(box, 8080)
+
+
+def test_a_masked_unit_is_unmasked_and_the_rest_repaired(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    box.run("systemctl stop nginx && systemctl mask nginx && echo tampered > /etc/miab-test/motd")
+    res = deploy(inv, "--json")
+    assert res.code == 0, res.errors()
+    run = res.json()["hosts"][NAME]
+    nginx = [a for a in run["actions"] if a["resource"] == "service:nginx"]
+    assert nginx and "unmask" in nginx[0]["why"] and nginx[0]["status"] == "changed", run["actions"]
+    assert any(a["resource"] == "file:/etc/miab-test/motd" and a["status"] == "changed" for a in run["actions"])
+    assert box.run("systemctl is-active nginx")[1].strip() == "active"
+    assert box.run("systemctl is-enabled nginx")[1].strip() == "enabled"
+    assert "tampered" not in box.run("cat /etc/miab-test/motd")[1]
+    assert serves(box, 8080)
+    again = deploy(inv, "--json").json()["hosts"][NAME]
+    assert again["changed"] == 0, again["actions"]
 
 
 def test_installed_wheel_works_without_the_source_tree(inv: Path, box: Box, tmp_path: Path) -> None:

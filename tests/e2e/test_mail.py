@@ -1,13 +1,26 @@
 """The mail box against a real local box, with real SMTP and IMAP clients: submission and auth, port 25
-rules (no AUTH, no relay, unknown users, greylisting), anti-spoofing, delivery, spam filing and learning,
-DKIM, aliases, account commands, and a second deploy that touches nothing."""
+rules (no AUTH, no relay, unknown users, greylisting, SMTP smuggling, sender domains, DMARC), anti-spoofing,
+delivery, spam filing and learning, DKIM, the submitter's privacy, aliases, account commands, and a second
+deploy that touches nothing.
+
+Mail from "outside" comes from this machine (HOST_ADDRESS on the test bridge), which the fixture makes an
+authorised server of OTHER (its SPF lists it): such senders resolve, pass SPF and DMARC, as a real
+server's would. OTHER publishes DMARC p=reject, DOMAIN keeps the generated p=quarantine."""
 
 from __future__ import annotations
 
+import contextlib
+import email.message
 import imaplib
+import os
+import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +29,16 @@ import pytest
 
 from miab_remote import layout
 from miab_remote.passwords import hash_password
-from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import (
+    E2E_ENV,
+    HOST_ADDRESS,
+    Box,
+    cli,
+    create_box,
+    edit_inventory,
+    new_inventory,
+    operator_key,
+)
 from tests.e2e.mailclients import Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +74,12 @@ def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
                 {"source": f"@{OTHER}", "destinations": [f"carol@{OTHER}"]},
             ],
             options={"greylist_delay": 2},
+            dns={
+                "records": [
+                    {"name": OTHER, "type": "TXT", "value": f'"v=spf1 mx ip4:{HOST_ADDRESS} -all"'},
+                    {"name": f"_dmarc.{OTHER}", "type": "TXT", "value": '"v=DMARC1; p=reject;"'},
+                ]
+            },
         )
         res = cli(inv, "deploy", NAME, "--json")
         assert res.code == 0, res.errors()
@@ -90,7 +118,7 @@ def test_port_25_no_auth_no_relay_unknown_user_refused(mail: Mail) -> None:
     assert not conn.has_extn("auth")
     mail.starttls(conn)
     assert not conn.has_extn("auth"), "port 25 never offers AUTH, even over TLS"
-    conn.mail("someone@elsewhere.test")
+    conn.mail(f"someone@{OTHER}")
     code, text = conn.rcpt("victim@gmail.com")
     assert code == 554 and b"Relay access denied" in text
     code, text = conn.rcpt(f"nobody@{DOMAIN}")
@@ -100,12 +128,12 @@ def test_port_25_no_auth_no_relay_unknown_user_refused(mail: Mail) -> None:
 
 def test_greylisting_first_attempt_then_accepted_after_delay(mail: Mail) -> None:
     conn = mail.smtp(25)
-    conn.mail("first-time@sender-grey.test")
+    conn.mail(f"first-time@{OTHER}")
     code, text = conn.rcpt(f"bob@{DOMAIN}")
     assert code == 450 and b"Greylisted" in text
     conn.quit()
-    msg = message("first-time@sender-grey.test", f"bob@{DOMAIN}", "after greylisting")
-    mail.deliver_25("first-time@sender-grey.test", [f"bob@{DOMAIN}"], msg)
+    msg = message(f"first-time@{OTHER}", f"bob@{DOMAIN}", "after greylisting")
+    mail.deliver_25(f"first-time@{OTHER}", [f"bob@{DOMAIN}"], msg)
     mail.wait_for(f"bob@{DOMAIN}", PASSWORDS[f"bob@{DOMAIN}"], "INBOX", lambda m: m["Subject"] == "after greylisting")
 
 
@@ -116,6 +144,244 @@ def test_authenticated_user_cannot_send_as_another(mail: Mail) -> None:
         )
     code, text = next(iter(refused.value.recipients.values()))
     assert code == 553 and b"not owned by user" in text
+
+
+def subjects(mail: Mail, user: str, folders: tuple[str, ...] = ("INBOX", "Spam")) -> list[str]:
+    """Every subject in the user's `folders`, read over IMAPS."""
+    out = []
+    conn = mail.imap(user, PASSWORDS[user])
+    try:
+        for folder in folders:
+            conn.select(f'"{folder}"', readonly=True)
+            _, data = conn.search(None, "ALL")
+            for num in data[0].split():
+                _, parts = conn.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                raw = parts[0][1]
+                assert isinstance(raw, bytes)
+                out.append(raw.decode().partition(":")[2].strip())
+    finally:
+        conn.logout()
+    return out
+
+
+class RawSMTP:
+    """Port 25 over a raw socket, to send bytes that smtplib would never write (bare newlines)."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.create_connection((address, 25), timeout=20)
+        self.buf = b""
+        assert self.reply().startswith(b"220")
+
+    def reply(self) -> bytes:
+        """One (possibly multi-line) reply."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    return b"".join(lines)
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line + b"\r\n")
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def cmd(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def replies(self) -> list[bytes]:
+        """Every reply until the server closes the connection."""
+        out = []
+        while reply := self.reply():
+            out.append(reply)
+        self.sock.close()
+        return out
+
+
+def open_envelope(address: str, sender: str, rcpt: str, timeout: float = 60) -> RawSMTP:
+    """A raw connection with MAIL and RCPT accepted, retried past greylisting like a real server."""
+    deadline = time.monotonic() + timeout
+    conn = RawSMTP(address)
+    assert conn.cmd("EHLO client.e2e.test").startswith(b"250")
+    while True:
+        assert conn.cmd(f"MAIL FROM:<{sender}>").startswith(b"250")
+        got = conn.cmd(f"RCPT TO:<{rcpt}>")
+        if got.startswith(b"250"):
+            return conn
+        assert got.startswith(b"450") and time.monotonic() < deadline, got
+        conn.cmd("RSET")
+        time.sleep(1)
+
+
+SMUGGLING = {"lf-dot-lf": b"\n.\n", "crlf-dot-lf": b"\r\n.\n", "lf-dot-crlf": b"\n.\r\n"}
+
+
+@pytest.mark.parametrize("ending", list(SMUGGLING), ids=list(SMUGGLING))
+def test_smtp_smuggling_each_end_of_data_variant_delivers_one_message(mail: Mail, box: Box, ending: str) -> None:
+    bob, sender, tag = f"bob@{DOMAIN}", f"smuggler@{OTHER}", f"{ending} {uuid.uuid4().hex[:8]}"
+    conn = open_envelope(box.address, sender, bob)
+    assert conn.cmd("DATA").startswith(b"354")
+    smuggled = (
+        f"MAIL FROM:<{sender}>\r\nRCPT TO:<{bob}>\r\nDATA\r\n"
+        f"From: alice@{DOMAIN}\r\nTo: {bob}\r\nSubject: smuggled {tag}\r\n\r\nforged\r\n.\r\nQUIT\r\n"
+    )
+    outer = f"From: {sender}\r\nTo: {bob}\r\nSubject: outer {tag}\r\n\r\nhello".encode()
+    conn.sock.sendall(outer + SMUGGLING[ending] + smuggled.encode())
+    conn.replies()
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == f"outer {tag}")
+    box.run("postqueue -f; sleep 2")  # anything still queued would be delivered by now
+    seen = subjects(mail, bob)
+    assert seen.count(f"outer {tag}") == 1
+    assert f"smuggled {tag}" not in seen, "a second, smuggled message was delivered"
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        f"alice@{DOMAIN}.",
+        f"alice@{DOMAIN}..",
+        f"alice@.{DOMAIN}",
+        f"alice@[{HOST_ADDRESS}]",
+        "alice@mailtest",
+        "alice@no-such-domain.test",
+    ],
+    ids=["trailing-dot", "double-dot", "leading-dot", "address-literal", "non-fqdn", "unknown-domain"],
+)
+def test_port_25_refuses_non_canonical_non_fqdn_and_unknown_sender_domains(mail: Mail, sender: str) -> None:
+    conn = mail.smtp(25)
+    mail.starttls(conn)
+    code, text = conn.docmd(f"MAIL FROM:<{sender}>")
+    if code == 250:  # postfix refuses at RCPT (smtpd_delay_reject)
+        code, text = conn.docmd(f"RCPT TO:<bob@{DOMAIN}>")
+    conn.quit()
+    assert 500 <= code < 600, (code, text)
+
+
+def forged_results(domain: str) -> str:
+    """An Authentication-Results header an outside sender writes to look as if the box had checked it."""
+    return (
+        f"{NAME}; dkim=pass header.d={domain} header.i=@{domain}; spf=pass smtp.mailfrom={domain}; "
+        f"dmarc=pass (p=none dis=none) header.from={domain}"
+    )
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["plain", "forged-results"])
+def test_dmarc_p_reject_is_refused_with_5xx(mail: Mail, forged: bool) -> None:
+    bob = f"bob@{DOMAIN}"
+    msg = message(f"carol@{OTHER}", bob, f"dmarc reject {uuid.uuid4().hex[:8]}")
+    if forged:
+        msg["Authentication-Results"] = forged_results(OTHER)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        mail.deliver_25("", [bob], msg)  # a null sender: only the header From names a domain
+    assert 500 <= refused.value.smtp_code < 600, refused.value
+
+
+def test_dmarc_p_quarantine_goes_to_spam_with_authentication_results(mail: Mail) -> None:
+    bob = f"bob@{DOMAIN}"
+    subject = f"dmarc quarantine {uuid.uuid4().hex[:8]}"
+    msg = message(f"alice@{DOMAIN}", bob, subject)
+    msg["Authentication-Results"] = forged_results(DOMAIN)
+    mail.deliver_25("", [bob], msg)
+    got = mail.wait_for(bob, PASSWORDS[bob], "Spam", lambda m: m["Subject"] == subject)
+    results = [" ".join(str(r).split()) for r in got.get_all("Authentication-Results", [])]
+    assert any(r.startswith(f"{NAME}; dmarc=fail") and "p=quarantine" in r for r in results), results
+    assert not any("dmarc=pass" in r or "dkim=pass" in r for r in results), "a forged result was kept"
+
+
+def test_dmarc_pass_from_the_domains_own_server_lands_in_inbox(mail: Mail) -> None:
+    bob, sender, subject = f"bob@{DOMAIN}", f"dave@{OTHER}", f"dmarc pass {uuid.uuid4().hex[:8]}"
+    mail.deliver_25(sender, [bob], message(sender, bob, subject))
+    got = mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == subject)
+    results = [" ".join(str(r).split()) for r in got.get_all("Authentication-Results", [])]
+    assert any(r.startswith(f"{NAME}; dmarc=pass") for r in results), results
+def _send(mail: Mail, login: str, envelope: str, header_from: str, to: str, subject: str, port: int = 587) -> None:
+    """Submit as `login` with one envelope sender and another header From (smtplib raises on a refusal)."""
+    conn = mail.smtp(port)
+    try:
+        if port == 587:
+            mail.starttls(conn)
+        conn.login(login, PASSWORDS[login])
+        msg = message(header_from, to, subject)
+        conn.sendmail(envelope, [to], msg.as_bytes())
+    finally:
+        with contextlib.suppress(smtplib.SMTPServerDisconnected):
+            conn.quit()
+
+
+@pytest.mark.parametrize("port", [587, 465])
+def test_authenticated_user_cannot_forge_the_header_from(mail: Mail, port: int) -> None:
+    alice, bob, carol = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{OTHER}"
+    # The envelope is alice's own (postfix's envelope check passes); the header says bob.
+    for forged in (f"Bob <{bob}>", f"Alice <{alice}>, Bob <{bob}>", f"carol@{OTHER}", "someone@elsewhere.test"):
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            _send(mail, alice, alice, forged, carol, f"forged {port}", port)
+        assert 500 <= refused.value.smtp_code < 600, refused.value
+        assert b"may not send as" in refused.value.smtp_error, refused.value.smtp_error
+
+
+def test_header_from_of_own_address_alias_and_catch_all_goes_through(mail: Mail) -> None:
+    alice, bob, carol = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{OTHER}"
+    allowed = [
+        (alice, alice, f"Alice <{alice}>", "own address"),
+        (alice, alice, f"Alice <Alice+News@{DOMAIN.upper()}>", "own address, extension, upper case"),
+        (alice, f"team@{DOMAIN}", f"The team <team@{DOMAIN}>", "alias of the login"),
+        (bob, f"team@{DOMAIN}", f"team@{DOMAIN}", "alias of the login, second owner"),
+        (carol, f"anything@{OTHER}", f"Anything <anything@{OTHER}>", "catch-all domain"),
+        (alice, f"postmaster@{DOMAIN}", f"postmaster@{DOMAIN}", "automatic alias of the admin"),
+    ]
+    for login, envelope, header_from, subject in allowed:
+        _send(mail, login, envelope, header_from, carol, f"allowed: {subject}")
+    for *_, subject in allowed:
+        mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m, s=subject: m["Subject"] == f"allowed: {s}")
+
+
+def test_mail_to_root_on_the_box_and_its_bounces_reach_the_admin(mail: Mail, box: Box) -> None:
+    alice = f"alice@{DOMAIN}"  # the first user: the admin by default
+    box.run("printf 'Subject: cron says hello\\n\\nbody\\n' | /usr/sbin/sendmail root")
+    mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m: m["Subject"] == "cron says hello")
+    # A bounce of system mail goes back to root, so it reaches the admin too.
+    box.run(f"printf 'Subject: to nobody\\n\\nbody\\n' | /usr/sbin/sendmail -f root nobody-here@{NAME}")
+    bounce = mail.wait_for(
+        alice,
+        PASSWORDS[alice],
+        "INBOX",
+        lambda m: "to nobody" in m.as_string() and m.get_content_type() == "multipart/report",
+    )
+    assert bounce["From"] and "MAILER-DAEMON" in bounce["From"]
+
+
+def test_postmaster_abuse_root_hostmaster_of_the_hostname_from_outside_reach_the_admin(mail: Mail) -> None:
+    alice = f"alice@{DOMAIN}"
+    for local in ("postmaster", "abuse", "root", "hostmaster"):
+        msg = message("reporter@sender-report.test", f"{local}@{NAME}", f"for {local} of the hostname")
+        mail.deliver_25("reporter@sender-report.test", [f"{local}@{NAME}"], msg)
+    for local in ("postmaster", "abuse", "root", "hostmaster"):
+        mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m, x=local: m["Subject"] == f"for {x} of the hostname")
+    # Other names of the hostname are refused, not relayed or looped.
+    conn = mail.smtp(25)
+    conn.mail("reporter@sender-report.test")
+    code, _ = conn.rcpt(f"nobody-here@{NAME}")
+    assert code == 550
+    conn.quit()
+
+
+def test_hostmaster_of_every_domain_delivers(mail: Mail) -> None:
+    alice = f"alice@{DOMAIN}"
+    for domain in (DOMAIN, OTHER):
+        msg = message("reporter@sender-report.test", f"hostmaster@{domain}", f"hostmaster of {domain}")
+        mail.deliver_25("reporter@sender-report.test", [f"hostmaster@{domain}"], msg)
+    mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m: m["Subject"] == f"hostmaster of {DOMAIN}")
+    # @OTHER has a catch-all to carol, but hostmaster@ is the admin's like postmaster@.
+    mail.wait_for(alice, PASSWORDS[alice], "INBOX", lambda m: m["Subject"] == f"hostmaster of {OTHER}")
+
+
+def test_check_says_the_admin_addresses_are_delivered(inv: Path, box: Box) -> None:
+    res = cli(inv, "check", NAME, "--json")
+    checks = {c["name"]: c for c in res.json()["hosts"][NAME]["checks"]}
+    for address in (f"alice@{DOMAIN}", f"postmaster@{NAME}", f"abuse@{DOMAIN}", f"hostmaster@{OTHER}"):
+        line = next((c for n, c in checks.items() if address in n), None)
+        assert line is not None and line["ok"], (address, sorted(checks))
 
 
 def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
@@ -133,7 +399,7 @@ def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
 
 def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: Box) -> None:
     bob = (f"bob@{DOMAIN}", PASSWORDS[f"bob@{DOMAIN}"])
-    mail.deliver_25("spammer@sender-spam.test", [bob[0]], message("spammer@sender-spam.test", bob[0], "gtube", GTUBE))
+    mail.deliver_25(f"spammer@{OTHER}", [bob[0]], message(f"spammer@{OTHER}", bob[0], "gtube", GTUBE))
     spam = mail.wait_for(*bob, "Spam", lambda m: m["Subject"] == "gtube")
     assert spam["X-Spam-Flag"] == "YES"
 
@@ -143,7 +409,7 @@ def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: 
         out = box.run("runuser -u debian-spamd -- sa-learn --dump magic")[1]
         return next(int(line.split()[2]) for line in out.splitlines() if line.rstrip().endswith("nspam"))
 
-    mail.deliver_25("friend@sender-ham.test", [bob[0]], message("friend@sender-ham.test", bob[0], "to be junked"))
+    mail.deliver_25(f"friend@{OTHER}", [bob[0]], message(f"friend@{OTHER}", bob[0], "to be junked"))
     mail.wait_for(*bob, "INBOX", lambda m: m["Subject"] == "to be junked")
     before = nspam()
     conn = mail.imap(*bob)
@@ -156,19 +422,38 @@ def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: 
     assert nspam() == before + 1
 
 
-def test_dkim_signature_verifies_against_the_box_key(mail: Mail, box: Box) -> None:
+def dkim_verifies(box: Box, msg: email.message.Message) -> bool:
+    """dkimpy's verdict on `msg`'s signature, with the box's public key as the only DNS answer."""
     public = box.run(f"cat {layout.DKIM_PUBLIC}")[1]
     record = "".join(part for part in public.split('"')[1::2]).encode()
-    alice = f"alice@{DOMAIN}"
-    mail.submit(alice, PASSWORDS[alice], message(alice, f"carol@{OTHER}", "signed"))
-    got = mail.wait_for(f"carol@{OTHER}", PASSWORDS[f"carol@{OTHER}"], "INBOX", lambda m: m["Subject"] == "signed")
-    assert f"d={DOMAIN}" in got["DKIM-Signature"].replace(" ", "") and "s=mail" in got["DKIM-Signature"]
 
     def dns(name: bytes, timeout: int = 5) -> bytes:
         assert name == f"mail._domainkey.{DOMAIN}.".encode()
         return record
 
-    assert dkim.verify(got.as_bytes(), dnsfunc=dns)
+    return bool(dkim.verify(msg.as_bytes(), dnsfunc=dns))
+
+
+def test_dkim_signature_verifies_against_the_box_key(mail: Mail, box: Box) -> None:
+    alice = f"alice@{DOMAIN}"
+    mail.submit(alice, PASSWORDS[alice], message(alice, f"carol@{OTHER}", "signed"))
+    got = mail.wait_for(f"carol@{OTHER}", PASSWORDS[f"carol@{OTHER}"], "INBOX", lambda m: m["Subject"] == "signed")
+    assert f"d={DOMAIN}" in got["DKIM-Signature"].replace(" ", "") and "s=mail" in got["DKIM-Signature"]
+    assert dkim_verifies(box, got)
+
+
+@pytest.mark.parametrize("port", [587, 465])
+def test_submitted_mail_hides_the_client_address_and_still_verifies(mail: Mail, box: Box, port: int) -> None:
+    alice, carol = f"alice@{DOMAIN}", f"carol@{OTHER}"
+    subject = f"private {port} {uuid.uuid4().hex[:8]}"
+    mail.submit(alice, PASSWORDS[alice], message(alice, carol, subject), port)
+    got = mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m: m["Subject"] == subject)
+    received = [str(r) for r in got.get_all("Received", [])]
+    assert received, "the box still records that it received the message"
+    leaks = [r for r in received if HOST_ADDRESS in r or "client.e2e.test" in r]
+    assert not leaks, f"the submitter's address or name is in a Received header: {leaks}"
+    assert any("ESMTPSA" in r for r in received), received
+    assert dkim_verifies(box, got)
 
 
 def test_aliases_catch_all_and_postmaster_deliver(mail: Mail) -> None:
@@ -256,3 +541,87 @@ def test_user_remove_purge_deletes_the_mailbox_after_confirmation(inv: Path, mai
     assert res.code == 0, res.err + res.out
     assert box.run(f"test -e {folder}", check=False)[0] != 0, "the mailbox is gone"
     assert f'"{erin}"' not in (inv / f"{NAME}.toml").read_text()
+
+
+# postmap on the box, while /run/hold-postmap exists: waits, then fails, so that a push is cut off after the
+# maps' text moved into place and before any .db was rebuilt (a killed `user add`, deterministically).
+HELD_POSTMAP = """#!/bin/sh
+if test -e /run/hold-postmap; then
+    touch /run/held-postmap
+    while test -e /run/hold-postmap; do sleep 0.2; done
+    exit 1
+fi
+exec /usr/sbin/postmap.real "$@"
+"""
+
+
+def test_a_killed_user_add_is_finished_by_the_next_deploy(inv: Path, mail: Mail, box: Box) -> None:
+    frank, bob = f"frank@{DOMAIN}", f"bob@{DOMAIN}"
+    box.run(
+        "dpkg-divert --local --rename --divert /usr/sbin/postmap.real --add /usr/sbin/postmap >/dev/null && "
+        "cat > /usr/sbin/postmap && chmod 755 /usr/sbin/postmap && rm -f /run/held-postmap && touch /run/hold-postmap",
+        stdin=HELD_POSTMAP.encode(),
+    )
+    try:
+        env = {**os.environ, **E2E_ENV, "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inv)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miab_remote", "user", "add", NAME, frank, "--password-stdin"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"frank-password-1\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 120
+        while box.run("test -e /run/held-postmap", check=False)[0] != 0:
+            assert proc.poll() is None, "user add ended before postmap ran"
+            assert time.monotonic() < deadline, "user add never reached postmap"
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        box.run("rm -f /run/hold-postmap; timeout 60 flock /run/lock/miab-remote.lock true")
+    finally:
+        box.run(
+            "rm -f /run/hold-postmap /usr/sbin/postmap && "
+            "dpkg-divert --local --rename --remove /usr/sbin/postmap >/dev/null"
+        )
+    # frank's login works (dovecot's file moved), but the maps' .db files are stale: he may not send as himself.
+    mail.imap(frank, "frank-password-1").logout()
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        mail.submit(frank, "frank-password-1", message(frank, bob, "frank before"))
+    res = cli(inv, "deploy", NAME, "--json")
+    assert res.code == 0, res.errors()
+    run = res.json()["hosts"][NAME]
+    rebuilt = {a["resource"]: a for a in run["actions"] if a["resource"].startswith("command:postmap-")}
+    assert "command:postmap-sender_logins" in rebuilt, run["actions"]
+    assert all(a["status"] == "changed" for a in rebuilt.values())
+    assert any("interrupted" in n for n in run["notes"]), run["notes"]
+    mail.submit(frank, "frank-password-1", message(frank, bob, "frank after"))
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "frank after")
+def test_an_alias_added_later_may_be_sent_as_at_once(inv: Path, mail: Mail, box: Box) -> None:
+    bob, carol = f"bob@{DOMAIN}", f"carol@{OTHER}"
+    guard_pid = box.run("systemctl show -p MainPID --value miab-sender-guard")[1].strip()
+    with pytest.raises(smtplib.SMTPDataError):
+        _send(mail, bob, bob, f"news@{DOMAIN}", carol, "news before the alias")
+    assert cli(inv, "alias", "add", NAME, f"news@{DOMAIN}", bob).code == 0  # pushed: the guard re-reads its table
+    _send(mail, bob, f"news@{DOMAIN}", f"News <news@{DOMAIN}>", carol, "news from the new alias")
+    mail.wait_for(carol, PASSWORDS[carol], "INBOX", lambda m: m["Subject"] == "news from the new alias")
+    assert box.run("systemctl show -p MainPID --value miab-sender-guard")[1].strip() == guard_pid, "no restart"
+
+
+def test_admin_email_moves_system_mail_and_the_automatic_addresses(inv: Path, mail: Mail, box: Box) -> None:
+    bob = f"bob@{DOMAIN}"
+    edit_inventory(inv, NAME, options={"admin_email": bob})
+    res = cli(inv, "deploy", NAME, "--json")
+    assert res.code == 0, res.errors()
+    box.run("printf 'Subject: for the new admin\\n\\nbody\\n' | /usr/sbin/sendmail root")
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "for the new admin")
+    msg = message("reporter@sender-report.test", f"hostmaster@{OTHER}", "hostmaster for the new admin")
+    mail.deliver_25("reporter@sender-report.test", [f"hostmaster@{OTHER}"], msg)
+    mail.wait_for(bob, PASSWORDS[bob], "INBOX", lambda m: m["Subject"] == "hostmaster for the new admin")
+    shown = cli(inv, "hosts", "--json").json()["hosts"][NAME]
+    assert shown["admin_email"] == bob
+    again = cli(inv, "deploy", NAME, "--json").json()["hosts"][NAME]
+    assert again["changed"] == 0, again["actions"]

@@ -73,7 +73,8 @@ class Result:
 
 def cli(root: Path, *args: str, stdin: str | None = PASSWORD + "\n") -> Result:
     """Run `miab-remote --inventory hosts ARGS` in `root`; stdin None means no stdin at all (not a terminal)."""
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "1000"}
+    # This checkout's code, not whatever copy of miab_remote the interpreter would find from `root`.
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "1000", "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop("MIAB_REMOTE_INVENTORY", None)
     proc = subprocess.run(
         [sys.executable, "-m", "miab_remote", "--inventory", "hosts", *args],
@@ -408,8 +409,8 @@ def test_first_user_of_an_empty_box(tmp_path: Path) -> None:
     assert result.code == 0, result.err
     assert result.out.splitlines() == [
         f"{NAME}: added user alice@example.test; {NOT_PUSHED}",
-        "  note: postmaster@ and abuse@ of example.test go to alice@example.test (automatic, unless an alias "
-        "says otherwise)",
+        "  note: system mail and postmaster@, abuse@ and hostmaster@ of example.test go to alice@example.test "
+        "(automatic, unless [options] admin_email or an alias says otherwise)",
     ]
     after = inventory_bytes(tmp_path).decode()
     assert after.startswith(before + "\n[[users]]\n")  # a blank line before the new table, nothing else moved
@@ -437,7 +438,7 @@ def test_user_remove(root: Path, known_hash: str) -> None:
     assert result.out.splitlines() == [
         f"{NAME}: removed user alice@example.test; {NOT_PUSHED}",
         "  note: these aliases still deliver to alice@example.test: info@example.test",
-        "  note: automatic postmaster@ and abuse@ now go to bob@example.org",
+        "  note: system mail and the automatic postmaster@, abuse@ and hostmaster@ now go to bob@example.org",
         "  note: the mailbox of alice@example.test is kept on the box, with its mail",
     ]
     alice = (
@@ -591,10 +592,16 @@ def test_alias_list_json(root: Path) -> None:
     assert json.loads(result.out) == {
         "aliases": [
             {"source": "info@example.test", "destinations": alice, "automatic": False},
-            {"source": "postmaster@example.test", "destinations": alice, "automatic": True},
-            {"source": "abuse@example.test", "destinations": alice, "automatic": True},
-            {"source": "postmaster@example.org", "destinations": alice, "automatic": True},
-            {"source": "abuse@example.org", "destinations": alice, "automatic": True},
+            *(
+                {"source": f"{local}@{domain}", "destinations": alice, "automatic": True}
+                for domain in ("example.test", "example.org")
+                for local in ("postmaster", "abuse", "hostmaster")
+            ),
+            # The hostname is not a mail domain: its system addresses go to the administrator too.
+            *(
+                {"source": f"{local}@{NAME}", "destinations": alice, "automatic": True}
+                for local in ("root", "postmaster", "abuse", "hostmaster")
+            ),
         ]
     }
 
@@ -608,7 +615,7 @@ def test_alias_list_table(root: Path) -> None:
         ["info@example.test", "alice@example.test"],
         ["postmaster@example.test", "alice@example.test", "automatic"],
     ]
-    assert len(rows) == 6
+    assert len(rows) == 12
 
 
 def test_no_automatic_aliases_without_users(tmp_path: Path) -> None:
@@ -722,3 +729,15 @@ def in_terminal(root: Path, args: list[str], typed: list[str], timeout: float = 
     finally:
         os.close(fd)
     return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_hosts_shows_the_admin_and_hostmaster_is_automatic(root: Path) -> None:
+    shown = cli(root, "hosts", "--json").out
+    assert json.loads(shown)["hosts"][NAME]["admin_email"] == "alice@example.test"  # the first user
+    result = cli(root, "alias", "remove", NAME, "hostmaster@example.org", "--no-push")
+    assert result.code == 2 and "hostmaster@example.org is automatic" in result.err
+    (root / P).write_text((root / P).read_text() + '\n[options]\nadmin_email = "bob@example.org"\n')
+    assert json.loads(cli(root, "hosts", "--json").out)["hosts"][NAME]["admin_email"] == "bob@example.org"
+    assert "bob@example.org" in cli(root, "hosts").out
+    listed = json.loads(cli(root, "alias", "list", NAME, "--json").out)["aliases"]
+    assert {"source": "root@box1.example.test", "destinations": ["bob@example.org"], "automatic": True} in listed

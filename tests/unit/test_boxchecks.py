@@ -72,14 +72,14 @@ def test_services_come_from_the_box_recipes_including_the_operators_own(tmp_path
     (tmp_path / "recipes" / "extra.py").write_text(
         "from miab_remote.resources import Service\n"
         "def resources(ctx):\n"
-        "    yield Service('opendmarc')\n"
+        "    yield Service('my-own-daemon')\n"
         "    yield Service('stopped-on-purpose', running=False)\n"
     )
     resources, _ = checks.desired(box(tmp_path, recipes=(*DEFAULT_RECIPES, "extra")))
     units = boxchecks.running_services(resources)
-    for unit in ("postgrey", "spamd", "opendkim", "dovecot", "postfix", "php8.2-fpm", "fail2ban", "nginx", "nsd"):
+    for unit in ("postgrey", "spamd", "opendkim", "opendmarc", "dovecot", "postfix", "php8.2-fpm", "fail2ban", "nsd"):
         assert unit in units
-    assert units[-1] == "opendmarc" and "stopped-on-purpose" not in units and len(units) == len(set(units))
+    assert units[-1] == "my-own-daemon" and "stopped-on-purpose" not in units and len(units) == len(set(units))
 
 
 def test_each_service_that_is_not_active_is_one_failure_with_its_fix(tmp_path: Path) -> None:

@@ -300,7 +300,15 @@ password_hash = "{HASH}"
     # -- options
     ("option-unknown", HEAD + "[options]\ngreylisting = 0\n",
      f"{P}:4: options.greylisting: unknown option (did you mean 'greylist_delay'?); accepted: "
-     "message_size_limit, greylist_delay, dns, resolvers"),
+     "message_size_limit, greylist_delay, dns, resolvers, admin_email"),
+    ("option-admin-not-an-address", HEAD + '[options]\nadmin_email = "root"\n',
+     f"{P}:4: options.admin_email: 'root' is not an email address"),
+    ("option-admin-unknown-here", HEAD + '[options]\nadmin_email = "nobody@example.test"\n',
+     f"{P}:4: options.admin_email: 'nobody@example.test' is on this box but is neither a user nor an alias of it; "
+     "accepted: a user's address, an alias's source, or an address elsewhere"),
+    ("option-admin-hostname", HEAD + f'[options]\nadmin_email = "root@{NAME}"\n',
+     f"{P}:4: options.admin_email: 'root@{NAME}' is on this box but is neither a user nor an alias of it; "
+     "accepted: a user's address, an alias's source, or an address elsewhere"),
     ("option-range", HEAD + "[options]\ngreylist_delay = 3601\n",
      f"{P}:4: options.greylist_delay: 3601 is out of range; accepted: 0..3600 seconds"),
     ("option-min", HEAD + "options.message_size_limit = 1000\n",
@@ -404,7 +412,13 @@ def test_defaults_are_filled_in() -> None:
     assert host.host_keys == () and host.users == () and host.aliases == ()
     assert host.os is None and host.provider is None
     assert host.options == {name: spec.default for name, spec in OPTION_SPECS.items()}
-    assert host.options == {"message_size_limit": 134217728, "greylist_delay": 180, "dns": "nsd", "resolvers": ()}
+    assert host.options == {
+        "message_size_limit": 134217728,
+        "greylist_delay": 180,
+        "dns": "nsd",
+        "resolvers": (),
+        "admin_email": None,
+    }
 
 
 def test_a_full_document() -> None:

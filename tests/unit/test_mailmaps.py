@@ -11,16 +11,21 @@ HASH = "{BLF-CRYPT}$2b$12$" + "a" * 53
 
 
 def host(
-    users: list[str], aliases: list[tuple[str, list[str]]], domains: tuple[str, ...] = ("a.test", "b.test")
+    users: list[str],
+    aliases: list[tuple[str, list[str]]],
+    domains: tuple[str, ...] = ("a.test", "b.test"),
+    admin: str | None = None,
+    hostname: str = "mx.a.test",
 ) -> Host:
     return Host(
-        name="mx.a.test",
-        path=Path("hosts/mx.a.test.toml"),
-        hostname="mx.a.test",
+        name=hostname,
+        path=Path(f"hosts/{hostname}.toml"),
+        hostname=hostname,
         address="10.0.0.1",
         domains=domains,
         users=tuple(MailUser(u, HASH, "2G" if u.startswith("q") else None) for u in users),
         aliases=tuple(Alias(s, tuple(d)) for s, d in aliases),
+        options={"admin_email": admin},
     )
 
 
@@ -28,10 +33,33 @@ def lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("#")]
 
 
-def test_automatic_postmaster_and_abuse_point_at_the_first_user() -> None:
+def test_automatic_addresses_point_at_the_first_user() -> None:
     h = host(["alice@a.test", "bob@b.test"], [])
     auto = {(a.source, a.destinations) for a in mailmaps.aliases(h) if a.automatic}
-    assert auto == {(f"{x}@{d}", ("alice@a.test",)) for x in ("postmaster", "abuse") for d in ("a.test", "b.test")}
+    per_domain = {(f"{x}@{d}", ("alice@a.test",)) for x in ("postmaster", "abuse", "hostmaster") for d in h.domains}
+    # The hostname is not a mail domain: its system addresses (where `root` on the box goes) exist too.
+    system = {(f"{x}@mx.a.test", ("alice@a.test",)) for x in ("root", "postmaster", "abuse", "hostmaster")}
+    assert auto == per_domain | system
+    assert mailmaps.system_alias_domain(h) == "mx.a.test"
+    assert "root@mx.a.test alice@a.test" in lines(mailmaps.virtual_aliases(h))
+    assert "hostmaster@b.test alice@a.test" in lines(mailmaps.virtual_aliases(h))
+
+
+def test_admin_email_takes_the_automatic_addresses_and_system_mail() -> None:
+    h = host(["alice@a.test", "bob@b.test"], [], admin="BOB@b.test")
+    assert mailmaps.admin_email(h) == "bob@b.test"  # spelled as the user is
+    assert {a.destinations for a in mailmaps.aliases(h) if a.automatic} == {("bob@b.test",)}
+    assert "hostmaster@a.test bob@b.test" in lines(mailmaps.sender_logins(h))
+    elsewhere = host(["alice@a.test"], [], admin="ops@elsewhere.test")
+    assert {a.destinations for a in mailmaps.aliases(elsewhere) if a.automatic} == {("ops@elsewhere.test",)}
+    assert not any(line.startswith("postmaster@") for line in lines(mailmaps.sender_logins(elsewhere)))
+    assert [a for a in mailmaps.aliases(host([], [])) if a.automatic] == [], "no admin: no automatic aliases"
+
+
+def test_a_hostname_that_is_a_mail_domain_adds_only_root() -> None:
+    h = host(["alice@a.test"], [], domains=("a.test",), hostname="a.test")
+    assert mailmaps.system_alias_domain(h) is None
+    assert mailmaps.automatic_sources(h) == ["postmaster@a.test", "abuse@a.test", "hostmaster@a.test", "root@a.test"]
 
 
 def test_inventory_alias_or_mailbox_overrides_the_automatic_one() -> None:

@@ -7,16 +7,14 @@ from typing import Any
 import pytest
 
 from miab_remote.errors import InputError
-from miab_remote.planner import PlanError, check_resources, plan, probe_spec, sha256
+from miab_remote.planner import PlanError, check_resources, plan, probe_spec, push_actions, sha256
 from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
 
 CONF = b"listen 80;\n"
 ABSENT: dict[str, Any] = {"exists": False}
 
 
-def fact_file(
-    data: bytes = CONF, mode: int = 0o644, owner: str = "root", group: str = "root"
-) -> dict[str, Any]:
+def fact_file(data: bytes = CONF, mode: int = 0o644, owner: str = "root", group: str = "root") -> dict[str, Any]:
     return {
         "exists": True,
         "type": "file",
@@ -42,6 +40,9 @@ def facts(**kw: Any) -> dict[str, Any]:
 
 
 RUNNING = {"load": "loaded", "active": "active", "enabled": "enabled"}
+MASKED = {"load": "masked", "active": "inactive", "enabled": "masked"}
+# What an interrupted run left owed on the box (its journal, as the probe reports it).
+OWED = {"by": ["file:/etc/x"]}
 
 CASES: list[tuple[str, list[Resource], dict[str, Any], list[tuple[str, str]], list[tuple[str, str]]]] = [
     # id, resources, facts, expected actions (resource, op), expected skips (resource, reason substring)
@@ -280,6 +281,48 @@ CASES: list[tuple[str, list[Resource], dict[str, Any], list[tuple[str, str]], li
         [("file:/etc/x", "file"), ("command:postmap", "command")],
         [],
     ),
+    (
+        "restart owed by an interrupted run, though no file changed",
+        [File("/etc/x", content=CONF, notify=("service:s",)), Service("s")],
+        facts(files={"/etc/x": fact_file()}, services={"s": RUNNING}, pending={"service:s": OWED}),
+        [("service:s", "service")],
+        [("file:/etc/x", "content identical")],
+    ),
+    (
+        "command owed by an interrupted run",
+        [File("/etc/x", content=CONF, notify=("command:postmap",)), Command("postmap", run="p", on_notify=True)],
+        facts(files={"/etc/x": fact_file()}, pending={"command:postmap": OWED}),
+        [("command:postmap", "command")],
+        [],
+    ),
+    (
+        "owed to what no recipe declares anymore: forgotten",
+        [Service("s")],
+        facts(services={"s": RUNNING}, pending={"service:gone": OWED}),
+        [("pending", "forget")],
+        [("service:s", "running")],
+    ),
+    (
+        "owed to a service now meant to be stopped: forgotten",
+        [Service("s", running=False, enabled=False)],
+        facts(services={"s": {**RUNNING, "active": "inactive", "enabled": "disabled"}}, pending={"service:s": OWED}),
+        [("pending", "forget")],
+        [("service:s", "stopped")],
+    ),
+    (
+        "masked unit that its recipe needs: unmasked",
+        [Service("s")],
+        facts(services={"s": MASKED}),
+        [("service:s", "service")],
+        [],
+    ),
+    (
+        "masked unit meant to be off: left masked",
+        [Service("s", running=False, enabled=False)],
+        facts(services={"s": MASKED}),
+        [],
+        [("service:s", "stopped, disabled")],
+    ),
 ]
 
 
@@ -376,6 +419,17 @@ def test_unknown_service_without_package_is_an_error() -> None:
         )
 
 
+def test_a_service_whose_unit_a_recipe_ships_may_not_exist_yet() -> None:
+    unit = File("/etc/systemd/system/guard.service", content="[Service]\n", notify=("service:guard",))
+    p = plan(
+        [unit, Service("guard")],
+        {unit.path: b"[Service]\n"},
+        facts(services={"guard": {"load": "not-found", "active": "inactive", "enabled": ""}}),
+    )
+    service = next(a for a in p.actions if a.resource == "service:guard")
+    assert service.params["restart"] == "restart" and "enable if needed" in service.why
+
+
 def test_probe_spec_reads_everything_once_and_no_secret_content() -> None:
     res: list[Resource] = [
         Package("nginx"),
@@ -410,3 +464,56 @@ def test_plan_is_deterministic() -> None:
     a = plan(res, {"/etc/x": CONF}, f)
     b = plan(res, {"/etc/x": CONF}, f)
     assert [x.to_wire() for x in a.actions] == [x.to_wire() for x in b.actions]
+
+
+def test_owed_restart_is_delivered_validated_and_settled() -> None:
+    res = [File("/etc/x", content=CONF, notify=("service:nginx",)), Service("nginx", reload=True, validator="t")]
+    f = facts(files={"/etc/x": fact_file()}, services={"nginx": RUNNING}, pending={"service:nginx": OWED})
+    p = plan(res, {"/etc/x": CONF}, f)
+    (svc,) = p.actions
+    assert svc.why == "nginx: reload (pending from an interrupted run)"
+    assert svc.params["validator"] == "t" and svc.params["restart"] == "reload"
+    assert svc.params["settles"] == ["service:nginx"]
+    assert svc.params["rollback"] == [], "no file of this run to put back"
+    assert p.resumed == ["service:nginx"]
+    # Owed and notified again: one reload, for both reasons.
+    f["files"] = {"/etc/x": fact_file(b"old")}
+    (_, svc) = plan(res, {"/etc/x": CONF}, f).actions
+    assert svc.why == "nginx: reload (changed: file:/etc/x; pending from an interrupted run)"
+
+
+def test_changed_files_and_commands_name_what_the_box_must_journal() -> None:
+    res = [
+        File("/etc/x", content=CONF, notify=("command:c", "service:on", "service:off")),
+        Command("c", run="x", on_notify=True, notify=("service:on",)),
+        Service("on"),
+        Service("off", running=False, enabled=False),
+    ]
+    stopped = {"load": "loaded", "active": "inactive", "enabled": "disabled"}
+    p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": ABSENT}, services={"on": RUNNING, "off": stopped}))
+    by_id = {a.resource: a.params for a in p.actions}
+    assert by_id["file:/etc/x"]["notify"] == ["command:c", "service:on"], "a stopped service is owed nothing"
+    assert by_id["command:c"]["notify"] == ["service:on"]
+    assert by_id["command:c"]["settles"] == ["command:c"] and by_id["service:on"]["settles"] == ["service:on"]
+    assert p.resumed == []
+
+
+def test_masked_unit_is_unmasked_and_says_so() -> None:
+    (svc,) = plan([Service("spamd")], {}, facts(services={"spamd": MASKED})).actions
+    assert svc.params["unmask"] is True
+    assert svc.why.startswith("spamd: unmask (it was masked; its recipe needs it running)")
+    assert "start" in svc.why
+    masked_running = {**MASKED, "active": "active"}
+    (svc,) = plan([Service("spamd", reload=True)], {}, facts(services={"spamd": masked_running})).actions
+    assert svc.params["unmask"] is True and "start" not in svc.why
+
+
+def test_push_journals_notifications_and_rebuilds_stale_output() -> None:
+    res: list[Resource] = [
+        File("/etc/m", content="a b\n", tags=("accounts",), notify=("command:postmap",)),
+        Command("postmap", run="postmap /etc/m", on_notify=True, unless="test /etc/m.db -nt /etc/m"),
+    ]
+    f, c = push_actions(res, {"/etc/m": b"a b\n"}, "accounts")
+    assert f["notify"] == ["command:postmap"]
+    assert c["if_changed"] == [0] and c["settles"] == ["command:postmap"]
+    assert c["guard"] == {"unless": "test /etc/m.db -nt /etc/m"}

@@ -24,6 +24,13 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
         context={"api_token": "s3cr3t-token-value"},
     )
     yield File("/etc/nginx/conf.d/miab-test.conf", notify=("service:nginx",))
+    # A pause the engine tests control: while /run/miab-test-hold exists, a deploy stops here, after the
+    # file above moved into place and before nginx reloads, so that a test can kill it at that point.
+    yield Command(
+        "hold",
+        run="touch /run/miab-test-held; while test -e /run/miab-test-hold; do sleep 0.2; done",
+        unless="! test -e /run/miab-test-hold",
+    )
     yield Service("nginx", reload=True, validator="nginx -t")
     yield Command(
         "initialize", run="date -u > /var/lib/miab-test/initialized", creates="/var/lib/miab-test/initialized"
