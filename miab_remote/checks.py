@@ -1,8 +1,10 @@
 """`miab-remote check`: is the box working, seen from the outside?
 
 From the laptop: every DNS record the box should publish (asked of the box's own nameserver), the ports
-mail clients and other servers need, the certificate (name and validity), and SSH password login. Each
-check says ok, or what is wrong and how to fix it.
+mail clients and other servers need, the certificate (name and validity), SSH password login, and the
+addresses the box publishes. From inside, in one SSH round trip (miab_remote/remote/status.py, judged in
+miab_remote/boxchecks.py): its services, LMTP delivery, firewall, disk, memory, updates and reboot. Each
+check says ok, or what is wrong and how to fix it; a warning (miab_remote/checkresult.py) is not a failure.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import datetime
 import re
 import socket
 import ssl
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -25,32 +28,59 @@ import dns.resolver
 import paramiko
 from cryptography import x509
 
-from miab_remote import dnszones, layout
+from miab_remote import boxchecks, dnszones, layout
+from miab_remote.checkresult import Check, warn
 from miab_remote.errors import HostError, MiabError
 from miab_remote.model import Host
+from miab_remote.profiles import DEBIAN_12, profile_by_id
+from miab_remote.resources import Resource
 from miab_remote.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
+
+__all__ = ["Check", "dkim_rdata_from_box", "run_checks"]
 
 TIMEOUT = 5.0
 CERT_MIN_DAYS = 14
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+def dkim_rdata(public_file: str | None) -> str | None:
+    """The DKIM TXT rdata from opendkim-genkey's mail.txt, as strings of at most 255 bytes."""
+    text = "".join(re.findall(r'"([^"]*)"', public_file or ""))
+    return dnszones.txt_strings(text) if text else None
 
 
 def dkim_rdata_from_box(host: Host, timeout: float = 10.0) -> str | None:
     """The DKIM TXT rdata as the box publishes it (the key is made on the box), over pinned SSH."""
     with Transport(host, connect_timeout=timeout) as t:
         res = t.exec(f"cat {layout.DKIM_PUBLIC} 2>/dev/null", idle_timeout=timeout)
-    text = "".join(re.findall(r'"([^"]*)"', res.stdout.decode(errors="replace")))
-    return dnszones.txt_strings(text) if text else None
+    return dkim_rdata(res.stdout.decode(errors="replace"))
+
+
+def desired(host: Host) -> tuple[list[Resource], dict[str, bytes]]:
+    """What the box's recipes declare and render, as a deploy would (the operator's recipes and templates
+    included): what the box is expected to run."""
+    from miab_remote.deploy import build  # deploy imports much more; only check needs it here
+
+    profile = (profile_by_id(host.os) if host.os else None) or DEBIAN_12
+    return build(host, profile, host.path.parent)
+
+
+def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) -> dict[str, Any]:
+    """The box's health facts and its DKIM key, in one SSH round trip."""
+    spec = {
+        "services": boxchecks.running_services(resources),
+        "chains": boxchecks.UFW_CHAINS,
+        "disk": ["/", layout.STATE],
+        "dkim": layout.DKIM_PUBLIC,
+    }
+    with Transport(host, connect_timeout=timeout) as t:
+        facts: dict[str, Any] = t.run_json("status", spec, idle_timeout=150)
+    return facts
+
+
+def public_address(host: Host) -> str:
+    """Where the world reaches the box: its published address (`address` may be a tunnel's end)."""
+    v4, v6 = dnszones.addresses(host)
+    return v4 or v6 or host.address
 
 
 def _query(server: str, name: str, rtype: str) -> list[str]:
@@ -78,7 +108,7 @@ def _same(rtype: str, got: list[str], want: list[str]) -> bool:
 def dns_checks(host: Host, dkim: str | None) -> list[Check]:
     """Every expected record, asked of the box's own nameserver (or the system resolver for external)."""
     external = host.options["dns"] == "external"
-    server = dnszones.addresses(host)[0] or host.address
+    server = public_address(host)
     expected: dict[tuple[str, str], list[str]] = {}
     for zone_records in dnszones.records(host, dkim or dnszones.DKIM_PLACEHOLDER).values():
         for rec in zone_records:
@@ -122,14 +152,18 @@ def dns_checks(host: Host, dkim: str | None) -> list[Check]:
 
 def port_checks(host: Host) -> list[Check]:
     ports = {25: "SMTP", 465: "submission (TLS)", 587: "submission (STARTTLS)", 993: "IMAPS"}
+    if "dovecot" in host.recipes:
+        ports[4190] = "ManageSieve"
     if "webmail" in host.recipes:
         ports[443] = "HTTPS (webmail)"
+        ports[80] = "HTTP (redirects to HTTPS)"
     if host.options["dns"] == "nsd" and "nsd" in host.recipes:
         ports[53] = "DNS (TCP)"
+    address = public_address(host)
     out = []
     for port, what in sorted(ports.items()):
         try:
-            with socket.create_connection((host.address, port), timeout=TIMEOUT):
+            with socket.create_connection((address, port), timeout=TIMEOUT):
                 out.append(Check(f"port {port} {what}", True, "answers"))
         except OSError as e:
             out.append(
@@ -150,21 +184,25 @@ def certificate_check(host: Host) -> Check:
     ctx.verify_mode = ssl.CERT_NONE  # we inspect it ourselves; a self-signed one is expected before ACME
     try:
         with (
-            socket.create_connection((host.address, 993), timeout=TIMEOUT) as sock,
+            socket.create_connection((public_address(host), 993), timeout=TIMEOUT) as sock,
             ctx.wrap_socket(sock, server_hostname=host.hostname) as tls,
         ):
             der = tls.getpeercert(binary_form=True)
     except OSError as e:
         return Check("TLS certificate", False, f"could not read it on port 993: {e}", f"miab-remote deploy {host.name}")
     assert der is not None
-    cert = x509.load_der_x509_certificate(der)
+    return judge_certificate(host, x509.load_der_x509_certificate(der), datetime.datetime.now(datetime.UTC))
+
+
+def judge_certificate(host: Host, cert: x509.Certificate, now: datetime.datetime) -> Check:
+    """Names the box, and valid: a failure once expired, a warning within CERT_MIN_DAYS of expiry."""
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName
         )
     except x509.ExtensionNotFound:
         names = []
-    days = (cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).days
+    days = (cert.not_valid_after_utc - now).days
     self_signed = cert.issuer == cert.subject
     kind = "self-signed" if self_signed else f"issued by {cert.issuer.rfc4514_string()}"
     if host.hostname not in names:
@@ -174,8 +212,17 @@ def certificate_check(host: Host) -> Check:
             f"names {', '.join(names) or 'nothing'}, not {host.hostname}",
             "a certificate for the box's hostname is made by deploy",
         )
+    renew = f"miab-remote deploy {host.name} re-issues it from the same key" if self_signed else "renew it"
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca:
+        return Check("TLS certificate", False, f"{kind}, a CA certificate (CA:TRUE): strict clients refuse it", renew)
+    if cert.not_valid_after_utc <= now:
+        return Check("TLS certificate", False, f"{kind}, expired on {cert.not_valid_after_utc:%Y-%m-%d}", renew)
     if days < CERT_MIN_DAYS:
-        return Check("TLS certificate", False, f"{kind}, expires in {days} days", "renew the certificate")
+        return warn("TLS certificate", f"{kind}, expires in {days} days", renew)
     return Check("TLS certificate", True, f"{kind}, names {host.hostname}, valid for {days} more days")
 
 
@@ -205,16 +252,21 @@ def ssh_password_check(host: Host) -> Check:
 
 
 def run_checks(host: Host) -> list[Check]:
+    resources, rendered = desired(host)
+    facts: dict[str, Any] | None
     try:
-        dkim = dkim_rdata_from_box(host)
+        facts = box_facts(host, resources)
         ssh = Check("SSH key login", True, f"{host.ssh.user}@{host.address}:{host.ssh.port}, pinned host key")
     except MiabError as e:
-        dkim = None
+        facts = None
         ssh = Check("SSH key login", False, str(e), "")
     out = [ssh, ssh_password_check(host)]
+    out += boxchecks.address_checks(host)
     out += port_checks(host)
     out.append(certificate_check(host))
-    out += dns_checks(host, dkim)
+    if facts is not None:
+        out += boxchecks.box_checks(host, facts, resources, rendered)
+    out += dns_checks(host, dkim_rdata(facts.get("dkim")) if facts else None)
     out += admin_mail_checks(host)
     return out
 

@@ -86,13 +86,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             return [Check("check", False, str(e))]
 
     results = in_parallel([h.name for h in hosts], lambda n: one(next(h for h in hosts if h.name == n)))
-    failed = {n: sum(not c.ok for c in checks) for n, checks in results.items()}
+    failed = {n: sum(c.failed for c in checks) for n, checks in results.items()}
+    warnings = {n: sum(c.status == "warning" for c in checks) for n, checks in results.items()}
     if args.json:
         print(
             json.dumps(
                 {
                     "hosts": {
-                        n: {"failed": failed[n], "checks": [c.as_dict() for c in checks]}
+                        n: {"failed": failed[n], "warnings": warnings[n], "checks": [c.as_dict() for c in checks]}
                         for n, checks in results.items()
                     }
                 },
@@ -101,15 +102,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     else:
         out = stdout_console()
+        shown = {"ok": "[green]ok[/]", "warning": "[yellow]WARN[/]", "failed": "[bold red]FAIL[/]"}
         for n, checks in results.items():
-            table = Table(
-                "check", "", "detail", "fix", box=None, title=f"{n}: {failed[n]} failed", title_justify="left"
-            )
+            title = f"{n}: {failed[n]} failed, {warnings[n]} warnings"
+            table = Table("check", "", "detail", "fix", box=None, title=title, title_justify="left")
             for c in checks:
-                table.add_row(
-                    escape(c.name), "[green]ok[/]" if c.ok else "[bold red]FAIL[/]", escape(c.detail), escape(c.fix)
-                )
+                table.add_row(escape(c.name), shown[c.status], escape(c.detail), escape(c.fix))
             out.print(table)
+    # Warnings (something to do soon) show but do not fail: exit 1 means something is broken now.
     return 1 if any(failed.values()) else 0
 
 
@@ -118,7 +118,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dns)
-    p = sub.add_parser("check", parents=[common], help="verify from outside that boxes work (DNS, ports, TLS, SSH)")
+    what = "DNS, ports, TLS, SSH, services, firewall, disk, updates"
+    p = sub.add_parser("check", parents=[common], help=f"verify that boxes work ({what})")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every box in the inventory")
     p.add_argument("--json", action="store_true")

@@ -2,8 +2,8 @@
 
 A box is authoritative for every mail domain it hosts and for its hostname's zone (when the hostname is
 not inside a hosted domain). Each zone gets what good delivery needs: NS, A/AAAA, MX, SPF, DKIM, DMARC,
-RFC 6186/8314 SRV records, plus the operator's extra records, which replace a generated record of the same
-name and type.
+RFC 6186/8314 SRV records, a null MX and `v=spf1 -all` for the names that have an address but no mail,
+plus the operator's extra records, which replace a generated record of the same name and type.
 
 The DKIM key is made on the box, so the laptop renders a zone *body* with a placeholder for it and without
 a serial; the box fills both in (miab_remote/remote/zone_build.py) and bumps the serial only when the
@@ -34,6 +34,10 @@ DKIM_PLACEHOLDER = "@DKIM@"
 EXTRA_TYPES: tuple[str, ...] = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "CAA", "TLSA", "NS", "SSHFP")
 SPF = '"v=spf1 mx -all"'
 SPF_HOSTNAME = '"v=spf1 a -all"'
+# Names with an address that never send or receive mail (RFC 7505 null MX, and an SPF that allows no one),
+# so nobody can send as them and nobody tries to deliver to them.
+SPF_NONE = '"v=spf1 -all"'
+NULL_MX = "0 ."
 DMARC = '"v=DMARC1; p=quarantine;"'
 
 
@@ -117,8 +121,11 @@ def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]
             add(rec)
     domains = sorted({d.lower() for d in host.domains})
     if hostname not in domains:
-        # Bounces and the box's own mail come from the hostname: let it send.
+        # Bounces and the box's own mail come from the hostname (its HELO name, and MAIL FROM
+        # root@hostname): let it send. It gets no null MX: it receives mail for its postmaster@ and abuse@
+        # (RFC 5321 4.5.1), and receivers may refuse mail from a domain with a null MX (RFC 7505 4.2).
         add(Record(hostname, "TXT", SPF_HOSTNAME))
+    quiet = [f"ns1.{hostname}", f"ns2.{hostname}"]
     for domain in domains:
         if domain != hostname:
             for rec in _address_records(domain, v4, v6):
@@ -130,10 +137,15 @@ def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]
         for sub in ("www", "autoconfig", "autodiscover"):
             for rec in _address_records(f"{sub}.{domain}", v4, v6):
                 add(rec)
+            quiet.append(f"{sub}.{domain}")
         add(Record(f"_submission._tcp.{domain}", "SRV", f"0 1 587 {hostname}."))
         add(Record(f"_submissions._tcp.{domain}", "SRV", f"0 1 465 {hostname}."))
         add(Record(f"_imaps._tcp.{domain}", "SRV", f"0 1 993 {hostname}."))
         add(Record(f"_imap._tcp.{domain}", "SRV", "0 0 0 ."))  # RFC 6186: plain IMAP is not offered
+    for name in dict.fromkeys(quiet):  # in order, once each
+        if name != hostname and name not in domains:
+            add(Record(name, "TXT", SPF_NONE))
+            add(Record(name, "MX", NULL_MX))
     # The operator's records replace generated ones of the same name and type.
     for extra in host.dns_records:
         home = zone_for(extra.name, zones)

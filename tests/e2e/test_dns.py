@@ -95,6 +95,14 @@ def test_every_record_is_answered_by_the_box(boxes: dict[str, Box]) -> None:
         assert ask(b, domain, "SOA")[0].startswith(f"ns1.{B}. hostmaster.{domain}. ")
     for name in (B, f"ns1.{B}", f"ns2.{B}"):
         assert ask(b, name, "A") == [b.address]
+    # Names with an address that never send mail: a null MX (RFC 7505) and an SPF that allows no one. The
+    # hostname sends (HELO, bounces, system mail): its SPF lets it, and it has no null MX.
+    quiet = [f"ns1.{B}", f"ns2.{B}"]
+    quiet += [f"{s}.{d}" for d in ("beta-dns.test", "second-beta.test") for s in ("www", "autoconfig", "autodiscover")]
+    for name in quiet:
+        assert ask(b, name, "MX") == ["0 ."], name
+        assert ask(b, name, "TXT") == ['"v=spf1 -all"'], name
+    assert ask(b, B, "TXT") == ['"v=spf1 a -all"'] and ask(b, B, "MX") == []
 
 
 def test_serial_moves_only_with_the_content(inv: Path, boxes: dict[str, Box]) -> None:
@@ -127,7 +135,20 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     res = cli(inv, "check", B, "--json")
     checks = res.json()["hosts"][B]["checks"]
     assert res.code == 0, [c for c in checks if not c["ok"]]
+    # The box's own state, read in the same run: every service its recipes run, LMTP, the firewall, ...
+    by_name = {c["name"]: c for c in checks}
+    inside = [f"service {u}" for u in ("postgrey", "spamd", "opendkim", "opendmarc", "dovecot", "postfix")]
+    inside += [f"service {u}" for u in ("php8.2-fpm", "fail2ban", "nginx", "nsd", "ufw", "ssh")]
+    inside += ["LMTP delivery to dovecot", "firewall (ufw)", "port 80 HTTP (redirects to HTTPS)"]
+    inside += ["port 4190 ManageSieve", "disk /", "memory", "reboot", "published ipv4"]
+    for name in inside:
+        assert name in by_name and by_name[name]["status"] == "ok", by_name.get(name)
+    assert "4190/tcp" in by_name["firewall (ufw)"]["detail"]
+    # Whether Debian has published security updates since the box was made is the archive's doing, not
+    # the box's: it may be a warning, never a failure.
+    assert by_name["security updates"]["status"] in ("ok", "warning"), by_name["security updates"]
     assert any(c["name"] == "DNS MX second-beta.test" and c["ok"] for c in checks)
+    assert any(c["name"] == "DNS MX www.second-beta.test" and c["ok"] and c["detail"] == "0 ." for c in checks)
     boxes[B].run("systemctl stop nsd")
     try:
         res = cli(inv, "check", B)
@@ -137,6 +158,37 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
         assert any("DNS MX beta-dns.test" in line and "did not answer" in line for line in failing)
     finally:
         boxes[B].run("systemctl start nsd")
+
+
+def test_check_names_what_is_wrong_inside_the_box(inv: Path, boxes: dict[str, Box]) -> None:
+    b = boxes[B]
+    b.run("systemctl stop postgrey && ufw allow 8080/tcp >/dev/null")  # by hand, as an operator might
+    b.run("touch /var/run/reboot-required && echo libc6 > /var/run/reboot-required.pkgs")
+    try:
+        res = cli(inv, "check", B)
+        assert res.code == 1, res.out + res.err
+        failing = [line for line in res.out.splitlines() if " FAIL " in line]
+        assert len(failing) == 2, failing
+        assert any(
+            "service postgrey" in line and "inactive" in line and f"miab-remote deploy {B} starts it" in line
+            for line in failing
+        ), failing
+        assert any(
+            "firewall (ufw)" in line and "also allows 8080/tcp (IPv4 and IPv6)" in line and "ufw delete" in line
+            for line in failing
+        ), failing
+        assert any(
+            "reboot" in line and "required by libc6" in line for line in res.out.splitlines() if " WARN " in line
+        )
+        # A warning alone is no failure: exit 0, and --json counts it apart.
+        b.run("systemctl start postgrey && ufw delete allow 8080/tcp >/dev/null")
+        res = cli(inv, "check", B, "--json")
+        host = res.json()["hosts"][B]
+        assert res.code == 0 and host["failed"] == 0 and host["warnings"] >= 1, host
+        assert any(c["name"] == "reboot" and c["status"] == "warning" for c in host["checks"])
+    finally:
+        b.run("rm -f /var/run/reboot-required /var/run/reboot-required.pkgs", check=False)
+        b.run("systemctl start postgrey; ufw delete allow 8080/tcp", check=False)
 
 
 def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, boxes: dict[str, Box]) -> None:
@@ -157,5 +209,7 @@ def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, box
     assert f"alpha-dns.test. 1800 IN MX 10 {A}." in res.out
     assert 'mail._domainkey.alpha-dns.test. 1800 IN TXT "v=DKIM1;' in res.out
     assert "_dmarc.alpha-dns.test. 1800 IN TXT" in res.out
+    assert "www.alpha-dns.test. 1800 IN MX 0 ." in res.out
+    assert 'autoconfig.alpha-dns.test. 1800 IN TXT "v=spf1 -all"' in res.out
     data = cli(inv, "dns", A, "--json").json()
     assert {r["type"] for r in data["records"]["alpha-dns.test"]} >= {"A", "MX", "TXT", "SRV", "NS"}

@@ -27,6 +27,10 @@ from typing import Any
 
 import paramiko
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from miab_remote import layout
 from miab_remote.inventory import Inventory
@@ -410,6 +414,72 @@ def test_unban_refuses_bad_input(inv: Path, box: Box) -> None:
     assert res.code == 2 and "no fail2ban jail 'no-such-jail'" in res.err, res.err + res.out
     res = cli(inv, "unban", "nobox.hardtest.test", HOST_ADDRESS)
     assert res.code == 2, res.err + res.out
+
+
+# -- the certificate ------------------------------------------------------------------------------------------
+def served_certificate(box: Box, port: int) -> x509.Certificate:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # read it; judged below
+    with socket.create_connection((box.address, port), timeout=10) as sock, ctx.wrap_socket(sock) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def assert_strict_verifiers_accept(box: Box, pem: str, ports: list[int]) -> None:
+    """OpenSSL with X509_STRICT and `cryptography`'s verifier (webpki rules, which refuse a CA certificate
+    as a server's), each with the box's certificate as the only trust anchor."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    verifier = PolicyBuilder().store(Store([cert])).build_server_verifier(x509.DNSName(NAME))
+    verifier.verify(cert, [])
+    for port in ports:
+        ctx = ssl.create_default_context(cadata=pem)
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        with (
+            socket.create_connection((box.address, port), timeout=10) as sock,
+            ctx.wrap_socket(sock, server_hostname=NAME) as tls,
+        ):
+            assert tls.getpeercert(binary_form=True) == cert.public_bytes(serialization.Encoding.DER)
+
+
+def assert_end_entity(cert: x509.Certificate) -> None:
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca is False
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.key_encipherment and not usage.key_cert_sign
+    assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+    )
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sorted(names) == sorted([NAME, f"autoconfig.{DOMAIN}", f"autodiscover.{DOMAIN}"])
+
+
+def test_certificate_is_an_end_entity_one_reissued_from_the_same_key(
+    inv: Path, box: Box, recipes: tuple[str, ...]
+) -> None:
+    ports = [993, 465] + ([443] if "webmail" in recipes else [])
+    pem = box.run(f"cat {layout.TLS_CERT}")[1]
+    for port in ports:
+        assert_end_entity(served_certificate(box, port))
+    assert_strict_verifiers_accept(box, pem, ports)
+    # A box deployed before has a CA:TRUE certificate (openssl req's default extensions): the next deploy
+    # re-issues it from the same key and reloads what serves it; the deploy after changes nothing.
+    key = box.sha256(layout.TLS_KEY)
+    box.run(
+        f"openssl req -x509 -new -key {layout.TLS_KEY} -sha256 -days 3650 -subj /CN={NAME} "
+        f"-addext subjectAltName=DNS:{NAME} -out {layout.TLS_CERT}.old && mv {layout.TLS_CERT}.old {layout.TLS_CERT} "
+        "&& systemctl restart dovecot"
+    )
+    assert served_certificate(box, 993).extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    res = cli(inv, "deploy", NAME, "--json")
+    assert res.code == 0, res.errors()
+    changed = {a["resource"] for a in res.json()["hosts"][NAME]["actions"]}
+    assert {"command:tls-certificate", "service:dovecot"} <= changed and "command:tls-key" not in changed, changed
+    assert box.sha256(layout.TLS_KEY) == key
+    pem = box.run(f"cat {layout.TLS_CERT}")[1]
+    for port in ports:
+        assert_end_entity(served_certificate(box, port))
+    assert_strict_verifiers_accept(box, pem, ports)
 
 
 # -- idempotence -----------------------------------------------------------------------------------------------

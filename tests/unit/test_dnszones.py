@@ -61,6 +61,29 @@ def test_two_domain_box_records() -> None:
     assert ("ns1.mx.alpha.test", "A") not in {(rec.name, rec.type) for rec in dnszones.records(box())["beta.test"]}
 
 
+def test_names_without_mail_publish_a_null_mx_and_spf_that_allows_no_one() -> None:
+    """RFC 7505 null MX and `v=spf1 -all` for every name that has an address but no mail, as Mail-in-a-Box
+    does; the hostname keeps an SPF that lets it send (HELO, bounces, system mail) and gets no null MX."""
+    for hostname, zone in (("mx.alpha.test", "alpha.test"), ("box.provider.test", "box.provider.test")):
+        h = box(hostname=hostname)
+        r = by_key(h)
+        quiet = [f"ns1.{hostname}", f"ns2.{hostname}"]
+        quiet += [f"{sub}.{d}" for d in ("alpha.test", "beta.test") for sub in ("www", "autoconfig", "autodiscover")]
+        for name in quiet:
+            assert r[(name, "MX")] == ["0 ."], name
+            assert r[(name, "TXT")] == ['"v=spf1 -all"'], name
+        assert r[(hostname, "TXT")] == ['"v=spf1 a -all"'] and (hostname, "MX") not in r
+        for domain in ("alpha.test", "beta.test"):
+            assert r[(domain, "MX")] == ["10 mx.alpha.test."] if hostname == "mx.alpha.test" else [f"10 {hostname}."]
+        body = dnszones.zone_body(h, zone)
+        assert "ns1" in body and "IN MX 0 ." in body
+    # A name that is itself a mail domain keeps its MX; the operator's own MX or SPF replaces the generated one.
+    r = by_key(box(domains=("alpha.test", "www.alpha.test")))
+    assert r[("www.alpha.test", "MX")] == ["10 mx.alpha.test."] and r[("www.alpha.test", "TXT")] == ['"v=spf1 mx -all"']
+    r = by_key(box(dns_records=(DNSRecord("www.beta.test", "MX", "10 mail.example."),)))
+    assert r[("www.beta.test", "MX")] == ["10 mail.example."] and r[("www.beta.test", "TXT")] == ['"v=spf1 -all"']
+
+
 def test_rendering_is_deterministic_and_parses() -> None:
     a = dnszones.zone_body(box(), "beta.test")
     assert a == dnszones.zone_body(box(), "beta.test")
