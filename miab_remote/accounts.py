@@ -13,7 +13,7 @@ from tomlkit.items import AoT, Array, InlineTable, Table
 
 from miab_remote import mailmaps, names
 from miab_remote.errors import InputError
-from miab_remote.inventory import _fqdn_problem, quota_problem  # the validator's own rules
+from miab_remote.inventory import quota_problem  # the validator's own rule
 from miab_remote.model import Alias, Host, MailUser
 
 # ------------------------------------------------------------------------------------------ lookups
@@ -68,7 +68,7 @@ def alias_source(value: str) -> str:
     """An alias source, in lower case: an address, or '@domain' for a catch-all."""
     if value.startswith("@"):
         domain = value[1:].lower()
-        if _fqdn_problem(domain, "a domain name", "example.org") is not None:
+        if names.fqdn_problem(domain, "a domain name", "example.org") is not None:
             raise InputError(f"{value!r} is not a valid catch-all; expected '@' and a domain, like '@example.org'")
         return f"@{domain}"
     local, at, _domain = value.rpartition("@")

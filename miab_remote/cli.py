@@ -24,6 +24,7 @@ from miab_remote.deploy import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.inventory import Inventory, display_path
 from miab_remote.model import Host
+from miab_remote.names import fqdn_problem
 from miab_remote.output import Progress, plural, stdout_console
 
 T = TypeVar("T")
@@ -179,12 +180,11 @@ def check_new_boxes(inv: Inventory, names: Sequence[str]) -> None:
     """`create`'s arguments: each name is a box name as the inventory wants it (a lower-case FQDN: the
     inventory's hostname rule, and the local provider's 64 characters), given once, and an existing
     inventory of that name is valid and is a local box's (create re-pins it)."""
-    from miab_remote.inventory import _fqdn_problem
     from miab_remote.providers import local
 
     seen: set[str] = set()
     for name in names:
-        if problem := _fqdn_problem(name, "a box name", "box1.example.org"):
+        if problem := fqdn_problem(name, "a box name", "box1.example.org"):
             raise InputError(f"{problem}; nothing was made")
         local.check_name(name)
         if name in seen:

@@ -484,18 +484,7 @@ def _or_list(items: tuple[str, ...] | list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
-def _fqdn_problem(value: str, what: str, example: str) -> str | None:
-    """Why `value` is not a lower-case FQDN (None if it is one)."""
-    if _is_fqdn(value):
-        return None
-    if value.endswith(".") and _is_fqdn(value[:-1]):
-        return f"{value!r} ends with a dot; write {value[:-1]!r}"
-    if _is_fqdn(value.lower()):
-        return f"{value!r} is not lower-case; write {value.lower()!r}"
-    return f"{value!r} is not {what}; expected lower-case labels joined by dots, like {example!r}"
-
-
-_is_fqdn = names.is_fqdn
+_fqdn_problem = names.fqdn_problem
 # One rule for every address (miab_remote/names.py); kept under its old name for the modules that import it.
 _email_problem = names.email_problem
 

@@ -38,6 +38,17 @@ def is_fqdn(value: str) -> bool:
     )
 
 
+def fqdn_problem(value: str, what: str, example: str) -> str | None:
+    """Why `value` is not a lower-case FQDN (None if it is one)."""
+    if is_fqdn(value):
+        return None
+    if value.endswith(".") and is_fqdn(value[:-1]):
+        return f"{value!r} ends with a dot; write {value[:-1]!r}"
+    if is_fqdn(value.lower()):
+        return f"{value!r} is not lower-case; write {value.lower()!r}"
+    return f"{value!r} is not {what}; expected lower-case labels joined by dots, like {example!r}"
+
+
 def email_problem(value: str, *, served: bool = True) -> str | None:
     """Why `value` is not an address (None if it is one), in any case.
 
