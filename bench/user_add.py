@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.noop_deploy import BENCH_ENV, bench_box  # noqa: E402
-from miab_remote import layout  # noqa: E402
+from miab_remote.mail import layout  # noqa: E402
 from tests.e2e.helpers import cli  # noqa: E402
 from tests.e2e.mailclients import Mail  # noqa: E402
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote import layout
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, Directory, File, Resource
+from miab_remote.api import Command, Directory, File, RecipeContext, Resource, layout
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:

@@ -11,9 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote import layout, mailmaps
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
+from miab_remote.api import (
+    Command,
+    Directory,
+    File,
+    Group,
+    Package,
+    RecipeContext,
+    Resource,
+    Service,
+    User,
+    layout,
+    mailmaps,
+)
 
 SIEVE_DIR = "/etc/dovecot/sieve"
 SCRIPTS = ("before", "learn-spam", "learn-ham")

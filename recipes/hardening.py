@@ -23,8 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, File, Package, Resource, Service
+from miab_remote.api import Command, File, Package, RecipeContext, Resource, Service
 
 # The only ports open to the world. 53 is DNS (nsd), over UDP too; 80 and 443 serve the webmail. The SSH
 # port of the inventory ([ssh] port) is added when it is not 22, so a deploy never locks itself out.

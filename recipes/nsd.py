@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote import dnszones, layout
-from miab_remote.recipes import RecipeContext
-from miab_remote.remote import script
-from miab_remote.resources import Command, Directory, File, Package, Resource, Service
+from miab_remote.api import (
+    Command,
+    Directory,
+    File,
+    Package,
+    RecipeContext,
+    Resource,
+    Service,
+    dnszones,
+    layout,
+    script,
+)
 
 ZONES_DIR = "/etc/nsd/zones"
 BUILDER = "/usr/local/lib/miab-remote/zone-build"

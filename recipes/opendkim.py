@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote import layout
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, Directory, File, Package, Resource, Service
+from miab_remote.api import Command, Directory, File, Package, RecipeContext, Resource, Service, layout
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Directory, File, Package, Resource, Service
+from miab_remote.api import Directory, File, Package, RecipeContext, Resource, Service
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote import layout, mailmaps
-from miab_remote.recipes import RecipeContext
-from miab_remote.remote import script
-from miab_remote.resources import Command, Directory, File, Package, Resource, Service
+from miab_remote.api import (
+    Command,
+    Directory,
+    File,
+    Package,
+    RecipeContext,
+    Resource,
+    Service,
+    layout,
+    mailmaps,
+    script,
+)
 
 MAPS = ("virtual_mailboxes", "virtual_aliases", "sender_logins")
 # The submission ports' header From check (miab_remote/remote/sender_guard.py), a milter on loopback.

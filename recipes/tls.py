@@ -14,9 +14,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 
-from miab_remote import layout
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, Directory, Package, Resource
+from miab_remote.api import Command, Directory, Package, RecipeContext, Resource, layout
 
 DAYS = 3650
 RENEW_DAYS = 30  # a certificate this close to its end is re-issued (from the same key)

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from miab_remote import layout
-from miab_remote.inventory import Inventory
-from miab_remote.ssh import Transport
+from miab_remote.fleet.inventory import Inventory
+from miab_remote.mail import layout
+from miab_remote.transport.ssh import Transport
 
 
 class IMAPS(imaplib.IMAP4_SSL):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from miab_remote import dnszones
-from miab_remote.model import Host
+from miab_remote.fleet.model import Host
+from miab_remote.mail import dnszones
 
 
 def after_deploy(host: Host) -> list[str]:

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 from miab_remote import names
 from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.fsutil import atomic_write, file_lock
-from miab_remote.sshkeys import KeyPair, generate_ed25519, parse_public_line
+from miab_remote.transport.sshkeys import KeyPair, generate_ed25519, parse_public_line
 
 OS_NAME = "debian-12"
 SUITE = "bookworm"

@@ -143,7 +143,7 @@ class Box:
 
 def operator_key(folder: Path) -> Path:
     """A fresh operator SSH key pair in `folder`."""
-    from miab_remote.sshkeys import generate_ed25519
+    from miab_remote.transport.sshkeys import generate_ed25519
 
     pair = generate_ed25519("e2e operator")
     key = folder / "id_ed25519"

@@ -15,8 +15,8 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from miab_remote import layout
-from miab_remote.passwords import hash_password
+from miab_remote.mail import layout
+from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from miab_remote.sshkeys import fingerprint_line, generate_ed25519
+from miab_remote.transport.sshkeys import fingerprint_line, generate_ed25519
 from tests.e2e.helpers import (
     E2E_ENV,
     SUBNET_PREFIX,

@@ -27,8 +27,8 @@ from pathlib import Path
 import dkim
 import pytest
 
-from miab_remote import layout
-from miab_remote.passwords import hash_password
+from miab_remote.mail import layout
+from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import (
     E2E_ENV,
     HOST_ADDRESS,

@@ -24,8 +24,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from miab_remote import layout
-from miab_remote.passwords import hash_password
+from miab_remote.mail import layout
+from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from miab_remote import passwords
-from miab_remote.inventory import Inventory, new_document
+from miab_remote.fleet.inventory import Inventory, new_document
+from miab_remote.mail import passwords
 
 NAME = "box1.example.test"
 P = f"hosts/{NAME}.toml"  # as messages show it: the CLI runs from the folder holding hosts/

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from miab_remote import cli
-from miab_remote.inventory import new_document
+from miab_remote.fleet.inventory import new_document
 
 NAME = "box1.example.test"
 RECIPE_OK = """\
-from miab_remote.resources import File
+from miab_remote.engine.resources import File
 
 
 def resources(ctx):
@@ -171,7 +171,7 @@ def test_operator_template_symlink_leaving_the_inventory_is_refused(
 
 
 def test_a_symlink_inside_the_inventory_folder_is_fine(root: Path) -> None:
-    from miab_remote.templates import TemplateSet
+    from miab_remote.engine.templates import TemplateSet
 
     (root / "shared.conf").write_text("shared {{ 1 + 1 }}\n")
     link = root / "templates/etc/miab-test/conf"
@@ -219,7 +219,7 @@ def test_user_add_with_a_failed_template_changes_nothing(
 def test_create_checks_its_arguments_first(root: Path, names: list[str], message: str) -> None:
     """Before anything is made (the e2e test proves no box boots): here, the checks themselves."""
     from miab_remote.errors import InputError
-    from miab_remote.inventory import Inventory
+    from miab_remote.fleet.inventory import Inventory
 
     path = root / f"{NAME}.toml"
     path.write_text(path.read_text().replace('provider = "manual"', 'provider = "digitalocean"'))

@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from miab_remote import boxchecks, checks
-from miab_remote.checkresult import Check, warn
-from miab_remote.model import DEFAULT_RECIPES, Host
+from miab_remote.checks import box as boxchecks
+from miab_remote.checks import outside as checks
+from miab_remote.checks.result import Check, warn
+from miab_remote.fleet.model import DEFAULT_RECIPES, Host
 
 NAME = "mx.alpha.test"
 
@@ -70,7 +71,7 @@ def test_a_tunnel_address_is_fine_when_the_public_one_is_published(tmp_path: Pat
 def test_services_come_from_the_box_recipes_including_the_operators_own(tmp_path: Path) -> None:
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "extra.py").write_text(
-        "from miab_remote.resources import Service\n"
+        "from miab_remote.engine.resources import Service\n"
         "def resources(ctx):\n"
         "    yield Service('my-own-daemon')\n"
         "    yield Service('stopped-on-purpose', running=False)\n"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from miab_remote import boxops, cli
-from miab_remote.deploy import build
+from miab_remote import cli
+from miab_remote.engine.converge import build
 from miab_remote.errors import HostError, InputError
-from miab_remote.inventory import Inventory, new_document
+from miab_remote.fleet.inventory import Inventory, new_document
+from miab_remote.jobs import bans as boxops
 from miab_remote.profiles import DEBIAN_12
 
 NAME = "box1.example.test"
@@ -188,7 +189,7 @@ SSHD_T_GOOD = "port 22\npermitrootlogin without-password\npasswordauthentication
     ],
 )
 def test_sshd_validator_refuses_an_overridden_setting(tmp_path: Path, effective: str, ok: bool) -> None:
-    from miab_remote.recipes import _load_module, find_recipe
+    from miab_remote.engine.recipes import _load_module, find_recipe
 
     hardening = _load_module(find_recipe("hardening", tmp_path))
     fake = tmp_path / "sshd"

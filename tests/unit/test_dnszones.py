@@ -8,10 +8,10 @@ from pathlib import Path
 import dns.zone
 import pytest
 
-from miab_remote import dnszones
 from miab_remote.errors import InputError
-from miab_remote.inventory import validate
-from miab_remote.model import DNSRecord, Host
+from miab_remote.fleet.inventory import validate
+from miab_remote.fleet.model import DNSRecord, Host
+from miab_remote.mail import dnszones
 
 
 def box(**kw: object) -> Host:

@@ -18,7 +18,7 @@ import pytest
 import tomlkit
 
 from miab_remote.errors import InputError
-from miab_remote.inventory import (
+from miab_remote.fleet.inventory import (
     OPTION_SPECS,
     TOP_KEYS,
     Inventory,
@@ -27,7 +27,7 @@ from miab_remote.inventory import (
     new_document,
     validate,
 )
-from miab_remote.model import DEFAULT_RECIPES
+from miab_remote.fleet.model import DEFAULT_RECIPES
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "box1.example.test"

@@ -12,9 +12,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from miab_remote import passwords
 from miab_remote.errors import InputError
-from miab_remote.inventory import validate
+from miab_remote.fleet.inventory import validate
+from miab_remote.mail import passwords
 
 HASH_RE = re.compile(r"^\{BLF-CRYPT\}\$2b\$12\$[./0-9A-Za-z]{53}$")
 NAME = "box1.example.test"

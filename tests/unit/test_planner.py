@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from miab_remote.engine.planner import PlanError, check_resources, plan, probe_spec, push_actions, sha256
+from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
 from miab_remote.errors import InputError
-from miab_remote.planner import PlanError, check_resources, plan, probe_spec, push_actions, sha256
-from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
 
 CONF = b"listen 80;\n"
 ABSENT: dict[str, Any] = {"exists": False}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote import mailmaps
-from miab_remote.checks import delivery_of
-from miab_remote.model import Alias, Host, MailUser
+from miab_remote.checks.outside import delivery_of
+from miab_remote.fleet.model import Alias, Host, MailUser
+from miab_remote.mail import mailmaps
 from miab_remote.remote import sender_guard as guard
 
 HASH = "{BLF-CRYPT}$2b$12$" + "a" * 53

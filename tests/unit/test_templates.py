@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote.diffing import MASK, Masker, plan_diff
+from miab_remote.engine.diffing import MASK, Masker, plan_diff
+from miab_remote.engine.planner import plan
+from miab_remote.engine.resources import File
+from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import InputError
-from miab_remote.planner import plan
-from miab_remote.resources import File
-from miab_remote.templates import TemplateSet
 
 
 def write(path: Path, text: str) -> None:
@@ -21,7 +21,7 @@ def write(path: Path, text: str) -> None:
 @pytest.fixture
 def builtin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "builtin"
-    monkeypatch.setattr("miab_remote.templates.builtin_dir", lambda name: root)
+    monkeypatch.setattr("miab_remote.engine.templates.builtin_dir", lambda name: root)
     write(root / "etc/a.conf", "plain {{ x }}\n")
     write(root / "etc/a.conf@dovecot-2.4", "variant {{ x }}\n")
     write(root / "etc/b.conf", "b\n")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote import layout
-from miab_remote.inventory import OPTION_SPECS
-from miab_remote.model import DEFAULT_RECIPES, Host
-from miab_remote.planner import check_resources
+from miab_remote.engine.planner import check_resources
+from miab_remote.engine.recipes import RecipeContext, load_resources, render_files
+from miab_remote.engine.resources import Command, File, Package, Resource, Service
+from miab_remote.engine.templates import TemplateSet
+from miab_remote.fleet.inventory import OPTION_SPECS
+from miab_remote.fleet.model import DEFAULT_RECIPES, Host
+from miab_remote.mail import layout
 from miab_remote.profiles import DEBIAN_12
-from miab_remote.recipes import RecipeContext, load_resources, render_files
-from miab_remote.resources import Command, File, Package, Resource, Service
-from miab_remote.templates import TemplateSet
 
 NAME = "mx.a.test"
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from miab_remote.recipes import RecipeContext
-from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
+from miab_remote.api import Command, Directory, File, Group, Package, RecipeContext, Resource, Service, User
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:

@@ -10,12 +10,12 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from miab_remote import dnszones
-from miab_remote.checks import Check, dkim_rdata_from_box, run_checks
+from miab_remote.checks.outside import Check, dkim_rdata_from_box, run_checks
 from miab_remote.cli import in_parallel, inventory_of
+from miab_remote.cli.output import stdout_console
 from miab_remote.errors import MiabError
-from miab_remote.model import Host
-from miab_remote.output import stdout_console
+from miab_remote.fleet.model import Host
+from miab_remote.mail import dnszones
 
 
 def _registrar(host: Host) -> dict[str, Any]:

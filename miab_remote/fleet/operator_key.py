@@ -7,7 +7,7 @@ from pathlib import Path
 
 from miab_remote.errors import InputError
 from miab_remote.fsutil import atomic_write
-from miab_remote.sshkeys import generate_ed25519, parse_public_line
+from miab_remote.transport.sshkeys import generate_ed25519, parse_public_line
 
 CANDIDATES = ("id_ed25519", "id_ecdsa", "id_rsa")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from miab_remote.model import Host
+from miab_remote.fleet.model import Host
 
 AUTOMATIC = ("postmaster", "abuse", "hostmaster")
 # The box's own addresses: unqualified system mail (to `root`, to `postmaster`) gets the hostname appended.

@@ -22,12 +22,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from miab_remote import layout
+from miab_remote.engine.assets import builtin_dir
+from miab_remote.engine.resources import File, Resource
 from miab_remote.errors import InputError
-from miab_remote.model import Host
-from miab_remote.paths import builtin_dir
+from miab_remote.fleet.model import Host
+from miab_remote.mail import layout
 from miab_remote.profiles import OSProfile
-from miab_remote.resources import File, Resource
 
 T = TypeVar("T")
 

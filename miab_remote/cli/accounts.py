@@ -18,13 +18,13 @@ import tomlkit
 from rich.console import Console
 from rich.table import Table
 
-from miab_remote import accounts, mailmaps, passwords
 from miab_remote.cli import check_builds, inventory_of
-from miab_remote.deploy import HostRun, purge_mailbox, push_accounts
+from miab_remote.cli.output import Progress, plural, stdout_console
+from miab_remote.engine.converge import HostRun, purge_mailbox, push_accounts
 from miab_remote.errors import InputError, MiabError
-from miab_remote.inventory import Inventory, display_path
-from miab_remote.model import Host, MailUser
-from miab_remote.output import Progress, plural, stdout_console
+from miab_remote.fleet.inventory import Inventory, display_path
+from miab_remote.fleet.model import Host, MailUser
+from miab_remote.mail import accounts, mailmaps, passwords
 
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 

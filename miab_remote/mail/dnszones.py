@@ -24,8 +24,8 @@ import dns.tokenizer
 import dns.zone
 
 from miab_remote.errors import InputError
-from miab_remote.layout import DKIM_SELECTOR
-from miab_remote.model import Host
+from miab_remote.fleet.model import Host
+from miab_remote.mail.layout import DKIM_SELECTOR
 
 TTL = 1800
 SOA_TIMERS = "7200 3600 1209600 1800"  # refresh, retry, expire, negative TTL

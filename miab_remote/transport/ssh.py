@@ -22,9 +22,9 @@ import paramiko
 from fabric import Connection
 
 from miab_remote.errors import HostError, HostKeyMismatch
-from miab_remote.model import Host
+from miab_remote.fleet.model import Host
 from miab_remote.remote import script
-from miab_remote.sshkeys import fingerprint, parse_public_line
+from miab_remote.transport.sshkeys import fingerprint, parse_public_line
 
 CONNECT_TIMEOUT = 10.0
 # Exit codes the bootstrap uses to tell the laptop what is missing on the box.

@@ -7,7 +7,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from miab_remote.planner import Plan
+from miab_remote.engine.planner import Plan
 
 MASK = "********"
 

@@ -26,10 +26,12 @@ from typing import Any, TypeVar
 import tomlkit
 import tomlkit.exceptions
 
-from miab_remote import dnszones, fsutil, names, sshkeys
+from miab_remote import fsutil, names
 from miab_remote.errors import InputError
-from miab_remote.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, SSHSettings
+from miab_remote.fleet.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, SSHSettings
+from miab_remote.mail import dnszones
 from miab_remote.profiles import PROFILES
+from miab_remote.transport import sshkeys
 
 PROVIDERS: tuple[str, ...] = ("local", "digitalocean", "linode", "vultr", "ec2", "manual")
 # The committed, documented example lives among the real inventories but is not a box.

@@ -19,13 +19,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from miab_remote import __version__, mailmaps
-from miab_remote.deploy import DeployOptions, HostRun, deploy_host
+from miab_remote import __version__
+from miab_remote.cli.output import Progress, plural, stdout_console
+from miab_remote.engine.converge import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError, ProviderError
-from miab_remote.inventory import Inventory, display_path
-from miab_remote.model import Host
+from miab_remote.fleet.inventory import Inventory, display_path
+from miab_remote.fleet.model import Host
+from miab_remote.mail import mailmaps
 from miab_remote.names import fqdn_problem
-from miab_remote.output import Progress, plural, stdout_console
 
 T = TypeVar("T")
 PROVIDERS = ("local",)
@@ -78,7 +79,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def check_builds(inv: Inventory, host: Host) -> None:
     """Load every recipe and render every template of a box on the laptop, so that a failed recipe or
     template is bad input (exit 2, one line naming the file) before any box is contacted."""
-    from miab_remote.deploy import build
+    from miab_remote.engine.converge import build
     from miab_remote.profiles import DEBIAN_12, profile_by_id
 
     build(host, (profile_by_id(host.os) if host.os else None) or DEBIAN_12, inv.root)
@@ -113,8 +114,8 @@ def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:
 
 # -- create / destroy -----------------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace) -> int:
-    from miab_remote import inventory as inventory_mod
-    from miab_remote import operator_key
+    from miab_remote.fleet import inventory as inventory_mod
+    from miab_remote.fleet import operator_key
 
     if args.provider in PLANNED_PROVIDERS:
         raise InputError(f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}")
@@ -306,8 +307,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from miab_remote.ssh import fetch_host_keys
-    from miab_remote.sshkeys import fingerprint
+    from miab_remote.transport.ssh import fetch_host_keys
+    from miab_remote.transport.sshkeys import fingerprint
 
     inv = inventory_of(args)
     host = inv.load(args.name)
@@ -407,10 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="pin every offered key without asking")
     p.set_defaults(func=cmd_trust)
 
-    from miab_remote import cli_accounts, cli_dns  # they import this module: loaded here, not at the top
+    from miab_remote.cli import accounts as cli_accounts  # they import this module: loaded here, not at the top
+    from miab_remote.cli import dns as cli_dns  # they import this module: loaded here, not at the top
 
     cli_accounts.add_parsers(sub, common)
-    from miab_remote import cli_boxops  # bans, unban
+    from miab_remote.cli import bans as cli_boxops  # bans, unban
 
     cli_boxops.add_parsers(sub, common)
     cli_dns.add_parsers(sub, common)

@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from miab_remote import dnszones
-from miab_remote.checkresult import Check, warn
-from miab_remote.model import Host
-from miab_remote.resources import Resource, Service
+from miab_remote.checks.result import Check, warn
+from miab_remote.engine.resources import Resource, Service
+from miab_remote.fleet.model import Host
+from miab_remote.mail import dnszones
 
 DISK_MIN_FREE = 0.10
 MEMORY_MIN = 200 * 1024 * 1024

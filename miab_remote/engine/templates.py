@@ -21,8 +21,8 @@ from typing import Any
 
 import jinja2
 
+from miab_remote.engine.assets import builtin_dir
 from miab_remote.errors import InputError
-from miab_remote.paths import builtin_dir
 
 
 class _ConfinedLoader(jinja2.FileSystemLoader):

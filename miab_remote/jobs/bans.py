@@ -13,11 +13,11 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from miab_remote.deploy import ActionReport, HostRun, with_transport
+from miab_remote.engine.converge import ActionReport, HostRun, with_transport
 from miab_remote.errors import HostError, InputError
-from miab_remote.inventory import Inventory
-from miab_remote.model import Host
-from miab_remote.ssh import Transport
+from miab_remote.fleet.inventory import Inventory
+from miab_remote.fleet.model import Host
+from miab_remote.transport.ssh import Transport
 
 Progress = Callable[[str, str], None]
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
 from miab_remote.errors import InputError
-from miab_remote.resources import Command, Directory, File, Group, Package, Resource, Service, User
 
 APT_LISTS_MAX_AGE = 6 * 3600.0
 PENDING = "pending from an interrupted run"

@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from miab_remote import providers
-from miab_remote.diffing import Masker, plan_diff
+from miab_remote.engine.diffing import Masker, plan_diff
+from miab_remote.engine.planner import Plan, plan, probe_spec, push_actions
+from miab_remote.engine.recipes import RecipeContext, load_resources, render_files
+from miab_remote.engine.resources import Resource
+from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import HostError, InputError, MiabError
-from miab_remote.inventory import Inventory
-from miab_remote.layout import mailbox_dir
-from miab_remote.model import Host
-from miab_remote.planner import Plan, plan, probe_spec, push_actions
+from miab_remote.fleet.inventory import Inventory
+from miab_remote.fleet.model import Host
+from miab_remote.mail.layout import mailbox_dir
 from miab_remote.profiles import DEBIAN_12, OSProfile, profile_by_id, profile_for_os_release
-from miab_remote.recipes import RecipeContext, load_resources, render_files
-from miab_remote.resources import Resource
-from miab_remote.ssh import Transport
-from miab_remote.templates import TemplateSet
+from miab_remote.transport.ssh import Transport
 
 STALE = 75
 LOCK_TIMEOUT = 3

@@ -28,13 +28,14 @@ import dns.resolver
 import paramiko
 from cryptography import x509
 
-from miab_remote import boxchecks, dnszones, layout
-from miab_remote.checkresult import Check, warn
+from miab_remote.checks import box as boxchecks
+from miab_remote.checks.result import Check, warn
+from miab_remote.engine.resources import Resource
 from miab_remote.errors import HostError, MiabError
-from miab_remote.model import Host
+from miab_remote.fleet.model import Host
+from miab_remote.mail import dnszones, layout
 from miab_remote.profiles import DEBIAN_12, profile_by_id
-from miab_remote.resources import Resource
-from miab_remote.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
+from miab_remote.transport.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
 
 __all__ = ["Check", "dkim_rdata_from_box", "run_checks"]
 
@@ -58,7 +59,7 @@ def dkim_rdata_from_box(host: Host, timeout: float = 10.0) -> str | None:
 def desired(host: Host) -> tuple[list[Resource], dict[str, bytes]]:
     """What the box's recipes declare and render, as a deploy would (the operator's recipes and templates
     included): what the box is expected to run."""
-    from miab_remote.deploy import build  # deploy imports much more; only check needs it here
+    from miab_remote.engine.converge import build  # deploy imports much more; only check needs it here
 
     profile = (profile_by_id(host.os) if host.os else None) or DEBIAN_12
     return build(host, profile, host.path.parent)
@@ -334,7 +335,7 @@ def admin_mail_checks(host: Host) -> list[Check]:
     """The administrator's address and postmaster@, abuse@, hostmaster@ (and the hostname's root@): asked of
     the box's own tables over SSH, so the answer is what postfix and dovecot would do now, and no mail is
     sent (an SMTP probe would be greylisted, and is often blocked from a laptop)."""
-    from miab_remote import mailmaps
+    from miab_remote.mail import mailmaps
 
     admin = mailmaps.admin_email(host)
     addresses = ([admin] if admin else []) + mailmaps.automatic_sources(host)

@@ -11,9 +11,9 @@ import json
 
 from rich.table import Table
 
-from miab_remote import boxops
 from miab_remote.cli import add_connect_timeout, in_parallel, inventory_of
-from miab_remote.output import Progress, plural, stdout_console
+from miab_remote.cli.output import Progress, plural, stdout_console
+from miab_remote.jobs import bans as boxops
 
 
 def cmd_bans(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""SSH to the boxes, with pinned host keys."""
