@@ -1,62 +1,42 @@
-"""`miab-remote user ...` and `miab-remote alias ...`: a box's mail users and aliases.
-
-Every change follows one path: check all input against the inventory (exit 2, nothing touched), read the
-password if any (before any lock, so a slow typist blocks nobody), then under the box's inventory lock
-check again, edit the file and push the accounts to the box, so two operators' pushes never cross.
-A failed push leaves the inventory updated; `miab-remote deploy NAME` brings the box in line later.
-"""
+"""`miab-remote user ...` and `miab-remote alias ...`: a box's mail users and aliases (miab_remote.jobs.accounts
+holds the path every change follows)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 
 import tomlkit
-from rich.console import Console
 from rich.table import Table
 
-from miab_remote.cli import check_builds, inventory_of
-from miab_remote.cli.output import Progress, plural, stdout_console
-from miab_remote.engine.converge import HostRun, purge_mailbox, push_accounts
+from miab_remote.cli.common import inventory_of
+from miab_remote.cli.output import Progress, plural, stderr_console, stdout_console
+from miab_remote.engine.converge import HostRun
 from miab_remote.errors import InputError, MiabError
 from miab_remote.fleet.inventory import Inventory, display_path
 from miab_remote.fleet.model import Host, MailUser
-from miab_remote.mail import accounts, mailmaps, passwords
-
-Edit = Callable[[Host, tomlkit.TOMLDocument], None]
-
-
-# -- the shared path of every change ---------------------------------------------------------------------------
-def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | None:
-    """Under the box's lock: re-check and edit (via `edit`, which raises InputError to write nothing), then
-    push unless --no-push. The push result, or None when not pushed."""
-    if not args.no_push:  # a failed recipe or template is bad input, found before the inventory changes
-        check_builds(inv, inv.load(args.name))
-    with inv.lock(args.name):
-        with inv.edit(args.name, locked=True) as doc:
-            # Checked again under the lock: another operator may have changed the file since the first check.
-            edit(inv.load(args.name), doc)
-        if args.no_push:
-            return None
-        return _run_on_box(args, lambda progress: push_accounts(inv, args.name, progress))
+from miab_remote.jobs import accounts as jobs
+from miab_remote.mail import accounts, passwords
 
 
-def _run_on_box(args: argparse.Namespace, job: Callable[[Progress], HostRun]) -> HostRun:
+def _on_box(args: argparse.Namespace) -> jobs.OnBox:
     """Run a push or purge with the live progress display; an escaped error is reported like a failed run."""
-    progress = Progress([args.name], verbose=args.verbose)
-    with progress.running():
-        try:
-            return job(progress)
-        except MiabError as e:
-            return HostRun(args.name, failed=1, error=str(e))
+
+    def run(job: Callable[[Progress], HostRun]) -> HostRun:
+        progress = Progress([args.name], verbose=args.verbose)
+        with progress.running():
+            try:
+                return job(progress)
+            except MiabError as e:
+                return HostRun(args.name, failed=1, error=str(e))
+
+    return run
 
 
-def _stderr() -> Console:
-    """Errors for the operator, unwrapped (soft_wrap) so a long message stays one line in a log."""
-    return Console(stderr=True, highlight=False, soft_wrap=True, no_color="NO_COLOR" in os.environ or None)
+def _change(inv: Inventory, args: argparse.Namespace, edit: jobs.Edit) -> HostRun | None:
+    return jobs.change(inv, args.name, edit, not args.no_push, _on_box(args))
 
 
 def _report(inv: Inventory, args: argparse.Namespace, what: str, run: HostRun | None, notes: list[str]) -> int:
@@ -64,7 +44,7 @@ def _report(inv: Inventory, args: argparse.Namespace, what: str, run: HostRun | 
     name = args.name
     where = display_path(inv.path_for(name))
     if run is not None and run.error:
-        err = _stderr()
+        err = stderr_console()
         err.print(
             f"{name}: {what}: {where} WAS updated, but the box was NOT: {run.error}\n"
             f"  `miab-remote deploy {name}` will bring the box in line with the inventory.",
@@ -100,12 +80,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         accounts.add_user(doc, user)
 
     run = _change(inv, args, edit)
-    notes = []
-    if not host.users and not host.options.get("admin_email"):
-        notes.append(
-            f"system mail and postmaster@, abuse@ and hostmaster@ of {', '.join(host.domains)} go to {email} "
-            "(automatic, unless [options] admin_email or an alias says otherwise)"
-        )
+    notes = jobs.user_added_notes(host, email)
     return _report(inv, args, f"added user {email}" + (f" (quota {quota})" if quota else ""), run, notes)
 
 
@@ -145,17 +120,10 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
         accounts.remove_user(doc, email)
 
     run = _change(inv, args, edit)
-    notes = []
-    if sources := accounts.aliases_to(host, email):
-        notes.append(f"these aliases still deliver to {email}: {', '.join(sources)}")
-    if mailmaps.admin_email(host) == email and accounts.automatic_aliases(host):
-        after = host.users[1].email if len(host.users) > 1 else "nobody (no users left)"
-        notes.append(f"system mail and the automatic postmaster@, abuse@ and hostmaster@ now go to {after}")
-    if not args.purge:
-        notes.append(f"the mailbox of {email} is kept on the box, with its mail")
+    notes = jobs.user_removed_notes(host, email, args.purge)
     code = _report(inv, args, f"removed user {email}", run, notes)
     if code and args.purge:
-        _stderr().print(
+        stderr_console().print(
             f"  The mailbox of {email} was NOT deleted: the box still has the user.", markup=False, style="red"
         )
     if code or not args.purge:
@@ -178,17 +146,18 @@ def _purge(inv: Inventory, args: argparse.Namespace, email: str) -> int:
         if answer.strip() != "yes":
             out.print(f"{args.name}: not confirmed; the mailbox of {email} was kept on the box", markup=False)
             return 0
-    with inv.lock(args.name):
-        if accounts.find_user(inv.load(args.name), email) is not None:
-            _stderr().print(
-                f"{args.name}: {email} was added again meanwhile; its mailbox was kept on the box",
-                markup=False,
-                style="red",
-            )
-            return 1
-        run = _run_on_box(args, lambda progress: purge_mailbox(inv, args.name, email, progress))
+    run = jobs.purge(inv, args.name, email, _on_box(args))
+    if run is None:
+        stderr_console().print(
+            f"{args.name}: {email} was added again meanwhile; its mailbox was kept on the box",
+            markup=False,
+            style="red",
+        )
+        return 1
     if run.error:
-        _stderr().print(f"{args.name}: the mailbox of {email} was NOT deleted: {run.error}", markup=False, style="red")
+        stderr_console().print(
+            f"{args.name}: the mailbox of {email} was NOT deleted: {run.error}", markup=False, style="red"
+        )
         return 1
     out.print(f"{args.name}: deleted the mailbox of {email}", markup=False)
     for note in run.notes:
@@ -220,11 +189,7 @@ def cmd_alias_add(args: argparse.Namespace) -> int:
         accounts.add_alias(doc, alias)
 
     run = _change(inv, args, edit)
-    notes = []
-    if accounts.is_automatic(host, source) and (admin := mailmaps.admin_email(host)):
-        notes.append(f"replaces the automatic {source} (to {admin})")
-    if lost := accounts.unreachable(host, alias):
-        notes.append(f"no user or alias takes {', '.join(lost)} on {host.name}: mail sent there would bounce")
+    notes = jobs.alias_added_notes(host, source, alias)
     return _report(inv, args, f"added alias {source} -> {', '.join(alias.destinations)}", run, notes)
 
 
@@ -238,9 +203,7 @@ def cmd_alias_remove(args: argparse.Namespace) -> int:
         accounts.remove_alias(doc, source)
 
     run = _change(inv, args, edit)
-    notes = []
-    if accounts.is_automatic(host, source) and (admin := mailmaps.admin_email(host)):
-        notes.append(f"{source} goes to {admin} again (automatic)")
+    notes = jobs.alias_removed_notes(host, source)
     return _report(inv, args, f"removed alias {source}", run, notes)
 
 

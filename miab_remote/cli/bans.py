@@ -11,9 +11,10 @@ import json
 
 from rich.table import Table
 
-from miab_remote.cli import add_connect_timeout, in_parallel, inventory_of
+from miab_remote.cli.common import add_connect_timeout, inventory_of
 from miab_remote.cli.output import Progress, plural, stdout_console
 from miab_remote.jobs import bans as boxops
+from miab_remote.jobs.parallel import in_parallel
 
 
 def cmd_bans(args: argparse.Namespace) -> int:

@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from miab_remote.checks.outside import Check, dkim_rdata_from_box, run_checks
-from miab_remote.cli import in_parallel, inventory_of
+from miab_remote.cli.common import inventory_of
 from miab_remote.cli.output import stdout_console
-from miab_remote.errors import MiabError
-from miab_remote.fleet.model import Host
-from miab_remote.mail import dnszones
-
-
-def _registrar(host: Host) -> dict[str, Any]:
-    v4, v6 = dnszones.addresses(host)
-    glue = [
-        {"name": f"ns{i}.{host.hostname}", "type": t, "value": ip}
-        for i in (1, 2)
-        for t, ip in (("A", v4), ("AAAA", v6))
-        if ip
-    ]
-    ns = [f"ns1.{host.hostname}", f"ns2.{host.hostname}"]
-    return {"glue": glue, "delegations": {zone: ns for zone in dnszones.zones_of(host)}}
+from miab_remote.jobs.dns import dns_info
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
@@ -35,17 +19,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     host = inv.load(args.name)
     out = stdout_console()
     external = host.options["dns"] == "external"
-    data: dict[str, Any] = {"box": host.name, "dns": host.options["dns"]}
-    if external:
-        dkim = dkim_rdata_from_box(host)
-        zones = dnszones.records(host, dkim or dnszones.DKIM_PLACEHOLDER)
-        data["records"] = {
-            z: [r.__dict__ for r in recs if r.value != dnszones.DKIM_PLACEHOLDER] for z, recs in zones.items()
-        }
-        if dkim is None:
-            data["warning"] = "the box has no DKIM key yet: deploy it, then run this again"
-    else:
-        data.update(_registrar(host))
+    data = dns_info(host)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -78,14 +52,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     names = inv.names() if args.all else args.names
     hosts = [inv.load(n) for n in names]
+    from miab_remote.jobs.check import check_hosts  # dnspython and x509: loaded only for `check`
 
-    def one(host: Host) -> list[Check]:
-        try:
-            return run_checks(host)
-        except MiabError as e:
-            return [Check("check", False, str(e))]
-
-    results = in_parallel([h.name for h in hosts], lambda n: one(next(h for h in hosts if h.name == n)))
+    results = check_hosts(hosts)
     failed = {n: sum(c.failed for c in checks) for n, checks in results.items()}
     warnings = {n: sum(c.status == "warning" for c in checks) for n, checks in results.items()}
     if args.json:

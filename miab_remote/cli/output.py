@@ -28,6 +28,11 @@ def stdout_console() -> Console:
     return Console(highlight=False, no_color="NO_COLOR" in os.environ or None, soft_wrap=True, width=width)
 
 
+def stderr_console() -> Console:
+    """Errors for the operator, unwrapped (soft_wrap) so a long message stays one line in a log."""
+    return Console(stderr=True, highlight=False, soft_wrap=True, no_color="NO_COLOR" in os.environ or None)
+
+
 class Progress:
     """Thread-safe per-host status lines; a live table on a terminal, plain lines with -v otherwise."""
 

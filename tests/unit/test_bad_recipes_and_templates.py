@@ -13,6 +13,7 @@ import pytest
 
 from miab_remote import cli
 from miab_remote.fleet.inventory import new_document
+from miab_remote.jobs import create
 
 NAME = "box1.example.test"
 RECIPE_OK = """\
@@ -224,7 +225,7 @@ def test_create_checks_its_arguments_first(root: Path, names: list[str], message
     path = root / f"{NAME}.toml"
     path.write_text(path.read_text().replace('provider = "manual"', 'provider = "digitalocean"'))
     with pytest.raises(InputError) as e:
-        cli.check_new_boxes(Inventory(root), names)
+        create.check_new_boxes(Inventory(root), names)
     assert message in str(e.value)
 
 

@@ -1,0 +1,109 @@
+"""`miab-remote create`, `destroy`, `hosts` and `trust`: the boxes themselves and their pinned keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from miab_remote.cli.common import confirm, inventory_of, report_each
+from miab_remote.cli.output import Progress, stdout_console
+from miab_remote.errors import InputError
+from miab_remote.fleet import operator_key
+from miab_remote.jobs import create, destroy, hosts, trust
+from miab_remote.providers import local
+
+PROVIDERS = ("local",)
+PLANNED_PROVIDERS = ("digitalocean", "linode", "vultr", "ec2")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    if args.provider in PLANNED_PROVIDERS:
+        raise InputError(f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}")
+    inv = inventory_of(args)
+    create.check_new_boxes(inv, args.names)  # every argument is checked before anything is made
+    key_path, key_line = operator_key.resolve(args.identity_file)
+    local.LocalConfig.from_env().validate()
+    local.check_requirements()
+    progress = Progress(args.names, verbose=True)
+    return report_each(
+        args.names,
+        lambda name: create.create_box(inv, name, key_path, key_line, lambda msg: progress(name, msg)),
+        progress,
+    )
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    for name in args.names:  # every box is checked before any is touched
+        destroy.check_destroyable(inv, name)
+    confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
+    return report_each(args.names, lambda name: destroy.destroy_box(inv, name, args.keep_inventory))
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    rows = hosts.summaries(inv)
+    if args.json:
+        print(json.dumps({"hosts": rows}, indent=2))
+        return 0
+    table = Table("box", "address", "provider", "os", "domains", "users", "aliases", "admin", box=None)
+    for name, h in rows.items():
+        table.add_row(
+            name,
+            h["address"],
+            h["provider"] or "-",
+            h["os"] or "-",
+            " ".join(h["domains"]),
+            str(h["users"]),
+            str(h["aliases"]),
+            h["admin_email"] or "-",
+        )
+    stdout_console().print(table if rows else f"no boxes in {inv.root}/")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    host = inv.load(args.name)
+    offered = trust.offered_keys(host)
+    out = stdout_console()
+    for fp in offered:
+        out.print(f"{host.name} offers {fp}", markup=False)
+    if args.fingerprint:
+        chosen = trust.choose(host, offered, args.fingerprint)
+    else:
+        confirm("Pin these keys (check them out of band first)?", args.yes)
+        chosen = list(offered.values())
+    trust.pin(inv, host, chosen)
+    out.print(f"{host.name}: pinned {len(chosen)} key(s) in {inv.path_for(host.name)}", markup=False)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("create", parents=[common], help="make a new box and write its inventory")
+    p.add_argument("--provider", required=True, choices=PROVIDERS + PLANNED_PROVIDERS)
+    p.add_argument("--identity-file", metavar="PATH", help="operator SSH key to authorise (default: ~/.ssh/id_*)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="the box's FQDN, e.g. box1.example.org")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("destroy", parents=[common], help="stop and remove boxes made by create")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--keep-inventory",
+        action="store_true",
+        help="leave hosts/NAME.toml in place (default: it moves to hosts/.archive/NAME.TIMESTAMP.toml)",
+    )
+    p.set_defaults(func=cmd_destroy)
+
+    p = sub.add_parser("hosts", parents=[common], help="list the boxes in the inventory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hosts)
+
+    p = sub.add_parser("trust", parents=[common], help="deliberately (re-)pin a box's SSH host key")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--fingerprint", metavar="SHA256:...", help="pin only the key with this fingerprint")
+    p.add_argument("--yes", action="store_true", help="pin every offered key without asking")
+    p.set_defaults(func=cmd_trust)

@@ -1,0 +1,40 @@
+"""Removing boxes the tool made. The inventory is the operator's record: it is archived, never deleted."""
+
+from __future__ import annotations
+
+from miab_remote.errors import InputError
+from miab_remote.fleet.inventory import Inventory, display_path
+from miab_remote.providers import local
+
+
+def check_destroyable(inv: Inventory, name: str) -> None:
+    """Refuse (exit 2, nothing touched) a box this tool cannot destroy: its inventory names no provider
+    (the operator made the server) or one without a destroy. Without an inventory, the local provider
+    still cleans up what a box of that name left behind."""
+    path = inv.path_for(name)
+    if not path.exists():
+        return
+    provider = inv.load(name).provider
+    if provider == "local":
+        return
+    if provider is None or provider == "manual":
+        made = "names no provider" if provider is None else 'says provider = "manual"'
+        raise InputError(
+            f"{name}: not destroyed: {display_path(path)} {made}, so miab-remote did not make this box and cannot "
+            "remove it; nothing was touched. Remove the server yourself, then move its inventory away"
+        )
+    raise InputError(
+        f"{name}: not destroyed: destroy for provider {provider!r} is not available yet; nothing was touched. "
+        f"Remove the server at {provider}, then move {display_path(path)} away"
+    )
+
+
+def destroy_box(inv: Inventory, name: str, keep_inventory: bool) -> str:
+    """Destroy one box (checked by check_destroyable) and archive its inventory; the line to show."""
+    removed = local.destroy(name)
+    if inv.path_for(name).exists():
+        if keep_inventory:
+            removed.append(f"kept its inventory {display_path(inv.path_for(name))}")
+        else:
+            removed.append(f"its inventory is kept as {display_path(inv.archive(name))}")
+    return f"{name}: destroyed ({'; '.join(removed) or 'nothing was left'})"

@@ -1,0 +1,16 @@
+"""Every job over several boxes runs them at once; results keep the order the operator gave."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def in_parallel(names: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
+    """Run `job` for each box in its own thread (at most 16 at once)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
+        futures = {n: pool.submit(job, n) for n in names}
+        return {n: futures[n].result() for n in names}
