@@ -23,8 +23,9 @@ from miab_remote import __version__
 from miab_remote.cli.output import Progress, plural, stdout_console
 from miab_remote.engine.converge import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError, ProviderError
-from miab_remote.fleet.inventory import Inventory, display_path
 from miab_remote.fleet.model import Host
+from miab_remote.fleet.problems import display_path
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import mailmaps
 from miab_remote.names import fqdn_problem
 
@@ -114,8 +115,8 @@ def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:
 
 # -- create / destroy -----------------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace) -> int:
-    from miab_remote.fleet import inventory as inventory_mod
     from miab_remote.fleet import operator_key
+    from miab_remote.fleet import store as inventory_mod
 
     if args.provider in PLANNED_PROVIDERS:
         raise InputError(f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}")

@@ -22,8 +22,9 @@ from miab_remote.cli import check_builds, inventory_of
 from miab_remote.cli.output import Progress, plural, stdout_console
 from miab_remote.engine.converge import HostRun, purge_mailbox, push_accounts
 from miab_remote.errors import InputError, MiabError
-from miab_remote.fleet.inventory import Inventory, display_path
 from miab_remote.fleet.model import Host, MailUser
+from miab_remote.fleet.problems import display_path
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import accounts, mailmaps, passwords
 
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]

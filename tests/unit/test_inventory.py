@@ -7,27 +7,27 @@ import multiprocessing
 import os
 import shutil
 import stat
+import sys
 import threading
 import time
 import tomllib
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 import tomlkit
 
 from miab_remote.errors import InputError
-from miab_remote.fleet.inventory import (
-    OPTION_SPECS,
-    TOP_KEYS,
-    Inventory,
-    InventoryError,
-    line_map,
-    new_document,
-    validate,
-)
 from miab_remote.fleet.model import DEFAULT_RECIPES
+from miab_remote.fleet.options import OPTION_SPECS
+from miab_remote.fleet.positions import line_map
+from miab_remote.fleet.problems import InventoryError
+from miab_remote.fleet.schema import TOP_KEYS, validate
+from miab_remote.fleet.store import Inventory, new_document
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "box1.example.test"
@@ -671,6 +671,51 @@ def test_load_reports_the_file(hosts: Inventory) -> None:
     put(hosts, HEAD + "[ssh]\nport = 0\n")
     with pytest.raises(InputError, match=r"^hosts/box1\.example\.test\.toml:4: ssh\.port: 0 is out of range"):
         hosts.load(NAME)
+
+
+def parses(action: Callable[[], object]) -> Counter[str]:
+    """How many times `action` parses TOML text: calls of tomllib.loads, of tomlkit.parse, and of the
+    position scanner, seen by a profiler while the real parsers run (nothing is replaced)."""
+    watched = {tomllib.loads.__code__: "tomllib", tomlkit.parse.__code__: "tomlkit"}
+    counts: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call":
+            code = frame.f_code
+            if code in watched:
+                counts[watched[code]] += 1
+            elif code.co_qualname == "_LineScanner.scan":
+                counts["positions"] += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    except InputError:
+        pass
+    finally:
+        sys.setprofile(None)
+    return counts
+
+
+def test_a_load_parses_the_file_once(hosts: Inventory) -> None:
+    put(hosts, STYLED)
+    assert parses(lambda: hosts.load(NAME)) == {"tomllib": 1}
+
+
+def test_a_load_with_a_problem_parses_once_and_scans_for_its_line(hosts: Inventory) -> None:
+    put(hosts, HEAD + "[ssh]\nport = 0\n")
+    assert parses(lambda: hosts.load(NAME)) == {"tomllib": 1, "positions": 1}
+
+
+def test_an_edit_parses_the_old_text_once_with_each_parser_and_the_new_once(hosts: Inventory) -> None:
+    put(hosts, STYLED)
+
+    def edit() -> None:
+        with hosts.edit(NAME) as doc:
+            doc["os"] = "debian-12"
+
+    assert parses(edit) == {"tomllib": 2, "tomlkit": 1}
+    assert hosts.load(NAME).os == "debian-12"
 
 
 def test_load_unknown_box(hosts: Inventory) -> None:
