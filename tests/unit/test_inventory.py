@@ -3,6 +3,7 @@ locked and validated edits that keep the operator's formatting, and the committe
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import os
 import shutil
@@ -34,6 +35,11 @@ NAME = "box1.example.test"
 P = f"hosts/{NAME}.toml"  # as messages show it, the tests running from the folder holding hosts/
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFsdu096fuX3ehLTX3FBmjxFy/DzQYQzK5HcyvHBFZt1 root@box1"
 KEY2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDqogdkvXOyerXkd91+289mKTfE48eD6ii2L+JHqHPvY root@box2"
+# KEY with its data cut short by three bytes, and with two bytes too many: the right type, a broken key.
+TRUNCATED_KEY = "ssh-ed25519 " + base64.b64encode(base64.b64decode(KEY.split()[1])[:-3]).decode()
+LONG_KEY = "ssh-ed25519 " + base64.b64encode(base64.b64decode(KEY.split()[1]) + b"xx").decode()
+# A well-formed SSH key blob of a type nobody implements: b"\0\0\0\7ssh-foo" + one 32-byte string.
+UNKNOWN_TYPE_KEY = "ssh-foo " + base64.b64encode(b"\0\0\0\7ssh-foo\0\0\0\x20" + b"\1" * 32).decode()
 HASH = "{BLF-CRYPT}$2b$12$L/g3lQ0sz.cNZmOimR30yOF8goi9mg8K0b/RfzeW7Ou58xym2TTGK"
 SHA_HASH = (
     "{SHA512-CRYPT}$6$FvdRFBwBhnuAse/c$ZxCAFoMIkqZWQAoURRg1UfpBqJra69BL8s3qLC174UDj4vfHvY3vQV.GIzEcmOasxji3tz"
@@ -173,6 +179,15 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ("host-key-base64", HEAD + 'host_keys = ["ssh-ed25519 !!!"]\n',
      f"{P}:3: host_keys[0]: not an SSH public key (bad base64): 'ssh-ed25519 !!!'; expected a line like "
      "'ssh-ed25519 AAAAC3Nza... root@box'"),
+    ("host-key-truncated", HEAD + f'host_keys = [\n  "{KEY}",\n  "{TRUNCATED_KEY}",\n]\n',
+     f"{P}:5: host_keys[1]: not an SSH public key (its ssh-ed25519 key data is truncated or invalid): "
+     f"'{TRUNCATED_KEY}'; expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'"),
+    ("host-key-trailing-data", HEAD + f'host_keys = ["{LONG_KEY} root@box1"]\n',
+     f"{P}:3: host_keys[0]: not an SSH public key (its ssh-ed25519 key data is truncated or invalid): "
+     f"'{LONG_KEY} root@box1'; expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'"),
+    ("host-key-unknown-type", HEAD + f'\nhost_keys = ["{UNKNOWN_TYPE_KEY}"]\n',
+     f"{P}:4: host_keys[0]: not an SSH public key (unsupported key type 'ssh-foo'): '{UNKNOWN_TYPE_KEY}'; "
+     "expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'"),
     ("host-key-twice", HEAD + f'host_keys = ["{KEY}", "{KEY.rsplit(" ", 1)[0]} other"]\n',
      f"{P}:3: host_keys[1]: the same key as host_keys[0]; pin each key once"),
     ("host-key-type", HEAD + "host_keys = [1]\n",
