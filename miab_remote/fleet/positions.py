@@ -41,12 +41,7 @@ class _ScanError(Exception):
 
 
 class _LineScanner:
-    """Maps every key path of a TOML text to the line where its value (or table header) starts.
-
-    tomlkit items carry no positions, so this walks the text itself. It runs only on text that
-    tomllib already accepted, so it can be lenient; it needs to know only where values start and
-    how to skip strings, arrays and inline tables, and how `[[x]]` headers number their elements.
-    """
+    """Maps every key path of a TOML text to the line where its value (or table header) starts."""
 
     def __init__(self, text: str) -> None:
         self.text = text

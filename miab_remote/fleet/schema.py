@@ -56,6 +56,7 @@ DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
 SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file")
 USER_KEYS: tuple[str, ...] = ("email", "password_hash", "quota")
 ALIAS_KEYS: tuple[str, ...] = ("source", "destinations")
+
 _T = TypeVar("_T")
 
 
@@ -74,7 +75,7 @@ def validate(document_text: str, path: Path) -> Host:
 
 
 class Checker:
-    """Checks a parsed inventory against the schema, collecting every problem with its line."""
+    """Checks a parsed inventory against the schema, collecting every problem with its key path."""
 
     def __init__(self, data: dict[str, Any], path: Path) -> None:
         self.data = data
