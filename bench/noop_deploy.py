@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from miab_remote.engine.converge import DeployOptions, deploy_host  # noqa: E402
-from miab_remote.fleet.inventory import Inventory  # noqa: E402
+from miab_remote.fleet.store import Inventory  # noqa: E402
 from miab_remote.mail.passwords import hash_password  # noqa: E402
 from tests.e2e import helpers  # noqa: E402
 from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key  # noqa: E402

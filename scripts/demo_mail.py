@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from miab_remote.fleet.inventory import Inventory
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout
 from miab_remote.transport.ssh import Transport
 

@@ -15,8 +15,9 @@ from miab_remote.cli.common import inventory_of
 from miab_remote.cli.output import Progress, plural, stderr_console, stdout_console
 from miab_remote.engine.converge import HostRun
 from miab_remote.errors import InputError, MiabError
-from miab_remote.fleet.inventory import Inventory, display_path
 from miab_remote.fleet.model import Host, MailUser
+from miab_remote.fleet.problems import display_path
+from miab_remote.fleet.store import Inventory
 from miab_remote.jobs import accounts as jobs
 from miab_remote.mail import accounts, passwords
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from miab_remote.cli.output import Progress, stdout_console
 from miab_remote.errors import InputError, MiabError
-from miab_remote.fleet.inventory import Inventory
+from miab_remote.fleet.store import Inventory
 from miab_remote.jobs.parallel import in_parallel
 
 

@@ -23,8 +23,8 @@ from miab_remote.engine.recipes import RecipeContext, load_resources, render_fil
 from miab_remote.engine.resources import Resource
 from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import HostError, InputError, MiabError
-from miab_remote.fleet.inventory import Inventory
 from miab_remote.fleet.model import Host
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail.layout import mailbox_dir
 from miab_remote.profiles import DEBIAN_12, OSProfile, profile_by_id, profile_for_os_release
 from miab_remote.transport.ssh import Transport

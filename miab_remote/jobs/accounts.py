@@ -14,8 +14,8 @@ from collections.abc import Callable
 import tomlkit
 
 from miab_remote.engine.converge import HostRun, Progress, purge_mailbox, push_accounts
-from miab_remote.fleet.inventory import Inventory
 from miab_remote.fleet.model import Alias, Host
+from miab_remote.fleet.store import Inventory
 from miab_remote.jobs.deploy import check_builds
 from miab_remote.mail import accounts, mailmaps
 

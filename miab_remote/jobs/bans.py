@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from miab_remote.engine.converge import ActionReport, HostRun, with_transport
 from miab_remote.errors import HostError, InputError
-from miab_remote.fleet.inventory import Inventory
 from miab_remote.fleet.model import Host
+from miab_remote.fleet.store import Inventory
 from miab_remote.transport.ssh import Transport
 
 Progress = Callable[[str, str], None]

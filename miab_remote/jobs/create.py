@@ -11,8 +11,9 @@ from types import ModuleType
 import tomlkit
 
 from miab_remote.errors import InputError, ProviderError
-from miab_remote.fleet import inventory as inventory_mod
-from miab_remote.fleet.inventory import Inventory, display_path
+from miab_remote.fleet import store
+from miab_remote.fleet.problems import display_path
+from miab_remote.fleet.store import Inventory
 from miab_remote.names import fqdn_problem
 from miab_remote.providers import local
 
@@ -61,7 +62,7 @@ def _write_inventory(inv: Inventory, name: str, box: local.CreatedBox, key_path:
         with inv.edit(name) as doc:
             _record(doc, box)
         return f"{name}: created at {box.address}; kept the existing inventory {inv.path_for(name)} (re-pinned)"
-    doc = inventory_mod.new_document(
+    doc = store.new_document(
         name, box.address, provider="local", host_keys=[box.host_key_public], os=box.os, identity_file=str(key_path)
     )
     _record(doc, box)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from miab_remote.engine.converge import build
-from miab_remote.fleet.inventory import Inventory
 from miab_remote.fleet.model import Host
+from miab_remote.fleet.store import Inventory
 from miab_remote.profiles import DEBIAN_12, profile_by_id
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from miab_remote.errors import InputError
-from miab_remote.fleet.inventory import Inventory, display_path
+from miab_remote.fleet.problems import display_path
+from miab_remote.fleet.store import Inventory
 from miab_remote.providers import local
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from miab_remote.fleet.inventory import Inventory
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import mailmaps
 
 

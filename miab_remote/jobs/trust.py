@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from miab_remote.errors import InputError, MiabError
-from miab_remote.fleet.inventory import Inventory
 from miab_remote.fleet.model import Host
+from miab_remote.fleet.store import Inventory
 from miab_remote.transport.ssh import fetch_host_keys
 from miab_remote.transport.sshkeys import fingerprint
 

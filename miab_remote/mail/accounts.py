@@ -13,8 +13,8 @@ from tomlkit.items import AoT, Array, InlineTable, Table
 
 from miab_remote import names
 from miab_remote.errors import InputError
-from miab_remote.fleet.inventory import quota_problem  # the validator's own rule
 from miab_remote.fleet.model import Alias, Host, MailUser
+from miab_remote.fleet.rules import quota_problem  # the validator's own rule
 from miab_remote.mail import mailmaps
 
 # ------------------------------------------------------------------------------------------ lookups

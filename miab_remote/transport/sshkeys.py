@@ -6,6 +6,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -39,6 +40,14 @@ def parse_public_line(line: str) -> tuple[str, bytes]:
     # The blob starts with the key type as an SSH string; it must agree with the first word.
     if len(blob) < 4 or blob[4 : 4 + int.from_bytes(blob[:4], "big")].decode(errors="replace") != parts[0]:
         raise InputError(f"not an SSH public key (type does not match its data): {line!r}")
+    # The key itself must be whole and valid (a truncated or altered key would never match the box's and
+    # the box would be refused at every deploy, far from the mistake).
+    try:
+        serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
+    except UnsupportedAlgorithm:
+        raise InputError(f"not an SSH public key (unsupported key type {parts[0]!r}): {line!r}") from None
+    except ValueError:
+        raise InputError(f"not an SSH public key (its {parts[0]} key data is truncated or invalid): {line!r}") from None
     return parts[0], blob
 
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from miab_remote.fleet.inventory import Inventory
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import (

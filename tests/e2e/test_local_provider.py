@@ -577,7 +577,7 @@ def test_destroy_refuses_a_box_it_cannot_destroy(
 ) -> None:
     """An inventory is the operator's record (every user's hash, every alias): destroy used to delete the
     file of a box it did not make, and destroy nothing. Now: exit 2, nothing touched."""
-    from miab_remote.fleet.inventory import new_document
+    from miab_remote.fleet.store import new_document
 
     inv, _key = cli_inventory
     path = inv / f"{CLI_BOX}.toml"

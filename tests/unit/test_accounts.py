@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from miab_remote.fleet.inventory import Inventory, new_document
+from miab_remote.fleet.store import Inventory, new_document
 from miab_remote.mail import passwords
 
 NAME = "box1.example.test"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from miab_remote import cli
-from miab_remote.fleet.inventory import new_document
+from miab_remote.fleet.store import new_document
 from miab_remote.jobs import create
 
 NAME = "box1.example.test"
@@ -220,7 +220,7 @@ def test_user_add_with_a_failed_template_changes_nothing(
 def test_create_checks_its_arguments_first(root: Path, names: list[str], message: str) -> None:
     """Before anything is made (the e2e test proves no box boots): here, the checks themselves."""
     from miab_remote.errors import InputError
-    from miab_remote.fleet.inventory import Inventory
+    from miab_remote.fleet.store import Inventory
 
     path = root / f"{NAME}.toml"
     path.write_text(path.read_text().replace('provider = "manual"', 'provider = "digitalocean"'))

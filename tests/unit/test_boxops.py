@@ -15,7 +15,7 @@ import tomlkit
 from miab_remote import cli
 from miab_remote.engine.converge import build
 from miab_remote.errors import HostError, InputError
-from miab_remote.fleet.inventory import Inventory, new_document
+from miab_remote.fleet.store import Inventory, new_document
 from miab_remote.jobs import bans as boxops
 from miab_remote.profiles import DEBIAN_12
 

@@ -9,8 +9,8 @@ import dns.zone
 import pytest
 
 from miab_remote.errors import InputError
-from miab_remote.fleet.inventory import validate
 from miab_remote.fleet.model import DNSRecord, Host
+from miab_remote.fleet.schema import validate
 from miab_remote.mail import dnszones
 
 

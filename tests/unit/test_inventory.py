@@ -3,37 +3,43 @@ locked and validated edits that keep the operator's formatting, and the committe
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import os
 import shutil
 import stat
+import sys
 import threading
 import time
 import tomllib
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 import tomlkit
 
 from miab_remote.errors import InputError
-from miab_remote.fleet.inventory import (
-    OPTION_SPECS,
-    TOP_KEYS,
-    Inventory,
-    InventoryError,
-    line_map,
-    new_document,
-    validate,
-)
 from miab_remote.fleet.model import DEFAULT_RECIPES
+from miab_remote.fleet.options import OPTION_SPECS
+from miab_remote.fleet.positions import line_map
+from miab_remote.fleet.problems import InventoryError
+from miab_remote.fleet.schema import TOP_KEYS, validate
+from miab_remote.fleet.store import Inventory, new_document
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "box1.example.test"
 P = f"hosts/{NAME}.toml"  # as messages show it, the tests running from the folder holding hosts/
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFsdu096fuX3ehLTX3FBmjxFy/DzQYQzK5HcyvHBFZt1 root@box1"
 KEY2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDqogdkvXOyerXkd91+289mKTfE48eD6ii2L+JHqHPvY root@box2"
+# KEY with its data cut short by three bytes, and with two bytes too many: the right type, a broken key.
+TRUNCATED_KEY = "ssh-ed25519 " + base64.b64encode(base64.b64decode(KEY.split()[1])[:-3]).decode()
+LONG_KEY = "ssh-ed25519 " + base64.b64encode(base64.b64decode(KEY.split()[1]) + b"xx").decode()
+# A well-formed SSH key blob of a type nobody implements: b"\0\0\0\7ssh-foo" + one 32-byte string.
+UNKNOWN_TYPE_KEY = "ssh-foo " + base64.b64encode(b"\0\0\0\7ssh-foo\0\0\0\x20" + b"\1" * 32).decode()
 HASH = "{BLF-CRYPT}$2b$12$L/g3lQ0sz.cNZmOimR30yOF8goi9mg8K0b/RfzeW7Ou58xym2TTGK"
 SHA_HASH = (
     "{SHA512-CRYPT}$6$FvdRFBwBhnuAse/c$ZxCAFoMIkqZWQAoURRg1UfpBqJra69BL8s3qLC174UDj4vfHvY3vQV.GIzEcmOasxji3tz"
@@ -173,6 +179,15 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ("host-key-base64", HEAD + 'host_keys = ["ssh-ed25519 !!!"]\n',
      f"{P}:3: host_keys[0]: not an SSH public key (bad base64): 'ssh-ed25519 !!!'; expected a line like "
      "'ssh-ed25519 AAAAC3Nza... root@box'"),
+    ("host-key-truncated", HEAD + f'host_keys = [\n  "{KEY}",\n  "{TRUNCATED_KEY}",\n]\n',
+     f"{P}:5: host_keys[1]: not an SSH public key (its ssh-ed25519 key data is truncated or invalid): "
+     f"'{TRUNCATED_KEY}'; expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'"),
+    ("host-key-trailing-data", HEAD + f'host_keys = ["{LONG_KEY} root@box1"]\n',
+     f"{P}:3: host_keys[0]: not an SSH public key (its ssh-ed25519 key data is truncated or invalid): "
+     f"'{LONG_KEY} root@box1'; expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'"),
+    ("host-key-unknown-type", HEAD + f'\nhost_keys = ["{UNKNOWN_TYPE_KEY}"]\n',
+     f"{P}:4: host_keys[0]: not an SSH public key (unsupported key type 'ssh-foo'): '{UNKNOWN_TYPE_KEY}'; "
+     "expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'"),
     ("host-key-twice", HEAD + f'host_keys = ["{KEY}", "{KEY.rsplit(" ", 1)[0]} other"]\n',
      f"{P}:3: host_keys[1]: the same key as host_keys[0]; pin each key once"),
     ("host-key-type", HEAD + "host_keys = [1]\n",
@@ -671,6 +686,51 @@ def test_load_reports_the_file(hosts: Inventory) -> None:
     put(hosts, HEAD + "[ssh]\nport = 0\n")
     with pytest.raises(InputError, match=r"^hosts/box1\.example\.test\.toml:4: ssh\.port: 0 is out of range"):
         hosts.load(NAME)
+
+
+def parses(action: Callable[[], object]) -> Counter[str]:
+    """How many times `action` parses TOML text: calls of tomllib.loads, of tomlkit.parse, and of the
+    position scanner, seen by a profiler while the real parsers run (nothing is replaced)."""
+    watched = {tomllib.loads.__code__: "tomllib", tomlkit.parse.__code__: "tomlkit"}
+    counts: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call":
+            code = frame.f_code
+            if code in watched:
+                counts[watched[code]] += 1
+            elif code.co_qualname == "_LineScanner.scan":
+                counts["positions"] += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    except InputError:
+        pass
+    finally:
+        sys.setprofile(None)
+    return counts
+
+
+def test_a_load_parses_the_file_once(hosts: Inventory) -> None:
+    put(hosts, STYLED)
+    assert parses(lambda: hosts.load(NAME)) == {"tomllib": 1}
+
+
+def test_a_load_with_a_problem_parses_once_and_scans_for_its_line(hosts: Inventory) -> None:
+    put(hosts, HEAD + "[ssh]\nport = 0\n")
+    assert parses(lambda: hosts.load(NAME)) == {"tomllib": 1, "positions": 1}
+
+
+def test_an_edit_parses_the_old_text_once_with_each_parser_and_the_new_once(hosts: Inventory) -> None:
+    put(hosts, STYLED)
+
+    def edit() -> None:
+        with hosts.edit(NAME) as doc:
+            doc["os"] = "debian-12"
+
+    assert parses(edit) == {"tomllib": 2, "tomlkit": 1}
+    assert hosts.load(NAME).os == "debian-12"
 
 
 def test_load_unknown_box(hosts: Inventory) -> None:

@@ -103,7 +103,7 @@ def test_dovecot_users_carry_hash_and_quota_only() -> None:
 
 def test_a_hand_edited_upper_case_address_is_served_in_lower_case() -> None:
     """dovecot looks logins up as %Lu and postfix folds map keys: the rendered tables are all lower case."""
-    from miab_remote.fleet.inventory import validate
+    from miab_remote.fleet.schema import validate
 
     text = (
         'hostname = "mx.a.test"\naddress = "10.0.0.1"\ndomains = ["a.test"]\n'

@@ -13,7 +13,7 @@ import bcrypt
 import pytest
 
 from miab_remote.errors import InputError
-from miab_remote.fleet.inventory import validate
+from miab_remote.fleet.schema import validate
 from miab_remote.mail import passwords
 
 HASH_RE = re.compile(r"^\{BLF-CRYPT\}\$2b\$12\$[./0-9A-Za-z]{53}$")

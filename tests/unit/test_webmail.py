@@ -12,8 +12,8 @@ from miab_remote.engine.planner import check_resources
 from miab_remote.engine.recipes import RecipeContext, load_resources, render_files
 from miab_remote.engine.resources import Command, File, Package, Resource, Service
 from miab_remote.engine.templates import TemplateSet
-from miab_remote.fleet.inventory import OPTION_SPECS
 from miab_remote.fleet.model import DEFAULT_RECIPES, Host
+from miab_remote.fleet.options import OPTION_SPECS
 from miab_remote.mail import layout
 from miab_remote.profiles import DEBIAN_12
 

@@ -1,0 +1,139 @@
+"""The rules for single fields of an inventory: what a box's address, SSH user, recipe name, password
+hash and quota may be, and which providers may be named. Each returns what is wrong with a value, with
+what is accepted, or None; the schema checker (fleet/schema.py) and the account commands share them.
+Host names and email addresses follow miab_remote/names.py, the one copy of those rules."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from miab_remote import names
+
+PROVIDERS: tuple[str, ...] = ("local", "digitalocean", "linode", "vultr", "ec2", "manual")
+
+# Dovecot scheme prefixes we accept, with the full shape of each hash: a truncated hash would lock the
+# user out silently, so it is refused here rather than discovered at the first failed login.
+PASSWORD_SCHEMES: dict[str, re.Pattern[str]] = {
+    "{SHA512-CRYPT}$6$": re.compile(r"^\{SHA512-CRYPT\}\$6\$(rounds=\d+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$"),
+    "{BLF-CRYPT}$2": re.compile(r"^\{BLF-CRYPT\}\$2[abxy]?\$\d\d\$[./0-9A-Za-z]{53}$"),
+    "{ARGON2ID}$argon2id$": re.compile(
+        r"^\{ARGON2ID\}\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}$"
+    ),
+}
+
+# A user name as useradd accepts it by default: at most 32 characters, a final '$' allowed.
+_POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?$")
+_RECIPE_RE = re.compile(r"^[a-z0-9_-]+$")
+_QUOTA_RE = re.compile(r"^(0|[1-9][0-9]*[KMGT]?)$")
+# dovecot 2.3 reads `storage=N[KMGT]` (no unit: KiB) into a signed 64-bit count of bytes: 8388608T is
+# refused ("Bytes limit can't be negative") and the user cannot log in or receive mail.
+_QUOTA_UNITS = {"": 1024, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+QUOTA_MAX_BYTES = 2**63 - 1
+
+
+def quota_problem(value: str) -> str | None:
+    """Why `value` is not a quota dovecot accepts (None if it is one)."""
+    if not _QUOTA_RE.fullmatch(value):
+        return f'{value!r} is not a quota; expected a size like "500M" or "2G" (suffix K, M, G or T), or "0" for none'
+    number, unit = (value[:-1], value[-1]) if value[-1] in _QUOTA_UNITS else (value, "")
+    if int(number) * _QUOTA_UNITS[unit] > QUOTA_MAX_BYTES:
+        return (
+            f"{value!r} is too large; accepted: at most {QUOTA_MAX_BYTES // 1024**4}T ({QUOTA_MAX_BYTES} bytes, "
+            "dovecot's limit: a signed 64-bit count of bytes)"
+        )
+    return None
+
+
+def is_served(address: str, domains: tuple[str, ...] | None) -> bool:
+    """Whether the box itself delivers to `address` (its domain is hosted here)."""
+    return domains is not None and address.rpartition("@")[2].lower() in domains
+
+
+def destination(address: str, domains: tuple[str, ...] | None) -> str:
+    """An alias destination as the maps want it: an address of the box all in lower case, another
+    server's with its domain in lower case and its local part as written (that server may care)."""
+    if is_served(address, domains):
+        return names.normal_email(address)
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def address_problem(value: str) -> str | None:
+    """Why `value` is neither an IP address nor a DNS name (None if it is one); a name may be written in
+    any case and with its final dot, as DNS reads it."""
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if value.startswith("[") and value.endswith("]"):
+        return f"{value!r}: write the IPv6 address without brackets"
+    labels = value.rstrip(".").split(".")
+    if all(label.isdigit() for label in labels):
+        return f"{value!r} is not a valid IPv4 address"
+    name = value.removesuffix(".")
+    if len(value) <= 253 and name.isascii() and names.HOST_NAME_RE.fullmatch(name.lower()):
+        return None
+    examples = "'203.0.113.10', '2001:db8::10' or 'box1.example.org'"
+    return f"{value!r} is not an IP address or DNS name; expected like {examples}"
+
+
+def posix_user_problem(value: str) -> str | None:
+    """Why `value` is not a user name a box's useradd would make (None if it is one)."""
+    if _POSIX_USER_RE.fullmatch(value):
+        return None
+    return (
+        f"{value!r} is not a POSIX user name; expected lower-case letters, digits, "
+        "'_' or '-', starting with a letter or '_', at most 32 characters, like 'root'"
+    )
+
+
+def recipe_name_problem(value: str) -> str | None:
+    """Why `value` cannot name a recipe (a module of recipes/ or hosts/recipes/); None if it can."""
+    if _RECIPE_RE.fullmatch(value):
+        return None
+    return f"{value!r} is not a recipe name; expected lower-case letters, digits, '_' and '-'"
+
+
+def ip_list_problem(value: list[Any]) -> str | None:
+    """Why a list is not a list of IP addresses (None if it is one)."""
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except (ValueError, TypeError):
+            return f"{item!r} is not an IP address; accepted: a list of IP addresses"
+    return None
+
+
+def password_problem(value: str) -> str | None:
+    """Why `value` is not a supported Dovecot hash; never echoes what may be a clear password."""
+    accepted = ", ".join(PASSWORD_SCHEMES)
+    for prefix, shape in PASSWORD_SCHEMES.items():
+        scheme = prefix.split("}")[0] + "}"
+        if value.startswith(scheme):
+            if shape.fullmatch(value):
+                return None
+            return (
+                f"malformed or truncated {scheme} hash; expected {prefix}..., the whole hash "
+                "(for example from doveadm pw)"
+            )
+    if value.startswith("$"):
+        hint = "prefix it with {SHA512-CRYPT}" if value.startswith("$6$") else f"accepted: {accepted}"
+        hint = "prefix it with {BLF-CRYPT}" if value.startswith("$2") else hint
+        hint = "prefix it with {ARGON2ID}" if value.startswith("$argon2id$") else hint
+        return f"a crypt hash without its {{SCHEME}} prefix; {hint}"
+    m = re.match(r"^\{([A-Za-z0-9.-]+)\}", value)
+    if m:
+        return f"unsupported hash scheme {{{m.group(1)}}}; accepted: {accepted}"
+    return (
+        "looks like a clear-text password (not shown); store a hash instead, "
+        f"for example from `doveadm pw -s BLF-CRYPT`; accepted: {accepted}"
+    )
+
+
+def default_domain(hostname: str) -> str:
+    """The mail domain a box serves when `domains` is absent: box1.example.test -> example.test."""
+    labels = hostname.split(".")
+    return ".".join(labels[1:]) if len(labels) > 2 else hostname
