@@ -11,6 +11,7 @@ import datetime
 import errno
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ class Inventory:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # The Host of each file's latest text: a command loads a box several times (checks, then again
+        # under its lock, then for the push) but parses a text once. Keyed on the whole text, so a file
+        # changed by anyone is parsed again.
+        self._parsed: dict[Path, tuple[str, Host]] = {}
+        self._parsed_lock = threading.Lock()
 
     def path_for(self, name: str) -> Path:
         _check_name(name)
@@ -61,7 +67,7 @@ class Inventory:
 
     def load(self, name: str) -> Host:
         path = self.path_for(name)
-        return validate(self._read(name, path), path)
+        return self._validated(self._read(name, path), path)
 
     def load_text(self, name: str) -> str:
         return self._read(name, self.path_for(name))
@@ -94,7 +100,7 @@ class Inventory:
             document = read_document(old, path)
             yield document
             new = document.as_string()
-            validate(new, path)
+            self._validated(new, path)
             if new != old:
                 fsutil.atomic_write(path, new.encode(), mode=0o600)
 
@@ -138,6 +144,16 @@ class Inventory:
         return target
 
     # -- helpers
+
+    def _validated(self, text: str, path: Path) -> Host:
+        with self._parsed_lock:
+            known = self._parsed.get(path)
+        if known is not None and known[0] == text:
+            return known[1]
+        host = validate(text, path)
+        with self._parsed_lock:
+            self._parsed[path] = (text, host)
+        return host
 
     def _lock_path(self, name: str) -> Path:
         return self.root / f".{name}.toml.lock"

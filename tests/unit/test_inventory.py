@@ -733,6 +733,24 @@ def test_an_edit_parses_the_old_text_once_with_each_parser_and_the_new_once(host
     assert hosts.load(NAME).os == "debian-12"
 
 
+def test_a_command_that_loads_a_box_again_parses_its_text_once(hosts: Inventory) -> None:
+    """A command loads a box for its checks, under its lock and for the push: one parse while the text
+    stays the same, and a parse again once anyone changed the file."""
+    put(hosts, STYLED)
+    assert parses(lambda: [hosts.load(NAME) for _ in range(3)]) == {"tomllib": 1}
+    assert parses(lambda: hosts.load(NAME)) == {}
+    put(hosts, STYLED + "\n# a comment of another operator\n")
+    assert parses(lambda: hosts.load(NAME)) == {"tomllib": 1}
+
+
+def test_an_edit_leaves_its_result_parsed_for_the_next_load(hosts: Inventory) -> None:
+    put(hosts, STYLED)
+    with hosts.edit(NAME) as doc:
+        doc["os"] = "debian-12"
+    assert parses(lambda: hosts.load(NAME)) == {}
+    assert hosts.load(NAME).os == "debian-12"
+
+
 def test_load_unknown_box(hosts: Inventory) -> None:
     put(hosts, HEAD)
     put(hosts, HEAD.replace(NAME, "a.example.test"), "a.example.test")
