@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from miab_remote import __version__
+from miab_remote import __version__, providers
 from miab_remote.cli.output import Progress, plural, stdout_console
 from miab_remote.engine.converge import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError, ProviderError
@@ -29,8 +29,8 @@ from miab_remote.mail import mailmaps
 from miab_remote.names import fqdn_problem
 
 T = TypeVar("T")
-PROVIDERS = ("local",)
-PLANNED_PROVIDERS = ("digitalocean", "linode", "vultr", "ec2")
+PROVIDERS = providers.names()
+PLANNED_PROVIDERS = providers.planned()
 
 
 def inventory_of(args: argparse.Namespace) -> Inventory:
@@ -119,26 +119,27 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     if args.provider in PLANNED_PROVIDERS:
         raise InputError(f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}")
-    from miab_remote.providers import local
+    from miab_remote.providers.base import CreatedBox
 
+    provider = providers.get(args.provider)
     inv = inventory_of(args)
-    check_new_boxes(inv, args.names)  # every argument is checked before anything is made
+    check_new_boxes(inv, args.names, provider.name)  # every argument is checked before anything is made
     key_path, key_line = operator_key.resolve(args.identity_file)
-    local.LocalConfig.from_env().validate()
-    local.check_requirements()
+    provider.validate_config()
+    provider.check_requirements()
     progress = Progress(args.names, verbose=True)
 
-    def record(doc: tomlkit.TOMLDocument, box: local.CreatedBox) -> None:
+    def record(doc: tomlkit.TOMLDocument, box: CreatedBox) -> None:
         doc["address"] = box.address
         doc["host_keys"] = [box.host_key_public]
-        doc["provider"] = "local"
+        doc["provider"] = provider.name
         doc["os"] = box.os
         if box.resolvers:
             if "options" not in doc:
                 doc["options"] = tomlkit.table()
             doc["options"]["resolvers"] = list(box.resolvers)
 
-    def write_inventory(name: str, box: local.CreatedBox) -> str:
+    def write_inventory(name: str, box: CreatedBox) -> str:
         if inv.path_for(name).exists():
             with inv.edit(name) as doc:
                 record(doc, box)
@@ -146,7 +147,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         doc = inventory_mod.new_document(
             name,
             box.address,
-            provider="local",
+            provider=provider.name,
             host_keys=[box.host_key_public],
             os=box.os,
             identity_file=str(key_path),
@@ -156,7 +157,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
 
     def one(name: str) -> str:
-        box = local.create(name, key_line, progress=lambda msg: progress(name, msg))
+        box = provider.create(name, key_line, progress=lambda msg: progress(name, msg))
         try:
             return write_inventory(name, box)
         except BaseException as e:
@@ -164,7 +165,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             progress(name, "the inventory could not be written: destroying the new box")
             why = str(e) or type(e).__name__
             try:
-                local.destroy(name)
+                provider.destroy(name)
             except Exception as cleanup:
                 raise ProviderError(
                     f"the inventory could not be written ({why}), and destroying the new box failed too "
@@ -177,27 +178,26 @@ def cmd_create(args: argparse.Namespace) -> int:
     return report_each(args.names, one, progress)
 
 
-def check_new_boxes(inv: Inventory, names: Sequence[str]) -> None:
+def check_new_boxes(inv: Inventory, names: Sequence[str], provider_name: str = "local") -> None:
     """`create`'s arguments: each name is a box name as the inventory wants it (a lower-case FQDN: the
     inventory's hostname rule, and the local provider's 64 characters), given once, and an existing
     inventory of that name is valid and is a local box's (create re-pins it)."""
-    from miab_remote.providers import local
-
+    provider = providers.get(provider_name)
     seen: set[str] = set()
     for name in names:
         if problem := fqdn_problem(name, "a box name", "box1.example.org"):
             raise InputError(f"{problem}; nothing was made")
-        local.check_name(name)
+        provider.check_name(name)
         if name in seen:
             raise InputError(f"{name} is given twice; nothing was made")
         seen.add(name)
         path = inv.path_for(name)
         if path.exists():
-            provider = inv.load(name).provider
-            if provider not in (None, "local"):
+            recorded = inv.load(name).provider
+            if recorded not in (None, provider.name):
                 raise InputError(
-                    f"{display_path(path)} is the inventory of a {provider} box; a local box of the same name "
-                    "would take over its record; nothing was made"
+                    f"{display_path(path)} is the inventory of a {recorded} box; a {provider.name} box of the same "
+                    "name would take over its record; nothing was made"
                 )
     if inv.root.exists() and not inv.root.is_dir():
         raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
@@ -224,15 +224,13 @@ def report_each(names: Sequence[str], job: Callable[[str], str], progress: Progr
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
-    from miab_remote.providers import local
-
     inv = inventory_of(args)
-    for name in args.names:  # every box is checked before any is touched
-        check_destroyable(inv, name)
+    # every box is checked before any is touched
+    provider_of = {name: providers.get(check_destroyable(inv, name)) for name in args.names}
     confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
 
     def one(name: str) -> str:
-        removed = local.destroy(name)
+        removed = provider_of[name].destroy(name)
         if inv.path_for(name).exists():
             if args.keep_inventory:
                 removed.append(f"kept its inventory {display_path(inv.path_for(name))}")
@@ -243,16 +241,16 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     return report_each(args.names, one)
 
 
-def check_destroyable(inv: Inventory, name: str) -> None:
-    """Refuse (exit 2, nothing touched) a box this tool cannot destroy: its inventory names no provider
-    (the operator made the server) or one without a destroy. Without an inventory, the local provider
-    still cleans up what a box of that name left behind."""
+def check_destroyable(inv: Inventory, name: str) -> str:
+    """The provider that destroys the box, or refuse (exit 2, nothing touched) a box this tool cannot destroy:
+    its inventory names no provider (the operator made the server) or one without a destroy. Without an
+    inventory, the local provider still cleans up what a box of that name left behind."""
     path = inv.path_for(name)
     if not path.exists():
-        return
+        return "local"
     provider = inv.load(name).provider
-    if provider == "local":
-        return
+    if provider in PROVIDERS:
+        return provider
     if provider is None or provider == "manual":
         made = "names no provider" if provider is None else 'says provider = "manual"'
         raise InputError(
