@@ -28,7 +28,9 @@ from typing import Any
 import paramiko
 import pytest
 
+from miab_remote import providers
 from miab_remote.errors import ProviderError
+from miab_remote.fleet.model import Host
 from miab_remote.providers.base import CreatedBox
 from miab_remote.providers.local import LocalConfig, LocalProvider, machine, network
 from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
@@ -340,6 +342,39 @@ def test_subnet_colliding_with_a_host_route_is_refused(config: LocalConfig, oper
         LocalProvider(other).create("collide.example.test", operator.public_line)
     assert not link_exists(COLLIDE_BRIDGE)
     assert LocalProvider(other).list_boxes() == []
+
+
+def test_after_deploy_goes_to_the_hosts_provider(
+    config: LocalConfig, boxes: dict[str, CreatedBox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """providers.after_deploy (what a deploy calls) finds the local provider through the registry, and its
+    hook makes the boxes' resolver delegate the box's zones to it (the box's nsd answers them)."""
+    box = boxes[BOX_A]
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_DIR", str(config.state_dir))
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_SUBNET", str(config.subnet))
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_BRIDGE", config.bridge)
+    host = Host(
+        box.name,
+        Path(f"{box.name}.toml"),
+        box.name,
+        box.address,
+        domains=("mail-a.example.test",),
+        recipes=("base", "nsd"),
+        provider="local",
+        options={"dns": "nsd"},
+    )
+    zones = ["mail-a.example.test", box.name]
+    delegation = config.state_dir / ".resolver" / "delegations" / f"{box.name}.conf"
+    try:
+        assert providers.after_deploy(host) == [f"local resolver now delegates {', '.join(zones)} to {box.address}"]
+        assert delegation.read_text() == "".join(f"server=/{zone}/{box.address}\n" for zone in zones)
+        assert providers.after_deploy(host) == [], "nothing changed: no restart, no note"
+        assert providers.after_deploy(dataclasses.replace(host, provider="manual")) == []
+    finally:
+        assert providers.after_deploy(dataclasses.replace(host, options={"dns": "none"})) == [
+            f"local resolver now delegates nothing to {box.address}"
+        ]
+    assert not delegation.exists()
 
 
 def test_destroy_removes_everything_and_is_idempotent(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:

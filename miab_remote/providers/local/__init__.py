@@ -161,7 +161,7 @@ class LocalProvider:
         return lines or ["nothing to remove"]
 
     def status(self, name: str) -> BoxStatus:
-        """ "running" (its nspawn is alive), "stopped" (files left, nothing running) or "absent"."""
+        """Return "running" (its nspawn is alive), "stopped" (files left, nothing running) or "absent"."""
         cfg = self.config()
         name = check_name(name)
         paths = machine.box_paths(cfg, name)
