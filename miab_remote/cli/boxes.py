@@ -7,39 +7,37 @@ import json
 
 from rich.table import Table
 
+from miab_remote import providers
 from miab_remote.cli.common import confirm, inventory_of, report_each
 from miab_remote.cli.output import Progress, stdout_console
 from miab_remote.errors import InputError
 from miab_remote.fleet import operator_key
 from miab_remote.jobs import create, destroy, hosts, trust
-from miab_remote.providers import local
-
-PROVIDERS = ("local",)
-PLANNED_PROVIDERS = ("digitalocean", "linode", "vultr", "ec2")
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    if args.provider in PLANNED_PROVIDERS:
-        raise InputError(f"--provider {args.provider} is not available yet; available: {', '.join(PROVIDERS)}")
+    if args.provider in providers.planned():
+        raise InputError(
+            f"--provider {args.provider} is not available yet; available: {', '.join(providers.names())}"
+        )
     inv = inventory_of(args)
-    create.check_new_boxes(inv, args.names)  # every argument is checked before anything is made
+    provider = create.check_new_boxes(inv, args.names, args.provider)  # every argument, before anything is made
     key_path, key_line = operator_key.resolve(args.identity_file)
-    local.LocalConfig.from_env().validate()
-    local.check_requirements()
+    provider.validate_config()
+    provider.check_requirements()
     progress = Progress(args.names, verbose=True)
     return report_each(
         args.names,
-        lambda name: create.create_box(inv, name, key_path, key_line, lambda msg: progress(name, msg)),
+        lambda name: create.create_box(inv, provider, name, key_path, key_line, lambda msg: progress(name, msg)),
         progress,
     )
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
-    for name in args.names:  # every box is checked before any is touched
-        destroy.check_destroyable(inv, name)
+    provider_of = {name: destroy.check_destroyable(inv, name) for name in args.names}  # all before any is touched
     confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
-    return report_each(args.names, lambda name: destroy.destroy_box(inv, name, args.keep_inventory))
+    return report_each(args.names, lambda name: destroy.destroy_box(inv, provider_of[name], name, args.keep_inventory))
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
@@ -83,7 +81,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("create", parents=[common], help="make a new box and write its inventory")
-    p.add_argument("--provider", required=True, choices=PROVIDERS + PLANNED_PROVIDERS)
+    p.add_argument("--provider", required=True, choices=providers.names() + providers.planned())
     p.add_argument("--identity-file", metavar="PATH", help="operator SSH key to authorise (default: ~/.ssh/id_*)")
     p.add_argument("names", nargs="+", metavar="NAME", help="the box's FQDN, e.g. box1.example.org")
     p.set_defaults(func=cmd_create)

@@ -6,26 +6,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import tomlkit
 
+from miab_remote import providers
 from miab_remote.errors import InputError, ProviderError
 from miab_remote.fleet import store
 from miab_remote.fleet.problems import display_path
 from miab_remote.fleet.store import Inventory
 from miab_remote.names import fqdn_problem
-from miab_remote.providers import local
+from miab_remote.providers.base import CreatedBox, Provider
 
 Say = Callable[[str], None]
-# The local provider's module is the provider until the Provider registry lands.
-Provider = ModuleType
 
 
-def check_new_boxes(inv: Inventory, names: Sequence[str], provider: Provider = local) -> None:
-    """`create`'s arguments: each name is a box name as the inventory wants it (a lower-case FQDN: the
-    inventory's hostname rule, and the local provider's 64 characters), given once, and an existing
-    inventory of that name is valid and is a local box's (create re-pins it)."""
+def check_new_boxes(inv: Inventory, names: Sequence[str], provider_name: str = "local") -> Provider:
+    """`create`'s arguments, all checked before anything is made: the provider exists and is set up, each
+    name is a box name as the inventory wants it (a lower-case FQDN: the inventory's hostname rule, and
+    the provider's own, e.g. local's 64 characters), given once, and an existing inventory of that name is
+    valid and is a box of the same provider's (create re-pins it). The provider to make them with."""
+    provider = providers.get(provider_name)
     seen: set[str] = set()
     for name in names:
         if problem := fqdn_problem(name, "a box name", "box1.example.org"):
@@ -36,20 +36,21 @@ def check_new_boxes(inv: Inventory, names: Sequence[str], provider: Provider = l
         seen.add(name)
         path = inv.path_for(name)
         if path.exists():
-            made_by = inv.load(name).provider
-            if made_by not in (None, "local"):
+            recorded = inv.load(name).provider
+            if recorded not in (None, provider.name):
                 raise InputError(
-                    f"{display_path(path)} is the inventory of a {made_by} box; a local box of the same name "
-                    "would take over its record; nothing was made"
+                    f"{display_path(path)} is the inventory of a {recorded} box; a {provider.name} box of the same "
+                    "name would take over its record; nothing was made"
                 )
     if inv.root.exists() and not inv.root.is_dir():
         raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
+    return provider
 
 
-def _record(doc: tomlkit.TOMLDocument, box: local.CreatedBox) -> None:
+def _record(doc: tomlkit.TOMLDocument, box: CreatedBox, provider: str) -> None:
     doc["address"] = box.address
     doc["host_keys"] = [box.host_key_public]
-    doc["provider"] = "local"
+    doc["provider"] = provider
     doc["os"] = box.os
     if box.resolvers:
         if "options" not in doc:
@@ -57,24 +58,24 @@ def _record(doc: tomlkit.TOMLDocument, box: local.CreatedBox) -> None:
         doc["options"]["resolvers"] = list(box.resolvers)
 
 
-def _write_inventory(inv: Inventory, name: str, box: local.CreatedBox, key_path: Path) -> str:
+def _write_inventory(inv: Inventory, name: str, box: CreatedBox, provider: str, key_path: Path) -> str:
     if inv.path_for(name).exists():
         with inv.edit(name) as doc:
-            _record(doc, box)
+            _record(doc, box, provider)
         return f"{name}: created at {box.address}; kept the existing inventory {inv.path_for(name)} (re-pinned)"
     doc = store.new_document(
-        name, box.address, provider="local", host_keys=[box.host_key_public], os=box.os, identity_file=str(key_path)
+        name, box.address, provider=provider, host_keys=[box.host_key_public], os=box.os, identity_file=str(key_path)
     )
-    _record(doc, box)
+    _record(doc, box, provider)
     inv.create(name, doc)
     return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
 
 
-def create_box(inv: Inventory, name: str, key_path: Path, key_line: str, say: Say, provider: Provider = local) -> str:
+def create_box(inv: Inventory, provider: Provider, name: str, key_path: Path, key_line: str, say: Say) -> str:
     """Make one box and record it; the line to show the operator. Raises MiabError on failure."""
     box = provider.create(name, key_line, progress=say)
     try:
-        return _write_inventory(inv, name, box, key_path)
+        return _write_inventory(inv, name, box, provider.name, key_path)
     except BaseException as e:
         say("the inventory could not be written: destroying the new box")
         why = str(e) or type(e).__name__

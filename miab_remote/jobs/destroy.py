@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+from miab_remote import providers
 from miab_remote.errors import InputError
 from miab_remote.fleet.problems import display_path
 from miab_remote.fleet.store import Inventory
-from miab_remote.providers import local
+from miab_remote.providers.base import Provider
 
 
-def check_destroyable(inv: Inventory, name: str) -> None:
-    """Refuse (exit 2, nothing touched) a box this tool cannot destroy: its inventory names no provider
-    (the operator made the server) or one without a destroy. Without an inventory, the local provider
-    still cleans up what a box of that name left behind."""
+def check_destroyable(inv: Inventory, name: str) -> Provider:
+    """The provider that destroys the box, or refuse (exit 2, nothing touched) a box this tool cannot
+    destroy: its inventory names no provider (the operator made the server) or one without a destroy.
+    Without an inventory, the local provider still cleans up what a box of that name left behind."""
     path = inv.path_for(name)
     if not path.exists():
-        return
+        return providers.get("local")
     provider = inv.load(name).provider
-    if provider == "local":
-        return
+    if provider in providers.names():
+        return providers.get(provider)
     if provider is None or provider == "manual":
         made = "names no provider" if provider is None else 'says provider = "manual"'
         raise InputError(
@@ -30,9 +31,9 @@ def check_destroyable(inv: Inventory, name: str) -> None:
     )
 
 
-def destroy_box(inv: Inventory, name: str, keep_inventory: bool) -> str:
-    """Destroy one box (checked by check_destroyable) and archive its inventory; the line to show."""
-    removed = local.destroy(name)
+def destroy_box(inv: Inventory, provider: Provider, name: str, keep_inventory: bool) -> str:
+    """Destroy one box (with the provider check_destroyable gave) and archive its inventory; the line to show."""
+    removed = provider.destroy(name)
     if inv.path_for(name).exists():
         if keep_inventory:
             removed.append(f"kept its inventory {display_path(inv.path_for(name))}")

@@ -1,8 +1,11 @@
 """End to end: the local provider builds real Debian 12 boxes (systemd in systemd-nspawn), no mocks.
 
-Uses a configuration of its own (state dir, subnet 10.79.0.0/24, bridge miabtp0) so that it never
-meets the operator's boxes or a leftover of theirs. Traffic goes only to the boxes and, from inside
-a box, to the Debian mirror through the NAT (the network rule); nothing is sent anywhere else.
+Uses configurations of its own, inside the e2e lane (MIAB_E2E_LANE=N, tests/e2e/helpers.py): the lane's
+subnet 10.78.N.0/24 split in two halves, on bridges named after the lane's, and state dirs beside its own,
+so that it never meets the operator's boxes, a leftover of theirs, or another lane's run. The CLI tests at
+the end use the lane's own bridge and subnet (the two are never up at the same time). Traffic goes only
+to the boxes and, from inside a box, to the Debian mirror through the NAT (the network rule); nothing is
+sent anywhere else.
 """
 
 from __future__ import annotations
@@ -25,22 +28,27 @@ from typing import Any
 import paramiko
 import pytest
 
-from miab_remote.errors import InputError, ProviderError
-from miab_remote.providers import local
-from miab_remote.providers.local import CreatedBox, LocalConfig
+from miab_remote import providers
+from miab_remote.errors import ProviderError
+from miab_remote.fleet.model import Host
+from miab_remote.providers.base import CreatedBox
+from miab_remote.providers.local import LocalConfig, LocalProvider, machine, network
 from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
 from tests.e2e import helpers
 from tests.e2e.helpers import E2E_ENV
 
 pytestmark = pytest.mark.e2e
 
-STATE_DIR = Path("/var/lib/miab-remote/test-provider")
-SUBNET = ipaddress.IPv4Network("10.79.0.0/24")
-BRIDGE = "miabtp0"
+LANE_DIR = E2E_ENV["MIAB_REMOTE_LOCAL_DIR"]
+LANE_BRIDGE = E2E_ENV["MIAB_REMOTE_LOCAL_BRIDGE"]
+STATE_DIR = Path(LANE_DIR + "-provider")
+SUBNET = ipaddress.IPv4Network(f"{helpers.SUBNET_PREFIX}.0/25")
+BRIDGE = LANE_BRIDGE + "p"
 # A second configuration that must coexist with the first.
-OTHER_STATE_DIR = Path("/var/lib/miab-remote/test-provider-2")
-OTHER_SUBNET = ipaddress.IPv4Network("10.79.1.0/24")
-OTHER_BRIDGE = "miabtp1"
+OTHER_STATE_DIR = Path(LANE_DIR + "-provider-2")
+OTHER_SUBNET = ipaddress.IPv4Network(f"{helpers.SUBNET_PREFIX}.128/25")
+OTHER_BRIDGE = LANE_BRIDGE + "q"
+COLLIDE_BRIDGE = LANE_BRIDGE + "c"  # a bridge that must never be made
 BOX_A = "tpa.example.test"
 BOX_B = "tpb.example.test"
 BOX_DEAD = "tpdead.example.test"
@@ -114,9 +122,9 @@ def assert_box_gone(config: LocalConfig, name: str, rec: dict[str, Any]) -> None
     assert rec["netns"] not in netns_list()
     assert not link_exists(rec["veth"])
     assert not (config.state_dir / name).exists()
-    assert local.status(name, config) == "absent"
-    assert name not in local.list_boxes(config)
-    assert local._container_inits(Path(rec["rootfs"])) == []
+    assert LocalProvider(config).status(name) == "absent"
+    assert name not in LocalProvider(config).list_boxes()
+    assert machine.container_inits(Path(rec["rootfs"])) == []
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -125,7 +133,7 @@ def assert_box_gone(config: LocalConfig, name: str, rec: dict[str, Any]) -> None
 @pytest.fixture(scope="module")
 def config() -> Iterator[LocalConfig]:
     try:
-        local.check_requirements()
+        LocalProvider().check_requirements()
     except ProviderError as exc:
         pytest.skip(str(exc))
     # The machine's mirror, apt proxy and rootfs cache; our own state dir, subnet and bridge.
@@ -144,8 +152,8 @@ def other_config(config: LocalConfig) -> Iterator[LocalConfig]:
 
 
 def clean(cfg: LocalConfig) -> None:
-    for name in {*local.list_boxes(cfg), BOX_A, BOX_B, BOX_DEAD}:
-        local.destroy(name, cfg)
+    for name in {*LocalProvider(cfg).list_boxes(), BOX_A, BOX_B, BOX_DEAD}:
+        LocalProvider(cfg).destroy(name)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +168,9 @@ def boxes(config: LocalConfig, operator: KeyPair) -> Iterator[dict[str, CreatedB
 
     def make(name: str) -> tuple[CreatedBox, float]:
         start = time.monotonic()
-        box = local.create(name, operator.public_line, config, progress=lambda line: lines.append(f"{name}: {line}"))
+        box = LocalProvider(config).create(
+            name, operator.public_line, progress=lambda line: lines.append(f"{name}: {line}")
+        )
         return box, time.monotonic() - start
 
     start = time.monotonic()
@@ -172,99 +182,10 @@ def boxes(config: LocalConfig, operator: KeyPair) -> Iterator[dict[str, CreatedB
     print("\n".join(lines))
     yield {box.name: box for box, _ in results}
     for name in (BOX_A, BOX_B):
-        local.destroy(name, config)
+        LocalProvider(config).destroy(name)
 
 
 # --------------------------------------------------------------------------- tests
-
-
-def test_invalid_names_are_refused(config: LocalConfig, operator: KeyPair) -> None:
-    for bad in ("-box.example.test", "box_1.example.test", "a..b", "x" * 70, "../etc", ""):
-        with pytest.raises(InputError):
-            local.create(bad, operator.public_line, config)
-    with pytest.raises(InputError):
-        local.create("ok.example.test", "not a key", config)
-
-
-def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MIAB_REMOTE_LOCAL_DIR", "MIAB_REMOTE_CACHE_DIR", "MIAB_REMOTE_LOCAL_SUBNET", "MIAB_REMOTE_APT_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MIAB_REMOTE_LOCAL_BRIDGE", "miabx0")
-    monkeypatch.setenv("MIAB_REMOTE_DEBIAN_MIRROR", "http://10.77.0.1:3142/deb.debian.org/debian")
-    cfg = LocalConfig.from_env()
-    assert cfg.state_dir == Path("/var/lib/miab-remote/local")
-    assert cfg.rootfs_cache == Path("/var/cache/miab-remote/rootfs/debian-12")
-    assert cfg.subnet == ipaddress.IPv4Network("10.77.0.0/24")
-    assert str(cfg.gateway) == "10.77.0.1"
-    assert cfg.bridge == "miabx0"
-    assert cfg.nft_table == "miab_miabx0"
-    assert cfg.apt_proxy is None
-    assert local._security_mirror(cfg.mirror) == "http://10.77.0.1:3142/deb.debian.org/debian-security"
-    assert local._security_mirror("http://deb.debian.org/debian/") == "http://deb.debian.org/debian-security"
-    for var, bad in (
-        ("MIAB_REMOTE_LOCAL_SUBNET", "10.77.0.1/24"),
-        ("MIAB_REMOTE_LOCAL_SUBNET", "10.77.0.0/30"),
-        ("MIAB_REMOTE_LOCAL_BRIDGE", "a-bridge-name-too-long"),
-        ("MIAB_REMOTE_DEBIAN_MIRROR", "ftp://deb.debian.org/debian"),
-        ("MIAB_REMOTE_APT_PROXY", "10.77.0.1:3142"),
-    ):
-        with monkeypatch.context() as m:
-            m.setenv(var, bad)
-            with pytest.raises(InputError, match=var):
-                LocalConfig.from_env()
-
-
-def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: Path) -> None:
-    """What goes into the tree, checked on a small fake tree (the boxes below check it live)."""
-    root = tmp_path / "rootfs"
-    for folder in ("etc/ssh/sshd_config.d", "usr/lib/systemd/system", "var/lib/dbus", "root"):
-        (root / folder).mkdir(parents=True)
-    (root / "usr/lib/systemd/system/ssh.service").write_text("[Service]\n")
-    for old in ("rsa", "ecdsa", "ed25519"):
-        (root / f"etc/ssh/ssh_host_{old}_key").write_text("shared\n")
-        (root / f"etc/ssh/ssh_host_{old}_key.pub").write_text("shared\n")
-    (root / "var/lib/dbus/machine-id").write_text("0" * 32 + "\n")
-    (root / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")  # must be replaced, not followed
-    cfg = dataclasses.replace(config, apt_proxy="http://10.79.0.1:3142")
-    key = generate_ed25519("root@fake.example.test")
-    operator_line = generate_ed25519("op").public_line
-    local._prepare_rootfs(cfg, root, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
-
-    assert (root / "etc/hostname").read_text() == "fake.example.test\n"
-    assert "10.79.0.9\tfake.example.test fake\n" in (root / "etc/hosts").read_text()
-    assert "127.0.0.1\tlocalhost\n" in (root / "etc/hosts").read_text()
-    machine_id = (root / "etc/machine-id").read_text()
-    assert re.fullmatch(r"[0-9a-f]{32}\n", machine_id) and machine_id != "0" * 32 + "\n"
-    assert (root / "var/lib/dbus/machine-id").read_text() == machine_id
-    resolv = root / "etc/resolv.conf"
-    assert not resolv.is_symlink()
-    assert resolv.read_text() == f"nameserver {cfg.gateway}\n", "boxes use the local resolver on the bridge"
-    assert (
-        'Acquire::http::Proxy "http://10.79.0.1:3142";' in (root / "etc/apt/apt.conf.d/90miab-remote-proxy").read_text()
-    )
-    assert sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*")) == [
-        "ssh_host_ed25519_key",
-        "ssh_host_ed25519_key.pub",
-    ]
-    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == key.private_openssh
-    assert (root / "etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
-    assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text() == key.public_line + "\n"
-    assert (root / "etc/ssh/sshd_config.d/miab-remote-hostkey.conf").read_text().splitlines()[-1] == (
-        "HostKey /etc/ssh/ssh_host_ed25519_key"
-    )
-    assert (root / "root/.ssh/authorized_keys").read_text() == operator_line + "\n"
-    assert (root / "root/.ssh").stat().st_mode & 0o777 == 0o700
-    assert (root / "root/.ssh/authorized_keys").stat().st_mode & 0o777 == 0o600
-    wants = root / "etc/systemd/system/multi-user.target.wants/ssh.service"
-    assert os.readlink(wants) == "/lib/systemd/system/ssh.service"
-
-    # A symlinked folder in the tree could send root's writes to the host: refused.
-    evil = tmp_path / "evil"
-    (evil / "etc").mkdir(parents=True)
-    (evil / "root").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(ProviderError, match="symlink"):
-        local._prepare_rootfs(cfg, evil, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
-    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_parallel_create(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:
@@ -276,14 +197,14 @@ def test_parallel_create(config: LocalConfig, boxes: dict[str, CreatedBox]) -> N
         assert box.os == "debian-12"
         assert box.host_key_public.startswith("ssh-ed25519 ")
         assert box.host_key_public.endswith(f" root@{box.name}")
-        assert local.status(box.name, config) == "running"
+        assert LocalProvider(config).status(box.name) == "running"
         rec = record(config, box.name)
         assert rec["address"] == box.address
         assert len(rec["veth"]) <= 15
         assert rec["netns"] in netns_list()
         assert link_exists(rec["veth"])
     assert a.host_key_public != b.host_key_public
-    assert local.list_boxes(config) == sorted([BOX_A, BOX_B])
+    assert LocalProvider(config).list_boxes() == sorted([BOX_A, BOX_B])
 
 
 def test_ssh_pinned_host_key_and_system_running(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
@@ -378,17 +299,17 @@ def test_running_box_cannot_be_created_again(
     config: LocalConfig, boxes: dict[str, CreatedBox], operator: KeyPair
 ) -> None:
     with pytest.raises(ProviderError, match="already exists"):
-        local.create(BOX_A, operator.public_line, config)
-    assert local.status(BOX_A, config) == "running"
+        LocalProvider(config).create(BOX_A, operator.public_line)
+    assert LocalProvider(config).status(BOX_A) == "running"
 
 
 def test_second_configuration_coexists(
     config: LocalConfig, other_config: LocalConfig, boxes: dict[str, CreatedBox], operator: KeyPair
 ) -> None:
     other = other_config
-    box = local.create(BOX_A, operator.public_line, other)  # same name, other configuration
+    box = LocalProvider(other).create(BOX_A, operator.public_line)  # same name, other configuration
     try:
-        assert box.address == "10.79.1.2"
+        assert box.address == str(OTHER_SUBNET.network_address + 2)
         assert record(other, BOX_A)["netns"] != record(config, BOX_A)["netns"]
         client = connect(box.address, box.host_key_public, operator)
         try:
@@ -397,13 +318,13 @@ def test_second_configuration_coexists(
             client.close()
         assert nft_table_text(other) is not None
     finally:
-        local.destroy(BOX_A, other)
+        LocalProvider(other).destroy(BOX_A)
     assert not link_exists(OTHER_BRIDGE)
     assert nft_table_text(other) is None
     # The first configuration is untouched.
     assert link_exists(BRIDGE)
     assert nft_table_text(config) is not None
-    assert local.status(BOX_A, config) == "running"
+    assert LocalProvider(config).status(BOX_A) == "running"
 
 
 def test_subnet_colliding_with_a_host_route_is_refused(config: LocalConfig, operator: KeyPair, tmp_path: Path) -> None:
@@ -416,18 +337,51 @@ def test_subnet_colliding_with_a_host_route_is_refused(config: LocalConfig, oper
     nets = [n for n in nets if n.prefixlen <= 29]
     if not nets:
         pytest.skip("no host route of /29 or larger to collide with")
-    other = dataclasses.replace(config, state_dir=tmp_path / "state", subnet=nets[0], bridge="miabtp2")
+    other = dataclasses.replace(config, state_dir=tmp_path / "state", subnet=nets[0], bridge=COLLIDE_BRIDGE)
     with pytest.raises(ProviderError, match="collides with the host's route"):
-        local.create("collide.example.test", operator.public_line, other)
-    assert not link_exists("miabtp2")
-    assert local.list_boxes(other) == []
+        LocalProvider(other).create("collide.example.test", operator.public_line)
+    assert not link_exists(COLLIDE_BRIDGE)
+    assert LocalProvider(other).list_boxes() == []
+
+
+def test_after_deploy_goes_to_the_hosts_provider(
+    config: LocalConfig, boxes: dict[str, CreatedBox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """providers.after_deploy (what a deploy calls) finds the local provider through the registry, and its
+    hook makes the boxes' resolver delegate the box's zones to it (the box's nsd answers them)."""
+    box = boxes[BOX_A]
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_DIR", str(config.state_dir))
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_SUBNET", str(config.subnet))
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_BRIDGE", config.bridge)
+    host = Host(
+        box.name,
+        Path(f"{box.name}.toml"),
+        box.name,
+        box.address,
+        domains=("mail-a.example.test",),
+        recipes=("base", "nsd"),
+        provider="local",
+        options={"dns": "nsd"},
+    )
+    zones = ["mail-a.example.test", box.name]
+    delegation = config.state_dir / ".resolver" / "delegations" / f"{box.name}.conf"
+    try:
+        assert providers.after_deploy(host) == [f"local resolver now delegates {', '.join(zones)} to {box.address}"]
+        assert delegation.read_text() == "".join(f"server=/{zone}/{box.address}\n" for zone in zones)
+        assert providers.after_deploy(host) == [], "nothing changed: no restart, no note"
+        assert providers.after_deploy(dataclasses.replace(host, provider="manual")) == []
+    finally:
+        assert providers.after_deploy(dataclasses.replace(host, options={"dns": "none"})) == [
+            f"local resolver now delegates nothing to {box.address}"
+        ]
+    assert not delegation.exists()
 
 
 def test_destroy_removes_everything_and_is_idempotent(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:
     records = {name: record(config, name) for name in boxes}
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(boxes, pool.map(lambda n: local.destroy(n, config), boxes), strict=True))
+        results = dict(zip(boxes, pool.map(lambda n: LocalProvider(config).destroy(n), boxes), strict=True))
     print(f"\n[timing] parallel destroy of 2 boxes: {time.monotonic() - start:.1f} s")
     for name, lines in results.items():
         print(f"{name}: " + "; ".join(lines))
@@ -438,16 +392,16 @@ def test_destroy_removes_everything_and_is_idempotent(config: LocalConfig, boxes
     assert not link_exists(BRIDGE)
     assert nft_table_text(config) is None
     for name in boxes:
-        assert local.destroy(name, config) == ["nothing to remove"]
+        assert LocalProvider(config).destroy(name) == ["nothing to remove"]
 
 
 def test_boot_timeout_fails_clearly_and_cleans_up(config: LocalConfig, operator: KeyPair) -> None:
     with pytest.raises(ProviderError, match="no SSH banner") as info:
-        local.create(BOX_DEAD, operator.public_line, config, boot_timeout=0)
+        LocalProvider(config).create(BOX_DEAD, operator.public_line, boot_timeout=0)
     assert "last lines of its console" in str(info.value)
-    assert local.status(BOX_DEAD, config) == "absent"
+    assert LocalProvider(config).status(BOX_DEAD) == "absent"
     assert not (config.state_dir / BOX_DEAD).exists()
-    netns, veth = local._net_names(config, BOX_DEAD)
+    netns, veth = network.net_names(config, BOX_DEAD)
     assert netns not in netns_list()
     assert not link_exists(veth)
     assert not link_exists(BRIDGE)
@@ -456,22 +410,22 @@ def test_boot_timeout_fails_clearly_and_cleans_up(config: LocalConfig, operator:
 
 def test_dead_box_is_cleaned_up_by_create_and_destroy(config: LocalConfig, operator: KeyPair) -> None:
     start = time.monotonic()
-    first = local.create(BOX_DEAD, operator.public_line, config)
+    first = LocalProvider(config).create(BOX_DEAD, operator.public_line)
     print(f"\n[timing] create {BOX_DEAD}: {time.monotonic() - start:.1f} s")
     rec = record(config, BOX_DEAD)
     rootfs = Path(rec["rootfs"])
 
     # A killed session: nspawn gets SIGKILL. Its container's systemd outlives it (reparented to PID 1).
     os.kill(rec["pid"], signal.SIGKILL)
-    wait_for(lambda: local.status(BOX_DEAD, config) == "stopped", 10, "status stopped")
-    orphans = local._container_inits(rootfs)
+    wait_for(lambda: LocalProvider(config).status(BOX_DEAD) == "stopped", 10, "status stopped")
+    orphans = machine.container_inits(rootfs)
     assert len(orphans) == 1
 
     start = time.monotonic()
-    second = local.create(BOX_DEAD, operator.public_line, config)
+    second = LocalProvider(config).create(BOX_DEAD, operator.public_line)
     print(f"[timing] create over a dead box: {time.monotonic() - start:.1f} s")
     assert second.host_key_public != first.host_key_public
-    assert local.status(BOX_DEAD, config) == "running"
+    assert LocalProvider(config).status(BOX_DEAD) == "running"
     assert not any(Path(f"/proc/{pid}/root").exists() for pid in orphans), "the dead box's systemd survived"
     client = connect(second.address, second.host_key_public, operator)
     try:
@@ -484,13 +438,13 @@ def test_dead_box_is_cleaned_up_by_create_and_destroy(config: LocalConfig, opera
     os.kill(rec["pid"], signal.SIGKILL)
     subprocess.run(["ip", "netns", "delete", rec["netns"]], check=True)
     start = time.monotonic()
-    lines = local.destroy(BOX_DEAD, config)
+    lines = LocalProvider(config).destroy(BOX_DEAD)
     print(f"[timing] destroy of a half-gone box: {time.monotonic() - start:.1f} s: " + "; ".join(lines))
     assert any("killed the box's systemd" in line for line in lines), lines
     assert_box_gone(config, BOX_DEAD, rec)
     assert not link_exists(BRIDGE)
     assert nft_table_text(config) is None
-    assert local.destroy(BOX_DEAD, config) == ["nothing to remove"]
+    assert LocalProvider(config).destroy(BOX_DEAD) == ["nothing to remove"]
 
 
 # --------------------------------------------------------------------------- the CLI's create and destroy
@@ -504,7 +458,7 @@ ORPHAN_BOX = "tporphan.example.test"
 @pytest.fixture
 def cli_config() -> LocalConfig:
     try:
-        local.check_requirements()
+        LocalProvider().check_requirements()
     except ProviderError as exc:
         pytest.skip(str(exc))
     return dataclasses.replace(
@@ -536,7 +490,7 @@ def test_create_checks_every_argument_before_anything_is_made(
         assert res.err == (
             "miab-remote: 'MX2.EXAMPLE.TEST' is not lower-case; write 'mx2.example.test'; nothing was made\n"
         )
-        assert local.status(name.lower(), cli_config) == "absent"
+        assert LocalProvider(cli_config).status(name.lower()) == "absent"
         assert list(inv.iterdir()) == []
         for args in (["box1.example.test", "box1.example.test"], ["single"]):
             res = helpers.cli(inv, "create", "--provider", "local", "--identity-file", str(key), *args)
@@ -563,32 +517,12 @@ def test_create_destroys_its_box_when_the_inventory_cannot_be_written(
         assert proc.returncode == 1, err + out
         assert f"{ORPHAN_BOX}: FAILED: the inventory could not be written (" in out, err + out
         assert "the new box was destroyed" in out
-        assert local.status(ORPHAN_BOX, cli_config) == "absent"
-        assert ORPHAN_BOX not in local.list_boxes(cli_config)
+        assert LocalProvider(cli_config).status(ORPHAN_BOX) == "absent"
+        assert ORPHAN_BOX not in LocalProvider(cli_config).list_boxes()
     finally:
         if proc.poll() is None:
             proc.kill()
-        local.destroy(ORPHAN_BOX, cli_config)
-
-
-@pytest.mark.parametrize("provider", [None, "manual", "digitalocean"])
-def test_destroy_refuses_a_box_it_cannot_destroy(
-    cli_config: LocalConfig, cli_inventory: tuple[Path, Path], provider: str | None
-) -> None:
-    """An inventory is the operator's record (every user's hash, every alias): destroy used to delete the
-    file of a box it did not make, and destroy nothing. Now: exit 2, nothing touched."""
-    from miab_remote.fleet.store import new_document
-
-    inv, _key = cli_inventory
-    path = inv / f"{CLI_BOX}.toml"
-    path.write_text(new_document(CLI_BOX, "192.0.2.10", provider=provider, host_keys=[], os=None).as_string())
-    before = path.read_bytes()
-    res = helpers.cli(inv, "destroy", "--yes", CLI_BOX)
-    assert res.code == 2, res.err + res.out
-    assert res.err.startswith(f"miab-remote: {CLI_BOX}: not destroyed: ") and res.err.count("\n") == 1, res.err
-    assert "nothing was touched" in res.err
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in inv.iterdir()) == [path.name]
+        LocalProvider(cli_config).destroy(ORPHAN_BOX)
 
 
 def test_destroy_keeps_the_inventory_in_the_archive(cli_config: LocalConfig, cli_inventory: tuple[Path, Path]) -> None:
@@ -601,7 +535,7 @@ def test_destroy_keeps_the_inventory_in_the_archive(cli_config: LocalConfig, cli
         text = path.read_bytes()
         res = helpers.cli(inv, "destroy", "--yes", "--keep-inventory", CLI_BOX)
         assert res.code == 0, res.err + res.out
-        assert local.status(CLI_BOX, cli_config) == "absent"
+        assert LocalProvider(cli_config).status(CLI_BOX) == "absent"
         assert path.read_bytes() == text and "kept its inventory" in res.out
         res = helpers.cli(inv, "destroy", "--yes", CLI_BOX)  # the box is gone already: the file moves
         assert res.code == 0, res.err + res.out

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from miab_remote.errors import ProviderError
 from miab_remote.fsutil import atomic_write
-from miab_remote.providers.local import LocalConfig, _network_lock, _which, check_name
+from miab_remote.providers.local.config import LocalConfig, check_name
+from miab_remote.providers.local.network import network_lock
+from miab_remote.providers.local.system import which
 
 
 def _dir(cfg: LocalConfig) -> Path:
@@ -76,7 +78,7 @@ def _restart(cfg: LocalConfig) -> None:
             if _pid(cfg) is None:
                 break
             time.sleep(0.02)
-    exe = _which("dnsmasq")
+    exe = which("dnsmasq")
     if exe is None:
         raise ProviderError("the local provider needs dnsmasq (apt-get install dnsmasq-base)")
     conf = _dir(cfg) / "dnsmasq.conf"
@@ -98,13 +100,12 @@ def ensure(cfg: LocalConfig) -> None:
     _restart(cfg)
 
 
-def publish(name: str, zones: list[str], address: str, config: LocalConfig | None = None) -> bool:
+def publish(cfg: LocalConfig, name: str, zones: list[str], address: str) -> bool:
     """Delegate `zones` to the box at `address` (an empty list withdraws them). True if anything changed."""
-    cfg = config or LocalConfig.from_env()
     name = check_name(name)
     path = _dir(cfg) / "delegations" / f"{name}.conf"
     text = "".join(f"server=/{zone}/{address}\n" for zone in zones)
-    with _network_lock(cfg):
+    with network_lock(cfg):
         current = path.read_text() if path.exists() else ""
         if current == text and _pid(cfg) is not None:
             return False

@@ -1,0 +1,203 @@
+"""The root filesystem of a local box: one Debian 12 tree built by debootstrap and cached, copied per
+box, then given the box's identity before its first boot (hostname, machine id, resolver, apt sources,
+the operator's key and the host key generated here, so the first connection is already pinned)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from miab_remote.errors import MiabError, ProviderError
+from miab_remote.fsutil import atomic_write, file_lock
+from miab_remote.providers.base import Progress
+from miab_remote.providers.local.config import SUITE, LocalConfig
+from miab_remote.providers.local.system import locked, run
+from miab_remote.transport.sshkeys import KeyPair
+
+# What a box needs beyond minbase to boot systemd, be reached over SSH and be driven by the tool.
+ROOTFS_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "iproute2",
+    "ca-certificates",
+    "python3",
+    "sudo",
+    "locales",
+)
+ROOTFS_LOCK_TIMEOUT = 1800.0  # a parallel create waits for the one that is building the cache
+
+
+def _rootfs_complete(root: Path) -> bool:
+    return (root / "usr/sbin/sshd").is_file() and (root / "usr/lib/systemd/systemd").is_file()
+
+
+@contextlib.contextmanager
+def _rootfs_lock(lock: Path, say: Progress) -> Iterator[None]:
+    """Take the cache lock; say so when another run holds it (it is building: that takes a minute)."""
+    what = "the root filesystem cache"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(lock, timeout=0, what=what))
+        except MiabError:
+            say("waiting for another miab-remote that is building the root filesystem")
+            stack.enter_context(locked(lock, ROOTFS_LOCK_TIMEOUT, what))
+        yield
+
+
+def ensure_cache(cfg: LocalConfig, say: Progress) -> Path:
+    """The shared Debian 12 tree, built once under a lock into a temp dir then renamed (never half there)."""
+    target = cfg.rootfs_cache
+    if _rootfs_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    with _rootfs_lock(lock, say):
+        if target.exists():
+            if _rootfs_complete(target):
+                return target
+            raise ProviderError(f"{target}: the root filesystem cache is incomplete; remove it and retry")
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a build that was killed
+        say("building the Debian 12 root filesystem (once, ~1 min)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            tmp.chmod(0o755)
+            env = dict(os.environ)
+            if cfg.apt_proxy:
+                env["http_proxy"] = cfg.apt_proxy
+            run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(ROOTFS_PACKAGES)}",
+                    SUITE,
+                    str(tmp),
+                    cfg.mirror,
+                ],
+                timeout=1800,
+                env=env,
+            )
+            if not _rootfs_complete(tmp):
+                raise ProviderError(f"debootstrap finished but {tmp} lacks sshd or systemd")
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _tree_dir(root: Path, relative: str) -> Path:
+    """A folder of the box's tree, made if missing; refused if any part of it is a symlink.
+
+    We write as root on the host: a symlink in the tree (say /etc -> /etc) would send our writes
+    to the host's own files.
+    """
+    folder = root
+    for part in Path(relative).parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise ProviderError(f"{folder} is a symlink in the box's tree; refusing to write through it")
+        if not folder.exists():
+            folder.mkdir(mode=0o755)
+    return folder
+
+
+def _put(root: Path, relative: str, data: str | bytes, mode: int) -> None:
+    """Write a file inside the box's tree, never through a symlink."""
+    folder = _tree_dir(root, str(Path(relative).parent))
+    payload = data.encode() if isinstance(data, str) else data
+    atomic_write(folder / Path(relative).name, payload, mode)  # replaces a symlink there, never follows it
+
+
+def security_mirror(mirror: str) -> str:
+    """deb.debian.org/debian -> deb.debian.org/debian-security (also behind a path like apt-cacher-ng's)."""
+    parts = urlsplit(mirror)
+    path = parts.path.rstrip("/")
+    path = path[: -len("debian")] + "debian-security" if path.endswith("/debian") else "/debian-security"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def prepare(
+    cfg: LocalConfig,
+    root: Path,
+    name: str,
+    address: str,
+    authorized_key: str,
+    host_key: KeyPair,
+    say: Progress,
+) -> None:
+    """Everything the box must have before its first boot: identity, DNS, apt, and the pinned SSH key."""
+    short = name.split(".", 1)[0]
+    _put(root, "etc/hostname", name + "\n", 0o644)
+    hosts_names = name if short == name else f"{name} {short}"
+    _put(
+        root,
+        "etc/hosts",
+        f"127.0.0.1\tlocalhost\n{address}\t{hosts_names}\n\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+        0o644,
+    )
+    machine_id = secrets.token_hex(16) + "\n"
+    _put(root, "etc/machine-id", machine_id, 0o444)
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.is_file() and not dbus_id.is_symlink():  # a copy, not the usual symlink: keep it in step
+        _put(root, "var/lib/dbus/machine-id", machine_id, 0o444)
+
+    # The local boxes' resolver (resolver.py) on the bridge: other boxes' zones, and the mirror.
+    _put(root, "etc/resolv.conf", f"nameserver {cfg.gateway}\n", 0o644)
+
+    security = security_mirror(cfg.mirror)
+    _put(
+        root,
+        "etc/apt/sources.list",
+        f"deb {cfg.mirror} {SUITE} main\ndeb {cfg.mirror} {SUITE}-updates main\ndeb {security} {SUITE}-security main\n",
+        0o644,
+    )
+    proxy_conf = "etc/apt/apt.conf.d/90miab-remote-proxy"
+    if cfg.apt_proxy:
+        _put(root, proxy_conf, f'Acquire::http::Proxy "{cfg.apt_proxy}";\n', 0o644)
+    else:
+        (_tree_dir(root, "etc/apt/apt.conf.d") / Path(proxy_conf).name).unlink(missing_ok=True)
+
+    _put(root, "root/.ssh/authorized_keys", authorized_key + "\n", 0o600)
+    _tree_dir(root, "root/.ssh").chmod(0o700)
+
+    # Only the key generated here may be served: the cached tree's keys are shared by every box.
+    ssh_dir = _tree_dir(root, "etc/ssh")
+    for old in ssh_dir.glob("ssh_host_*"):
+        old.unlink()
+    _put(root, "etc/ssh/ssh_host_ed25519_key", host_key.private_openssh, 0o600)
+    _put(root, "etc/ssh/ssh_host_ed25519_key.pub", host_key.public_line + "\n", 0o644)
+    _put(
+        root,
+        "etc/ssh/sshd_config.d/miab-remote-hostkey.conf",
+        "# Written by miab-remote: serve only the host key pinned in the operator's inventory.\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n",
+        0o644,
+    )
+    (ssh_dir / "sshd_not_to_be_run").unlink(missing_ok=True)
+    _enable_sshd(root)
+
+
+def _enable_sshd(root: Path) -> None:
+    """Start sshd at boot the way `systemctl enable ssh` would (no systemctl runs outside the box)."""
+    if not any((root / p).is_file() for p in ("usr/lib/systemd/system/ssh.service", "lib/systemd/system/ssh.service")):
+        raise ProviderError(f"{root}: openssh-server is not installed in the root filesystem")
+    wants = _tree_dir(root, "etc/systemd/system/multi-user.target.wants")
+    for link in (wants / "ssh.service", wants.parent / "sshd.service"):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/lib/systemd/system/ssh.service")
+
+
+def copy_tree(cache: Path, rootfs: Path) -> None:
+    """The box's own copy of the cached tree (a reflink where the file system allows it)."""
+    run(["cp", "-a", "--reflink=auto", str(cache), str(rootfs)], timeout=900)

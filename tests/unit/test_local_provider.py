@@ -1,0 +1,138 @@
+"""The local provider's pure parts: its configuration, the names and keys it accepts, and the root
+filesystem it prepares (on a small fake tree), plus destroy's refusals. No box, no root, no network:
+the boxes themselves are tests/e2e/test_local_provider.py's."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from miab_remote import cli
+from miab_remote.errors import InputError, ProviderError
+from miab_remote.fleet.store import new_document
+from miab_remote.providers.local import LocalConfig, LocalProvider, rootfs
+from miab_remote.transport.sshkeys import generate_ed25519
+
+CLI_BOX = "tpcli.example.test"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> LocalConfig:
+    """A configuration whose state dir is empty and private to the test (nothing in it is ever made)."""
+    return dataclasses.replace(LocalConfig(), state_dir=tmp_path / "state")
+
+
+def test_invalid_names_are_refused(config: LocalConfig) -> None:
+    operator = generate_ed25519("operator@test")
+    for bad in ("-box.example.test", "box_1.example.test", "a..b", "x" * 70, "../etc", ""):
+        with pytest.raises(InputError):
+            LocalProvider(config).create(bad, operator.public_line)
+    with pytest.raises(InputError):
+        LocalProvider(config).create("ok.example.test", "not a key")
+
+
+def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MIAB_REMOTE_LOCAL_DIR", "MIAB_REMOTE_CACHE_DIR", "MIAB_REMOTE_LOCAL_SUBNET", "MIAB_REMOTE_APT_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_BRIDGE", "miabx0")
+    monkeypatch.setenv("MIAB_REMOTE_DEBIAN_MIRROR", "http://10.77.0.1:3142/deb.debian.org/debian")
+    cfg = LocalConfig.from_env()
+    assert cfg.state_dir == Path("/var/lib/miab-remote/local")
+    assert cfg.rootfs_cache == Path("/var/cache/miab-remote/rootfs/debian-12")
+    assert cfg.subnet == ipaddress.IPv4Network("10.77.0.0/24")
+    assert str(cfg.gateway) == "10.77.0.1"
+    assert cfg.bridge == "miabx0"
+    assert cfg.nft_table == "miab_miabx0"
+    assert cfg.apt_proxy is None
+    assert rootfs.security_mirror(cfg.mirror) == "http://10.77.0.1:3142/deb.debian.org/debian-security"
+    assert rootfs.security_mirror("http://deb.debian.org/debian/") == "http://deb.debian.org/debian-security"
+    for var, bad in (
+        ("MIAB_REMOTE_LOCAL_SUBNET", "10.77.0.1/24"),
+        ("MIAB_REMOTE_LOCAL_SUBNET", "10.77.0.0/30"),
+        ("MIAB_REMOTE_LOCAL_BRIDGE", "a-bridge-name-too-long"),
+        ("MIAB_REMOTE_DEBIAN_MIRROR", "ftp://deb.debian.org/debian"),
+        ("MIAB_REMOTE_APT_PROXY", "10.77.0.1:3142"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(var, bad)
+            with pytest.raises(InputError, match=var):
+                LocalConfig.from_env()
+
+
+def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: Path) -> None:
+    """What goes into the tree, checked on a small fake tree (the boxes below check it live)."""
+    root = tmp_path / "rootfs"
+    for folder in ("etc/ssh/sshd_config.d", "usr/lib/systemd/system", "var/lib/dbus", "root"):
+        (root / folder).mkdir(parents=True)
+    (root / "usr/lib/systemd/system/ssh.service").write_text("[Service]\n")
+    for old in ("rsa", "ecdsa", "ed25519"):
+        (root / f"etc/ssh/ssh_host_{old}_key").write_text("shared\n")
+        (root / f"etc/ssh/ssh_host_{old}_key.pub").write_text("shared\n")
+    (root / "var/lib/dbus/machine-id").write_text("0" * 32 + "\n")
+    (root / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")  # must be replaced, not followed
+    cfg = dataclasses.replace(config, apt_proxy="http://10.79.0.1:3142")
+    key = generate_ed25519("root@fake.example.test")
+    operator_line = generate_ed25519("op").public_line
+    rootfs.prepare(cfg, root, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
+
+    assert (root / "etc/hostname").read_text() == "fake.example.test\n"
+    assert "10.79.0.9\tfake.example.test fake\n" in (root / "etc/hosts").read_text()
+    assert "127.0.0.1\tlocalhost\n" in (root / "etc/hosts").read_text()
+    machine_id = (root / "etc/machine-id").read_text()
+    assert re.fullmatch(r"[0-9a-f]{32}\n", machine_id) and machine_id != "0" * 32 + "\n"
+    assert (root / "var/lib/dbus/machine-id").read_text() == machine_id
+    resolv = root / "etc/resolv.conf"
+    assert not resolv.is_symlink()
+    assert resolv.read_text() == f"nameserver {cfg.gateway}\n", "boxes use the local resolver on the bridge"
+    assert (
+        'Acquire::http::Proxy "http://10.79.0.1:3142";' in (root / "etc/apt/apt.conf.d/90miab-remote-proxy").read_text()
+    )
+    assert sorted(p.name for p in (root / "etc/ssh").glob("ssh_host_*")) == [
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+    ]
+    assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == key.private_openssh
+    assert (root / "etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text() == key.public_line + "\n"
+    assert (root / "etc/ssh/sshd_config.d/miab-remote-hostkey.conf").read_text().splitlines()[-1] == (
+        "HostKey /etc/ssh/ssh_host_ed25519_key"
+    )
+    assert (root / "root/.ssh/authorized_keys").read_text() == operator_line + "\n"
+    assert (root / "root/.ssh").stat().st_mode & 0o777 == 0o700
+    assert (root / "root/.ssh/authorized_keys").stat().st_mode & 0o777 == 0o600
+    wants = root / "etc/systemd/system/multi-user.target.wants/ssh.service"
+    assert os.readlink(wants) == "/lib/systemd/system/ssh.service"
+
+    # A symlinked folder in the tree could send root's writes to the host: refused.
+    evil = tmp_path / "evil"
+    (evil / "etc").mkdir(parents=True)
+    (evil / "root").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ProviderError, match="symlink"):
+        rootfs.prepare(cfg, evil, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("provider", [None, "manual", "digitalocean"])
+def test_destroy_refuses_a_box_it_cannot_destroy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, provider: str | None
+) -> None:
+    """An inventory is the operator's record (every user's hash, every alias): destroy used to delete the
+    file of a box it did not make, and destroy nothing. Now: exit 2, nothing touched."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    inv = tmp_path / "hosts"
+    inv.mkdir()
+    path = inv / f"{CLI_BOX}.toml"
+    path.write_text(new_document(CLI_BOX, "192.0.2.10", provider=provider, host_keys=[], os=None).as_string())
+    before = path.read_bytes()
+    code = cli.main(["--inventory", str(inv), "destroy", "--yes", CLI_BOX])
+    res = capsys.readouterr()
+    assert code == 2, res.err + res.out
+    assert res.err.startswith(f"miab-remote: {CLI_BOX}: not destroyed: ") and res.err.count("\n") == 1, res.err
+    assert "nothing was touched" in res.err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in inv.iterdir()) == [path.name]
