@@ -10,9 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import tomlkit
 from rich.console import Console
@@ -21,14 +19,14 @@ from rich.table import Table
 
 from miab_remote import __version__
 from miab_remote.cli.output import Progress, plural, stdout_console
-from miab_remote.engine.converge import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.fleet.inventory import Inventory, display_path
 from miab_remote.fleet.model import Host
+from miab_remote.jobs.deploy import DeployOptions, HostRun, deploy
+from miab_remote.jobs.parallel import in_parallel as in_parallel  # cli.bans and cli.dns use it from here
 from miab_remote.mail import mailmaps
 from miab_remote.names import fqdn_problem
 
-T = TypeVar("T")
 PROVIDERS = ("local",)
 PLANNED_PROVIDERS = ("digitalocean", "linode", "vultr", "ec2")
 
@@ -36,13 +34,6 @@ PLANNED_PROVIDERS = ("digitalocean", "linode", "vultr", "ec2")
 def inventory_of(args: argparse.Namespace) -> Inventory:
     root = args.inventory or os.environ.get("MIAB_REMOTE_INVENTORY") or "hosts"
     return Inventory(Path(root))
-
-
-def in_parallel(names: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
-    """Run `job` for each host at once; results keep the order the operator gave."""
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
-        futures = {n: pool.submit(job, n) for n in names}
-        return {n: futures[n].result() for n in names}
 
 
 def confirm(question: str, assume_yes: bool) -> None:
@@ -61,14 +52,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     names = inv.names() if args.all else args.names
     if not names:
         raise InputError("name at least one box, or --all")
-    for n in names:  # every name, recipe and template is checked before any box is touched
-        check_builds(inv, inv.load(n))
     opts = DeployOptions(
         dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout, connect_timeout=args.connect_timeout
     )
     progress = Progress(names, verbose=args.verbose)
     with progress.running():
-        runs = in_parallel(names, lambda n: deploy_host(inv, n, opts, progress))
+        # Every name, recipe and template is checked before any box is touched.
+        runs = deploy(inv, names, opts, progress)
     if args.json:
         print(json.dumps({"hosts": {n: r.as_dict() for n, r in runs.items()}}, indent=2))
     else:
@@ -79,10 +69,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def check_builds(inv: Inventory, host: Host) -> None:
     """Load every recipe and render every template of a box on the laptop, so that a failed recipe or
     template is bad input (exit 2, one line naming the file) before any box is contacted."""
-    from miab_remote.engine.converge import build
-    from miab_remote.profiles import DEBIAN_12, profile_by_id
+    from miab_remote.engine.converge import prepare
 
-    build(host, (profile_by_id(host.os) if host.os else None) or DEBIAN_12, inv.root)
+    prepare(host, inv.root)
 
 
 def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:

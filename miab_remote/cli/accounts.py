@@ -41,7 +41,7 @@ def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | N
             edit(inv.load(args.name), doc)
         if args.no_push:
             return None
-        return _run_on_box(args, lambda progress: push_accounts(inv, args.name, progress))
+        return _run_on_box(args, lambda progress: push_accounts(inv.load(args.name), inv.root, progress))
 
 
 def _run_on_box(args: argparse.Namespace, job: Callable[[Progress], HostRun]) -> HostRun:
@@ -186,7 +186,7 @@ def _purge(inv: Inventory, args: argparse.Namespace, email: str) -> int:
                 style="red",
             )
             return 1
-        run = _run_on_box(args, lambda progress: purge_mailbox(inv, args.name, email, progress))
+        run = _run_on_box(args, lambda progress: purge_mailbox(inv.load(args.name), email, progress))
     if run.error:
         _stderr().print(f"{args.name}: the mailbox of {email} was NOT deleted: {run.error}", markup=False, style="red")
         return 1

@@ -313,6 +313,8 @@ def test_non_root_user_deploys_through_sudo(inv: Path, box: Box, identity: Path)
         res = deploy(inv, "--json")
         assert res.code == 0, res.err + res.out
         assert res.json()["hosts"][NAME]["changed"] == 2  # the file, and nginx reloaded
+        # The changed file's content goes inline over the apply channel: probe + apply, no SFTP session.
+        assert res.json()["hosts"][NAME]["round_trips"] == 2
         assert box.run(f"stat -c '%U %a' {NGINX_CONF}")[1].split() == ["root", "644"]
         assert box.run("ls -a /home/admin")[1].count(".miab-remote-stage") == 0, "the staging folder is removed"
         # Without passwordless sudo the error says so, and nothing changes.
