@@ -34,16 +34,6 @@ def resources(ctx):
 """
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """Where box one's SSH is: a connection to it would mean something reached "the box"."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        s.setblocking(False)
-        yield s
-
-
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
