@@ -113,10 +113,18 @@ class ForgetAction(_Step):
     settles: List[str]
 
 
+# One step of an apply, told apart by its "op" (apply.py runs the Runner method of that name).
 Action = Union[
-    AptUpdate, AptPackages, GroupAction, UserAction, DirectoryAction, FileAction, ServiceAction, CommandAction,
+    AptUpdate,
+    AptPackages,
+    GroupAction,
+    UserAction,
+    DirectoryAction,
+    FileAction,
+    ServiceAction,
+    CommandAction,
     ForgetAction,
-]  # fmt: skip
+]
 
 
 class ApplySpec(TypedDict):

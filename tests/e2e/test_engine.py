@@ -3,6 +3,7 @@ keys, concurrent deploys, and an installed wheel that needs no source tree."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -266,6 +267,33 @@ def test_a_masked_unit_is_unmasked_and_the_rest_repaired(inv: Path, box: Box) ->
     assert serves(box, 8080)
     again = deploy(inv, "--json").json()["hosts"][NAME]
     assert again["changed"] == 0, again["actions"]
+
+
+BIG_RECIPE = """\
+from miab_remote.api import File
+
+
+def resources(ctx):
+    yield File("/var/lib/miab-test-big", content=bytes(range(256)) * 24576, mode=0o600)
+"""
+
+
+def test_a_file_of_several_megabytes_goes_inline_with_the_apply(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    (inv / "recipes" / "bigfile.py").write_text(BIG_RECIPE)
+    edit_inventory(inv, NAME, recipes=["base", "testbox", "bigfile"])
+    try:
+        res = deploy(inv, "--json")
+        assert res.code == 0, res.errors()
+        run = res.json()["hosts"][NAME]
+        assert run["changed"] == 1 and run["round_trips"] == 2, run
+        assert box.sha256("/var/lib/miab-test-big") == hashlib.sha256(bytes(range(256)) * 24576).hexdigest()
+        assert box.run("stat -c '%a %U' /var/lib/miab-test-big")[1].split() == ["600", "root"]
+        assert box.run("ls -A /run/miab-remote")[1].strip() == "", "the stage is removed"
+        assert deploy(inv, "--json").json()["hosts"][NAME]["changed"] == 0
+    finally:
+        edit_inventory(inv, NAME, recipes=["base", "testbox"])
+        box.run("rm -f /var/lib/miab-test-big")
 
 
 def test_installed_wheel_works_without_the_source_tree(inv: Path, box: Box, tmp_path: Path) -> None:
