@@ -5,7 +5,7 @@ Usage (as root, after scripts/setup-host):
     .venv/bin/python bench/noop_deploy.py --recipes base,testbox   # the engine's small test recipe
 
 It makes its own local box (on its own bridge and subnet), deploys it, measures, and destroys it. Two
-figures: the engine alone (deploy_host in this process: connect, probe, plan) and the whole CLI process
+figures: the engine alone (converge in this process: connect, probe, plan) and the whole CLI process
 (Python start-up and imports included), which is what an operator waits for.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from miab_remote.engine.converge import DeployOptions, deploy_host  # noqa: E402
+from miab_remote.engine.converge import DeployOptions, converge, prepare  # noqa: E402
 from miab_remote.fleet.store import Inventory  # noqa: E402
 from miab_remote.mail.passwords import hash_password  # noqa: E402
 from tests.e2e import helpers  # noqa: E402
@@ -63,9 +63,11 @@ def main() -> int:
     recipes = args.recipes.split(",") if args.recipes else None
     with tempfile.TemporaryDirectory() as tmp, bench_box(Path(tmp), recipes) as (inv_root, name, _box):
         inv = Inventory(inv_root)
+        host = inv.load(name)
+        built = prepare(host, inv.root)
         engine, rts = [], []
         for _ in range(args.runs):
-            run = deploy_host(inv, name, DeployOptions(), lambda n, m: None)
+            run = converge(host, built, inv.root, DeployOptions(), lambda n, m: None)
             assert run.failed == 0 and run.changed == 0, run.error or run.actions
             engine.append(run.seconds)
             rts.append(run.round_trips)

@@ -34,7 +34,7 @@ from miab_remote.engine.resources import Resource
 from miab_remote.errors import HostError, MiabError
 from miab_remote.fleet.model import Host
 from miab_remote.mail import dnszones, layout
-from miab_remote.profiles import DEBIAN_12, profile_by_id
+from miab_remote.profiles import assumed_profile
 from miab_remote.transport.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
 
 __all__ = ["Check", "dkim_rdata_from_box", "run_checks"]
@@ -61,8 +61,7 @@ def desired(host: Host) -> tuple[list[Resource], dict[str, bytes]]:
     included): what the box is expected to run."""
     from miab_remote.engine.converge import build  # deploy imports much more; only check needs it here
 
-    profile = (profile_by_id(host.os) if host.os else None) or DEBIAN_12
-    return build(host, profile, host.path.parent)
+    return build(host, assumed_profile(host.os), host.path.parent)
 
 
 def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from miab_remote.cli.common import inventory_of
 from miab_remote.cli.output import Progress, plural, stderr_console, stdout_console
-from miab_remote.engine.converge import HostRun
+from miab_remote.engine.converge import HostRun, Report
 from miab_remote.errors import InputError, MiabError
 from miab_remote.fleet.model import Host, MailUser
 from miab_remote.fleet.problems import display_path
@@ -25,7 +25,7 @@ from miab_remote.mail import accounts, passwords
 def _on_box(args: argparse.Namespace) -> jobs.OnBox:
     """Run a push or purge with the live progress display; an escaped error is reported like a failed run."""
 
-    def run(job: Callable[[Progress], HostRun]) -> HostRun:
+    def run(job: Callable[[Report], HostRun]) -> HostRun:
         progress = Progress([args.name], verbose=args.verbose)
         with progress.running():
             try:

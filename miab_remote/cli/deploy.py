@@ -9,10 +9,8 @@ from rich.markup import escape
 
 from miab_remote.cli.common import add_connect_timeout, inventory_of
 from miab_remote.cli.output import Progress, plural, stdout_console
-from miab_remote.engine.converge import DeployOptions, HostRun, deploy_host
 from miab_remote.errors import InputError
-from miab_remote.jobs.deploy import check_builds
-from miab_remote.jobs.parallel import in_parallel
+from miab_remote.jobs.deploy import DeployOptions, HostRun, deploy
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -20,14 +18,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     names = inv.names() if args.all else args.names
     if not names:
         raise InputError("name at least one box, or --all")
-    for n in names:  # every name, recipe and template is checked before any box is touched
-        check_builds(inv, inv.load(n))
     opts = DeployOptions(
         dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout, connect_timeout=args.connect_timeout
     )
     progress = Progress(names, verbose=args.verbose)
     with progress.running():
-        runs = in_parallel(names, lambda n: deploy_host(inv, n, opts, progress))
+        runs = deploy(inv, names, opts, progress)  # every name, recipe and template is checked first
     if args.json:
         print(json.dumps({"hosts": {n: r.as_dict() for n, r in runs.items()}}, indent=2))
     else:

@@ -1,8 +1,12 @@
-"""Converging one box: probe once, plan on the laptop, stage changed files in one SFTP session, apply once.
+"""Converging one box: probe once, plan on the laptop, apply once (the changed files' content inline).
 
-A no-op deploy costs one round trip (the probe). A deploy that changes something costs three: the probe,
-the SFTP session and the apply script. If another deploy changed the box between our probe and our apply,
-the apply refuses to touch anything ("stale") and we probe and plan again.
+A no-op deploy costs one round trip (the probe). A deploy that changes something costs two: the probe and
+the apply script, which gets the changed files' bytes on its stdin after its spec (remote/wire.py) and
+stages them on the box's tmpfs, readable by root only. If another deploy changed the box between our
+probe and our apply, the apply refuses to touch anything ("stale") and we probe and plan again.
+
+The engine is pure on the laptop side: it takes a loaded Host, writes nothing on the laptop and knows no
+provider; it returns what it learned (HostRun.os: the OS the probe found). jobs/deploy.py records that.
 """
 
 from __future__ import annotations
@@ -11,26 +15,23 @@ import json
 import shlex
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from miab_remote import providers
 from miab_remote.engine.diffing import Masker, plan_diff
-from miab_remote.engine.planner import Plan, plan, probe_spec, push_actions
+from miab_remote.engine.planner import Plan, command_action, plan, probe_spec, push_wire
 from miab_remote.engine.recipes import RecipeContext, load_resources, render_files
 from miab_remote.engine.resources import Resource
 from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import HostError, InputError, MiabError
 from miab_remote.fleet.model import Host
-from miab_remote.fleet.store import Inventory
 from miab_remote.mail.layout import mailbox_dir
-from miab_remote.profiles import DEBIAN_12, OSProfile, profile_by_id, profile_for_os_release
+from miab_remote.profiles import OSProfile, assumed_profile, profile_by_id, profile_for_os_release
+from miab_remote.remote import wire
 from miab_remote.transport.ssh import Transport
 
-STALE = 75
-LOCK_TIMEOUT = 3
 RESUME = "left pending by an interrupted run"
 
 
@@ -80,7 +81,8 @@ class HostRun:
         }
 
 
-Progress = Callable[[str, str], None]
+# Told what a host's run is doing now: (host name, message). Not cli.output.Progress: any callable will do.
+Report = Callable[[str, str], None]
 
 
 def secrets_of(host: Host) -> Masker:
@@ -94,81 +96,77 @@ def build(host: Host, profile: OSProfile, inventory_root: Path) -> tuple[list[Re
     return resources, render_files(resources, ctx.template_vars(), templates)
 
 
-def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: Progress) -> HostRun:
-    """Converge one box; every failure ends up in the returned HostRun, never as an exception."""
+@dataclass(frozen=True)
+class Build:
+    """A box's resources and rendered files for one OS profile, built once and reused by its converge."""
+
+    profile: OSProfile
+    resources: list[Resource]
+    rendered: dict[str, bytes]
+
+
+def prepare(host: Host, inventory_root: Path, profile: OSProfile | None = None) -> Build:
+    """Build a box on the laptop (for the os its inventory records unless `profile` says): a failed recipe
+    or template is bad input (exit 2, one line naming the file), found before any box is contacted."""
+    profile = profile or assumed_profile(host.os)
+    return Build(profile, *build(host, profile, inventory_root))
+
+
+def converge(host: Host, built: Build, inventory_root: Path, opts: DeployOptions, report: Report) -> HostRun:
+    """Converge one box to `built`; every failure ends up in the returned HostRun, never as an exception.
+
+    A box the probe finds on another supported system than `built` assumed is built again for it (from the
+    operator's recipes and templates under `inventory_root`); HostRun.os says what the probe found."""
+    name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
         mask = secrets_of(host)
-        progress(name, "connecting")
+        report(name, "connecting")
         transport.connect()
-        profile = (profile_by_id(host.os) if host.os else None) or DEBIAN_12
+        current = built
         for _attempt in range(4):
-            resources, rendered = build(host, profile, inventory.root)
-            progress(name, "reading facts")
-            facts = transport.run_json("probe", probe_spec(resources, rendered, opts.diff))
+            report(name, "reading facts")
+            facts = transport.run_json("probe", probe_spec(current.resources, current.rendered, opts.diff))
             detected = profile_for_os_release(facts["os_release"], name)
             run.os = detected.id
-            if detected.id != host.os and not opts.dry_run:
-                with inventory.edit(name) as doc:
-                    doc["os"] = detected.id
-                run.notes.append(f"recorded os = {detected.id!r} in the inventory")
-                host = inventory.load(name)
-            if detected.id != profile.id:
-                profile = detected
+            if detected.id != current.profile.id:
+                current = prepare(host, inventory_root, detected)
                 continue
-            the_plan = plan(resources, rendered, facts)
+            the_plan = plan(current.resources, current.rendered, facts)
             run.unchanged = [(s.resource, s.reason) for s in the_plan.unchanged]
             if opts.diff:
-                run.diff = plan_diff(the_plan, facts, rendered, mask)
+                run.diff = plan_diff(the_plan, facts, current.rendered, mask)
             if opts.dry_run or not the_plan.actions:
                 if the_plan.resumed:
                     run.notes.append(f"{RESUME} (would finish): {', '.join(the_plan.resumed)}")
                 run.actions = [ActionReport(a.resource, mask(a.why), "planned") for a in the_plan.actions]
                 run.changed = len(the_plan.changed_resources) if opts.dry_run else 0
-                if not opts.dry_run:
-                    run.notes += providers.after_deploy(host)
                 return
-            if _apply(transport, the_plan, rendered, opts, run, progress, mask):
-                run.notes += providers.after_deploy(host)
+            if _apply(transport, the_plan, current.rendered, opts, run, report, mask):
                 return
-            progress(name, "the box changed since it was read; reading it again")
+            report(name, "the box changed since it was read; reading it again")
         raise HostError(f"{name}: the box kept changing under this deploy; is another tool writing to it?")
 
-    return with_transport(inventory, name, job, opts.connect_timeout)
+    return with_transport(host, job, opts.connect_timeout)
 
 
 def _apply(
     transport: Transport,
     the_plan: Plan,
-    rendered: dict[str, bytes],
+    rendered: Mapping[str, bytes],
     opts: DeployOptions,
     run: HostRun,
-    progress: Progress,
+    report: Report,
     mask: Masker,
 ) -> bool:
-    """Stage and apply; False when the box changed since the probe (nothing was touched then)."""
-    wire: list[dict[str, Any]] = []
-    staged: dict[str, bytes] = {}
-    for i, action in enumerate(the_plan.actions):
-        item = action.to_wire()
-        if action.op == "file" and action.params["content"]:
-            item["staged"] = f"f{i}"
-            staged[item["staged"]] = rendered[action.params["path"]]
-        wire.append(item)
-    access = [a for a in the_plan.actions if a.op == "service" and a.params.get("carries_access")]
+    """Apply the plan, the changed files' content inline; False when the box changed since the probe
+    (nothing was touched then)."""
+    actions = [a.wire for a in the_plan.actions]
+    access = any(a["op"] == "service" and a["carries_access"] for a in actions)
     if access:
-        progress(run.name, "proving key login over a second connection before touching sshd")
+        report(run.name, "proving key login over a second connection before touching sshd")
         _prove_login(transport.host, opts.connect_timeout, run, "before changing sshd: nothing was changed")
-    progress(run.name, f"staging {len(staged)} file(s)")
-    with transport.sftp() as sftp:
-        stage = f"{sftp.normalize('.')}/.miab-remote-stage-{uuid.uuid4().hex[:12]}"
-        sftp.mkdir(stage, 0o700)
-        for fname, data in staged.items():
-            with sftp.open(f"{stage}/{fname}", "wb") as f:
-                f.chmod(0o600)
-                f.set_pipelined(True)
-                f.write(data)
-    done = _run_apply(transport, wire, stage, opts.lock_timeout, run, progress, mask)
+    done = _run_apply(transport, actions, rendered, opts.lock_timeout, run, report, mask)
     if done and access:
         _prove_login(transport.host, opts.connect_timeout, run, "after changing sshd: the old session is still open")
     return done
@@ -189,32 +187,36 @@ def _prove_login(host: Host, timeout: float, run: HostRun, when: str) -> None:
 
 def _run_apply(
     transport: Transport,
-    wire: list[dict[str, Any]],
-    stage: str,
+    actions: list[wire.Action],
+    content: Mapping[str, bytes],
     lock_timeout: float,
     run: HostRun,
-    progress: Progress,
+    report: Report,
     mask: Masker,
 ) -> bool:
-    """Run the apply script over `wire` actions, following its events; False if the box was stale."""
+    """Run the apply script over `actions` (with the content of the files they carry), following its
+    events; False if the box was stale."""
     name = run.name
-    reports = [ActionReport(a["resource"], mask(a["why"]), "skipped") for a in wire]
+    reports = [ActionReport(a["resource"], mask(a["why"]), "skipped") for a in actions]
     state: dict[str, Any] = {"error": None, "stale": None, "lock": None, "pending": []}
 
     def on_line(line: bytes) -> None:
         try:
-            event = json.loads(line)
+            event = cast(wire.Event, json.loads(line))
         except ValueError:
             return
         kind = event.get("event")
         if kind == "start":
             i = event["index"]
-            progress(name, f"[{i + 1}/{len(wire)}] {reports[i].why}")
+            report(name, f"[{i + 1}/{len(actions)}] {reports[i].why}")
         elif kind == "done":
             reports[event["index"]].status = "changed" if event["changed"] else "unchanged"
         elif kind == "fail":
-            reports[event["index"]].status = "failed"
-            state["error"] = f"{wire[event['index']]['resource']}: {mask(event['error'])}"
+            if "index" in event:
+                reports[event["index"]].status = "failed"
+                state["error"] = f"{actions[event['index']]['resource']}: {mask(event['error'])}"
+            else:
+                state["error"] = mask(event["error"])
         elif kind == "stale":
             state["stale"] = event["path"]
         elif kind == "pending":
@@ -222,37 +224,39 @@ def _run_apply(
         elif kind == "lock":
             state["lock"] = event
             if event["state"] == "waiting":
-                progress(name, "waiting: another deploy holds this box's lock")
+                report(name, "waiting: another deploy holds this box's lock")
 
-    res = transport.run_script(
-        "apply", {"stage": stage, "lock_timeout": lock_timeout, "actions": wire}, on_line=on_line
-    )
+    carried = wire.carried(actions)
+    if carried:
+        report(name, f"sending {len(carried)} changed file(s) with the apply")
+    spec = wire.ApplySpec(stage=_private_stage(), lock_timeout=lock_timeout, actions=actions)
+    res = transport.run_script("apply", wire.encode_apply(spec, content), on_line=on_line)
     lock = state["lock"]
     if lock and lock["state"] == "acquired":
         run.notes.append(f"waited {lock['seconds']} s for another deploy on this box")
-    if res.exit_code == STALE:
+    if res.exit_code == wire.STALE:
         run.notes.append(f"{state['stale']} changed between reading and applying; planned again")
         return False
-    if res.exit_code == LOCK_TIMEOUT:
+    if res.exit_code == wire.LOCK_TIMEOUT:
         raise HostError(
             f"{name}: another deploy held this box's lock for more than {lock_timeout:.0f} s; nothing was changed"
         )
     run.actions = reports
     run.changed = len({r.resource for r in reports if r.status == "changed"})
-    run.notes += _resume_notes(state["pending"], wire, reports)
+    run.notes += _resume_notes(state["pending"], actions, reports)
     if res.exit_code != 0:
         detail = state["error"] or mask(res.stderr.decode(errors="replace").strip()[-2000:])
         raise HostError(f"{name}: {detail}")
     return True
 
 
-def _resume_notes(pending: list[str], wire: list[dict[str, Any]], reports: list[ActionReport]) -> list[str]:
+def _resume_notes(pending: list[str], actions: list[wire.Action], reports: list[ActionReport]) -> list[str]:
     """What of the box's journal (notifications an interrupted run could not deliver) this run delivered."""
     done = {
         t
-        for a, r in zip(wire, reports, strict=True)
+        for a, r in zip(actions, reports, strict=True)
         if r.status in ("changed", "unchanged")
-        for t in a.get("settles", [])
+        for t in cast(list[str], a.get("settles", []))
     }
     finished = [p for p in pending if p in done]
     left = [p for p in pending if p not in done]
@@ -262,66 +266,60 @@ def _resume_notes(pending: list[str], wire: list[dict[str, Any]], reports: list[
     return notes
 
 
-def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRun:
+def push_accounts(host: Host, inventory_root: Path, report: Report) -> HostRun:
     """Push only what users and aliases change (maps, password file), in one round trip.
 
-    Call it while holding `inventory.lock(name)`, so that a push never sends an older inventory after a
+    Call it while holding the box's inventory lock, so that a push never sends an older inventory after a
     newer one. The box compares and replaces under its deploy lock; unchanged files are not touched.
     """
+    name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
         profile = profile_by_id(host.os) if host.os else None
         if profile is None:
             raise HostError(f"{name}: never deployed (no os recorded); run `miab-remote deploy {name}` first")
-        resources, rendered = build(host, profile, inventory.root)
-        wire = push_actions(resources, rendered, "accounts")
-        if not wire:
+        resources, rendered = build(host, profile, inventory_root)
+        actions = push_wire(resources, rendered, "accounts")
+        if not actions:
             run.notes.append("no recipe of this box renders users or aliases: nothing to push")
             return
-        progress(name, "pushing users and aliases")
-        _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
+        report(name, "pushing users and aliases")
+        _run_apply(transport, actions, rendered, 300.0, run, report, secrets_of(host))
 
-    return with_transport(inventory, name, job)
+    return with_transport(host, job)
 
 
-def purge_mailbox(inventory: Inventory, name: str, email: str, progress: Progress) -> HostRun:
+def purge_mailbox(host: Host, email: str, report: Report) -> HostRun:
     """Delete a removed user's mailbox on the box (after the operator confirmed)."""
+    name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
         if any(u.email.lower() == email.lower() for u in host.users):
             raise InputError(f"{email} is still a user of {name}; remove it first")
         path = mailbox_dir(email)
-        wire = [
-            {
-                "resource": f"mailbox:{email}",
-                "op": "command",
-                "why": f"delete {path}",
-                "run": f"rm -rf -- {shlex.quote(path)}",
-                "creates": None,
-                "unless": f"! test -e {shlex.quote(path)}",
-            }
-        ]
-        progress(name, f"deleting {path}")
-        _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
+        quoted = shlex.quote(path)
+        delete = command_action(
+            f"mailbox:{email}", f"delete {path}", f"rm -rf -- {quoted}", unless=f"! test -e {quoted}"
+        )
+        report(name, f"deleting {path}")
+        _run_apply(transport, [delete], {}, 300.0, run, report, secrets_of(host))
 
-    return with_transport(inventory, name, job)
+    return with_transport(host, job)
 
 
 def _private_stage() -> str:
-    # Pushes carry their content inline; the box stages it on tmpfs, readable by root only.
-    return f"/run/miab-remote/push-{uuid.uuid4().hex[:12]}"
+    # The box stages the content a run carries on tmpfs, in a folder of its own readable by root only.
+    return f"{wire.STAGE_ROOT}/{uuid.uuid4().hex[:12]}"
 
 
 def with_transport(
-    inventory: Inventory, name: str, job: Callable[[Host, Transport, HostRun], None], connect_timeout: float = 10.0
+    host: Host, job: Callable[[Host, Transport, HostRun], None], connect_timeout: float = 10.0
 ) -> HostRun:
     """Run `job` over one pinned connection; every failure ends up in the returned HostRun."""
-    run = HostRun(name)
+    run = HostRun(host.name)
     start = time.monotonic()
     transport: Transport | None = None
     try:
-        host = inventory.load(name)
-        run.os = host.os
         transport = Transport(host, connect_timeout=connect_timeout)
         job(host, transport, run)
     except MiabError as e:

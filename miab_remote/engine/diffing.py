@@ -27,10 +27,11 @@ class Masker:
 def plan_diff(plan: Plan, facts: Mapping[str, Any], rendered: Mapping[str, bytes], mask: Masker) -> str:
     chunks: list[str] = []
     for action in plan.actions:
-        if action.op != "file" or not action.params.get("content"):
+        item = action.wire
+        if item["op"] != "file" or not item["content"]:
             continue
-        path = action.params["path"]
-        if action.params.get("secret"):
+        path = item["path"]
+        if item["secret"]:
             chunks.append(f"--- {path}\n+++ {path}\n(secret file: content differs, not shown)\n")
             continue
         fact = facts.get("files", {}).get(path, {})

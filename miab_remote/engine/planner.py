@@ -8,14 +8,14 @@ is in the box's journal (facts["pending"]) and is delivered now, even when no fi
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
 from miab_remote.errors import InputError
+from miab_remote.remote import wire
 
 APT_LISTS_MAX_AGE = 6 * 3600.0
 PENDING = "pending from an interrupted run"
@@ -27,13 +27,21 @@ class PlanError(InputError):
 
 @dataclass(frozen=True)
 class Action:
-    resource: str
-    op: str
-    why: str
-    params: dict[str, Any] = field(default_factory=dict)
+    """One step of a plan: the typed wire item the box's apply script carries out as it is."""
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"resource": self.resource, "op": self.op, "why": self.why, **self.params}
+    wire: wire.Action
+
+    @property
+    def resource(self) -> str:
+        return self.wire["resource"]
+
+    @property
+    def op(self) -> str:
+        return self.wire["op"]
+
+    @property
+    def why(self) -> str:
+        return self.wire["why"]
 
 
 @dataclass(frozen=True)
@@ -90,27 +98,30 @@ def _reacting(resources: Sequence[Resource]) -> set[str]:
     return {r.id for r in resources if isinstance(r, Command) or (isinstance(r, Service) and r.running)}
 
 
-def probe_spec(resources: Sequence[Resource], rendered: Mapping[str, bytes], want_content: bool) -> dict[str, Any]:
+def _guard(r: Command) -> wire.Guard:
+    """The guard the box evaluates for a command: its `creates` path, else its `unless` test, else none."""
+    if r.creates:
+        return {"creates": r.creates}
+    if r.unless:
+        return {"unless": r.unless}
+    return {}
+
+
+def probe_spec(resources: Sequence[Resource], rendered: Mapping[str, bytes], want_content: bool) -> wire.ProbeSpec:
     """What the single probe must read for these resources."""
     files = [r.path for r in resources if isinstance(r, File | Directory)]
     want = {
         r.path: sha256(rendered[r.path]) for r in resources if isinstance(r, File) and want_content and not r.secret
     }
-    guards: dict[str, dict[str, str]] = {}
-    for r in resources:
-        if isinstance(r, Command) and r.creates:
-            guards[r.id] = {"creates": r.creates}
-        elif isinstance(r, Command) and r.unless:
-            guards[r.id] = {"unless": r.unless}
-    return {
-        "files": files,
-        "want_content": want,
-        "packages": [r.name for r in resources if isinstance(r, Package)],
-        "services": [r.name for r in resources if isinstance(r, Service)],
-        "users": [r.name for r in resources if isinstance(r, User)],
-        "groups": [r.name for r in resources if isinstance(r, Group)],
-        "guards": guards,
-    }
+    return wire.ProbeSpec(
+        files=files,
+        want_content=want,
+        packages=[r.name for r in resources if isinstance(r, Package)],
+        services=[r.name for r in resources if isinstance(r, Service)],
+        users=[r.name for r in resources if isinstance(r, User)],
+        groups=[r.name for r in resources if isinstance(r, Group)],
+        guards={r.id: g for r in resources if isinstance(r, Command) and (g := _guard(r))},
+    )
 
 
 def _meta_changes(fact: Mapping[str, Any], mode: int, owner: str, group: str) -> list[str]:
@@ -152,8 +163,9 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
         elif isinstance(r, Group):
             g = facts.get("groups", {}).get(r.name)
             if g is None:
+                why = f"create group {r.name}"
                 out.actions.append(
-                    Action(r.id, "group", f"create group {r.name}", {"name": r.name, "system": r.system})
+                    Action(wire.GroupAction(resource=r.id, op="group", why=why, name=r.name, system=r.system))
                 )
                 changed.add(r.id)
             else:
@@ -183,14 +195,8 @@ def plan(resources: Sequence[Resource], rendered: Mapping[str, bytes], facts: Ma
             )
     if stray := sorted(pending - set(out.resumed)):
         # Owed to something no recipe declares anymore (or a service now meant to be stopped): drop it.
-        out.actions.append(
-            Action(
-                "pending",
-                "forget",
-                "forget pending " + ", ".join(stray) + " (nothing declared reacts)",
-                {"settles": stray},
-            )
-        )
+        why = "forget pending " + ", ".join(stray) + " (nothing declared reacts)"
+        out.actions.append(Action(wire.ForgetAction(resource="pending", op="forget", why=why, settles=stray)))
     return out
 
 
@@ -203,30 +209,37 @@ def _plan_packages(out: Plan, installing: list[str], removing: list[str], lists_
     if installing:
         if lists_age is None or lists_age > APT_LISTS_MAX_AGE:
             age = "missing" if lists_age is None else f"{lists_age / 3600:.0f} h old"
-            out.actions.append(Action("apt:update", "apt_update", f"refresh package lists ({age})"))
+            why = f"refresh package lists ({age})"
+            out.actions.append(Action(wire.AptUpdate(resource="apt:update", op="apt_update", why=why)))
+        resource = f"package:{installing[0]}" if len(installing) == 1 else "packages"
+        why = "install " + " ".join(installing)
         out.actions.append(
-            Action(
-                f"package:{installing[0]}" if len(installing) == 1 else "packages",
-                "apt_install",
-                "install " + " ".join(installing),
-                {"packages": installing},
-            )
+            Action(wire.AptPackages(resource=resource, op="apt_install", why=why, packages=installing))
         )
     if removing:
-        out.actions.append(Action("packages", "apt_remove", "remove " + " ".join(removing), {"packages": removing}))
+        why = "remove " + " ".join(removing)
+        out.actions.append(Action(wire.AptPackages(resource="packages", op="apt_remove", why=why, packages=removing)))
 
 
 def _plan_user(out: Plan, r: User, fact: Mapping[str, Any] | None, changed: set[str]) -> None:
-    params = {
-        "name": r.name,
-        "system": r.system,
-        "home": r.home,
-        "shell": r.shell,
-        "group": r.group,
-        "groups": list(r.groups),
-    }
+    def action(why: str, create: bool) -> Action:
+        return Action(
+            wire.UserAction(
+                resource=r.id,
+                op="user",
+                why=why,
+                name=r.name,
+                system=r.system,
+                home=r.home,
+                shell=r.shell,
+                group=r.group,
+                groups=list(r.groups),
+                create=create,
+            )
+        )
+
     if fact is None:
-        out.actions.append(Action(r.id, "user", f"create user {r.name}", {**params, "create": True}))
+        out.actions.append(action(f"create user {r.name}", True))
         changed.add(r.id)
         return
     diffs = []
@@ -240,39 +253,57 @@ def _plan_user(out: Plan, r: User, fact: Mapping[str, Any] | None, changed: set[
     if missing:
         diffs.append("add to groups " + ",".join(missing))
     if diffs:
-        out.actions.append(Action(r.id, "user", f"user {r.name}: " + ", ".join(diffs), {**params, "create": False}))
+        out.actions.append(action(f"user {r.name}: " + ", ".join(diffs), False))
         changed.add(r.id)
     else:
         out.unchanged.append(Skip(r.id, f"exists (uid {fact['uid']}), home, shell and groups as declared"))
 
 
 def _plan_directory(out: Plan, r: Directory, fact: Mapping[str, Any], changed: set[str]) -> None:
-    params = {"path": r.path, "mode": r.mode, "owner": r.owner, "group": r.group}
+    def action(why: str) -> Action:
+        return Action(
+            wire.DirectoryAction(
+                resource=r.id, op="directory", why=why, path=r.path, mode=r.mode, owner=r.owner, group=r.group
+            )
+        )
+
     if not fact.get("exists"):
-        out.actions.append(Action(r.id, "directory", f"create {r.path}", params))
+        out.actions.append(action(f"create {r.path}"))
         changed.add(r.id)
     elif fact.get("type") != "directory":
         raise PlanError(f"{r.path} should be a directory but is a {fact.get('type')}; move it away first")
     elif diffs := _meta_changes(fact, r.mode, r.owner, r.group):
-        out.actions.append(Action(r.id, "directory", f"{r.path}: " + ", ".join(diffs), params))
+        out.actions.append(action(f"{r.path}: " + ", ".join(diffs)))
         changed.add(r.id)
     else:
         out.unchanged.append(Skip(r.id, f"exists, {r.mode:04o} {r.owner}:{r.group}"))
 
 
+def file_action(
+    r: File, data: bytes, why: str, content: bool, expect: str | None, notify: list[str]
+) -> wire.FileAction:
+    """The wire item that puts `data` at r.path (content=False: only its mode and owner)."""
+    return wire.FileAction(
+        resource=r.id,
+        op="file",
+        why=why,
+        path=r.path,
+        mode=r.mode,
+        owner=r.owner,
+        group=r.group,
+        sha256=sha256(data),
+        secret=r.secret,
+        content=content,
+        size=len(data) if content else 0,
+        expect=expect,
+        notify=notify,
+    )
+
+
 def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed: set[str], notify: list[str]) -> None:
     digest = sha256(data)
-    params: dict[str, Any] = {
-        "path": r.path,
-        "mode": r.mode,
-        "owner": r.owner,
-        "group": r.group,
-        "sha256": digest,
-        "secret": r.secret,
-        "notify": notify,
-    }
     if not fact.get("exists"):
-        out.actions.append(Action(r.id, "file", f"create {r.path}", {**params, "content": True, "expect": None}))
+        out.actions.append(Action(file_action(r, data, f"create {r.path}", True, None, notify)))
         changed.add(r.id)
         return
     if fact.get("type") != "file":
@@ -280,14 +311,8 @@ def _plan_file(out: Plan, r: File, data: bytes, fact: Mapping[str, Any], changed
     diffs = [] if fact.get("sha256") == digest else ["content"]
     diffs += _meta_changes(fact, r.mode, r.owner, r.group)
     if diffs:
-        out.actions.append(
-            Action(
-                r.id,
-                "file",
-                f"{r.path}: update " + ", ".join(diffs),
-                {**params, "content": "content" in diffs, "expect": fact.get("sha256")},
-            )
-        )
+        why = f"{r.path}: update " + ", ".join(diffs)
+        out.actions.append(Action(file_action(r, data, why, "content" in diffs, fact.get("sha256"), notify)))
         changed.add(r.id)
     else:
         out.unchanged.append(Skip(r.id, f"content identical (sha256 {digest[:12]}), {r.mode:04o} {r.owner}:{r.group}"))
@@ -316,28 +341,21 @@ def _plan_service(
         known and fact is not None and fact.get("enabled") in ("enabled", "static", "alias", "indirect", "generated")
     )
     todo = []
-    params: dict[str, Any] = {
-        "carries_access": r.carries_access,
-        "name": r.name,
-        "running": r.running,
-        "enabled": r.enabled,
-        "restart": None,
-        "validator": None,
-        "rollback": [],
-        "unmask": unmask,
-        "settles": [],
-    }
+    restart: Literal["reload", "restart"] | None = None
+    validator: str | None = None
+    rollback: list[str] = []
+    settles: list[str] = []
     if unmask:
         todo.append("unmask (it was masked; its recipe needs it " + ("running)" if r.running else "enabled)"))
     if by or owed:
         files = {res.id: res.path for res in resources if isinstance(res, File)}
-        params["validator"] = r.validator
-        params["rollback"] = [files[n] for n in by if n in files]
+        validator = r.validator
+        rollback = [files[n] for n in by if n in files]
         if r.running:
-            params["restart"] = "reload" if r.reload and active else "restart"
-            params["settles"] = [r.id]
+            restart = "reload" if r.reload and active else "restart"
+            settles = [r.id]
             causes = ([f"changed: {', '.join(by)}"] if by else []) + ([PENDING] if owed else [])
-            todo.append(f"{params['restart']} ({'; '.join(causes)})")
+            todo.append(f"{restart} ({'; '.join(causes)})")
     if owed:
         out.resumed.append(r.id)
     if r.running and not active and not (by or owed):
@@ -352,11 +370,59 @@ def _plan_service(
         elif r.enabled != enabled:
             todo.append("enable" if r.enabled else "disable")
     if todo:
-        out.actions.append(Action(r.id, "service", f"{r.name}: " + "; ".join(todo), params))
+        why = f"{r.name}: " + "; ".join(todo)
+        out.actions.append(Action(_service_action(r, why, restart, validator, rollback, unmask, settles)))
         changed.add(r.id)
     else:
         state = "running" if active else "stopped"
         out.unchanged.append(Skip(r.id, f"{state}, {'enabled' if enabled else 'disabled'}, no notifying change"))
+
+
+def _service_action(
+    r: Service,
+    why: str,
+    restart: Literal["reload", "restart"] | None,
+    validator: str | None,
+    rollback: list[str],
+    unmask: bool,
+    settles: list[str],
+) -> wire.ServiceAction:
+    return wire.ServiceAction(
+        resource=r.id,
+        op="service",
+        why=why,
+        name=r.name,
+        running=r.running,
+        enabled=r.enabled,
+        restart=restart,
+        validator=validator,
+        rollback=rollback,
+        unmask=unmask,
+        carries_access=r.carries_access,
+        settles=settles,
+    )
+
+
+def command_action(
+    resource: str,
+    why: str,
+    run: str,
+    creates: str | None = None,
+    unless: str | None = None,
+    notify: Sequence[str] = (),
+    settles: Sequence[str] = (),
+) -> wire.CommandAction:
+    """The wire item that runs `run` as root on the box, unless `creates` exists or `unless` succeeds there."""
+    return wire.CommandAction(
+        resource=resource,
+        op="command",
+        why=why,
+        run=run,
+        creates=creates,
+        unless=unless,
+        notify=list(notify),
+        settles=list(settles),
+    )
 
 
 def _plan_command(
@@ -372,9 +438,9 @@ def _plan_command(
     owed = r.id in pending
     if by or owed:
         # Notified: runs whatever its guard says (the guard is for runs where nothing it depends on changed).
-        params = {"run": r.run, "creates": None, "unless": None, "notify": notify, "settles": [r.id]}
         causes = ([f"changed: {', '.join(by)}"] if by else []) + ([PENDING] if owed else [])
-        out.actions.append(Action(r.id, "command", f"run {r.name} ({'; '.join(causes)})", params))
+        why = f"run {r.name} ({'; '.join(causes)})"
+        out.actions.append(Action(command_action(r.id, why, r.run, notify=notify, settles=[r.id])))
         if owed:
             out.resumed.append(r.id)
     elif not (r.creates or r.unless):
@@ -387,13 +453,14 @@ def _plan_command(
     else:
         why = f"{r.creates} is missing" if r.creates else f"guard `{r.unless}` failed"
         # The box checks the guard again just before running: an earlier step may have satisfied it.
-        params = {"run": r.run, "creates": r.creates, "unless": r.unless, "notify": notify}
-        out.actions.append(Action(r.id, "command", f"run {r.name} ({why})", params))
+        out.actions.append(
+            Action(command_action(r.id, f"run {r.name} ({why})", r.run, r.creates, r.unless, notify=notify))
+        )
     changed.add(r.id)
 
 
-def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], tag: str) -> list[dict[str, Any]]:
-    """Wire actions for a targeted push without a probe: the files tagged `tag` with their content inline,
+def push_wire(resources: Sequence[Resource], rendered: Mapping[str, bytes], tag: str) -> list[wire.Action]:
+    """The wire items of a targeted push, made without a probe: the files tagged `tag` (content carried),
     then what they notify, each marked to run only if a notifier really changed on the box. The box
     decides (under its lock) what differs, so one round trip is enough and nothing unchanged is touched."""
     check_resources(resources)
@@ -402,58 +469,29 @@ def push_actions(resources: Sequence[Resource], rendered: Mapping[str, bytes], t
     for r in resources:  # notify targets come after their notifiers, so one pass closes the set
         if r.id in members:
             members.update(getattr(r, "notify", ()))
-    wire: list[dict[str, Any]] = []
+    items: list[wire.Action] = []
     index: dict[str, int] = {}
     for r in resources:
         if r.id not in members:
             continue
         by = [index[n.id] for n in resources if n.id in index and r.id in getattr(n, "notify", ())]
+        item: wire.Action
         if isinstance(r, File):
-            data = rendered[r.path]
-            item = {
-                "op": "file",
-                "why": f"update {r.path}",
-                "path": r.path,
-                "mode": r.mode,
-                "owner": r.owner,
-                "group": r.group,
-                "sha256": sha256(data),
-                "secret": r.secret,
-                "content": True,
-                "expect": "*",
-                "inline": base64.b64encode(data).decode(),
-                "notify": [t for t in r.notify if t in members and t in reacting],
-            }
+            notify = [t for t in r.notify if t in members and t in reacting]
+            item = file_action(r, rendered[r.path], f"update {r.path}", True, wire.ANY, notify)
         elif isinstance(r, Service):
             files = [n.path for n in resources if isinstance(n, File) and n.id in members and r.id in n.notify]
-            verb = "reload" if r.reload else "restart"
-            item = {
-                "op": "service",
-                "why": f"{verb} {r.name}",
-                "name": r.name,
-                "running": r.running,
-                "enabled": r.enabled,
-                "restart": verb,
-                "validator": r.validator,
-                "rollback": files,
-                "if_changed": by,
-                "settles": [r.id],
-            }
+            verb: Literal["reload", "restart"] = "reload" if r.reload else "restart"
+            item = _service_action(r, f"{verb} {r.name}", verb, r.validator, files, False, [r.id])
+            item["if_changed"] = by
         elif isinstance(r, Command):
-            item = {
-                "op": "command",
-                "why": f"run {r.name}",
-                "run": r.run,
-                "creates": None,
-                "unless": None,
-                "if_changed": by,
-                "settles": [r.id],
-                "notify": [t for t in r.notify if t in members and t in reacting],
-                # Also run when its output is missing or out of date (e.g. a .db older than its text).
-                "guard": {"creates": r.creates} if r.creates else {"unless": r.unless} if r.unless else {},
-            }
+            notify = [t for t in r.notify if t in members and t in reacting]
+            item = command_action(r.id, f"run {r.name}", r.run, notify=notify, settles=[r.id])
+            item["if_changed"] = by
+            # Also run when its output is missing or out of date (e.g. a .db older than its text).
+            item["guard"] = _guard(r)
         else:
             continue
-        index[r.id] = len(wire)
-        wire.append({"resource": r.id, **item})
-    return wire
+        index[r.id] = len(items)
+        items.append(item)
+    return items

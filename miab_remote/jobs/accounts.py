@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import tomlkit
 
-from miab_remote.engine.converge import HostRun, Progress, purge_mailbox, push_accounts
+from miab_remote.engine.converge import HostRun, Report, purge_mailbox, push_accounts
 from miab_remote.fleet.model import Alias, Host
 from miab_remote.fleet.store import Inventory
 from miab_remote.jobs.deploy import check_builds
@@ -22,7 +22,7 @@ from miab_remote.mail import accounts, mailmaps
 # Checks the change against the box as it is under the lock (InputError: nothing written) and edits `doc`.
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 # Runs a push or a purge (given how to report progress) and returns its run.
-OnBox = Callable[[Callable[[Progress], HostRun]], HostRun]
+OnBox = Callable[[Callable[[Report], HostRun]], HostRun]
 
 
 def change(inv: Inventory, name: str, edit: Edit, push: bool, on_box: OnBox) -> HostRun | None:
@@ -36,7 +36,7 @@ def change(inv: Inventory, name: str, edit: Edit, push: bool, on_box: OnBox) -> 
             edit(inv.load(name), doc)
         if not push:
             return None
-        return on_box(lambda progress: push_accounts(inv, name, progress))
+        return on_box(lambda report: push_accounts(inv.load(name), inv.root, report))
 
 
 def purge(inv: Inventory, name: str, email: str, on_box: OnBox) -> HostRun | None:
@@ -45,7 +45,7 @@ def purge(inv: Inventory, name: str, email: str, on_box: OnBox) -> HostRun | Non
     with inv.lock(name):
         if accounts.find_user(inv.load(name), email) is not None:
             return None
-        return on_box(lambda progress: purge_mailbox(inv, name, email, progress))
+        return on_box(lambda report: purge_mailbox(inv.load(name), email, report))
 
 
 # -- what the operator should know after a change (computed from the box before it) ------------------------------

@@ -100,7 +100,7 @@ def list_bans(inventory: Inventory, name: str, progress: Progress, connect_timeo
         progress(name, "reading fail2ban's bans")
         result.jails = parse_banned(_fail2ban(host, transport, "fail2ban-client banned"))
 
-    result.run = with_transport(inventory, name, job, connect_timeout)
+    result.run = with_transport(inventory.load(name), job, connect_timeout)
     return result
 
 
@@ -150,7 +150,7 @@ def unban(
         run.actions = [ActionReport(f"jail:{j}", f"unban {address}", "changed") for j in targets]
         run.changed = len(targets)
 
-    result.run = with_transport(inventory, name, job, connect_timeout)
+    result.run = with_transport(inventory.load(name), job, connect_timeout)
     if unknown:
         raise unknown[0]
     return result

@@ -60,3 +60,9 @@ def profile_for_os_release(os_release: dict[str, str], host: str) -> OSProfile:
 
 def profile_by_id(profile_id: str) -> OSProfile | None:
     return PROFILES.get(profile_id)
+
+
+def assumed_profile(host_os: str | None) -> OSProfile:
+    """The profile a box is built for before its probe says: the os its inventory records, else Debian 12
+    (the probe then corrects it: a box of another supported system is built again for its own profile)."""
+    return (profile_by_id(host_os) if host_os else None) or DEBIAN_12

@@ -1,14 +1,15 @@
 # Runs on the box as root: carries out a plan made on the laptop, in order, stopping at the first failure.
-# Input: one JSON object on stdin (after this script): {"stage": dir, "lock_timeout": s, "actions": [...]}.
-# Output: JSON lines on stdout, one event each: hb (heartbeat), lock, stale, start, done, fail, end.
-# It takes the box's deploy lock, checks that the files it replaces are still what the plan saw (else it
-# reports "stale" and changes nothing), keeps a backup of every replaced file, and puts those back when a
+# Input on stdin (after this script): a wire.ApplySpec as one JSON line, then the bytes of each file it
+# carries (wire.encode_apply). Output: JSON lines on stdout, one wire.Event each: hb (heartbeat), lock,
+# stale, pending, start, done, fail, end; exit codes wire.STALE, wire.LOCK_TIMEOUT, wire.FAILED.
+# It first copies the carried files into its stage (a folder on /run readable by root only), then takes
+# the box's deploy lock, checks that the files it replaces are still what the plan saw (else it reports
+# "stale" and changes nothing), keeps a backup of every replaced file, and puts those back when a
 # service's validator rejects the new configuration, leaving the running service untouched.
 # Notifications survive an interruption: before a file (or command) that notifies a service or command
 # changes anything, the targets are written to a journal on the box (under the lock, atomically, fsynced);
 # each is cleared only once it ran. The probe reports the journal, and the next plan runs what is left.
 # stdlib only, Python >= 3.8.
-import base64
 import fcntl
 import grp
 import hashlib
@@ -21,9 +22,13 @@ import sys
 import threading
 import time
 
+import wire
+from wire import carried, read_journal, read_spec
+
 # The environment overrides are for the unit tests, which run this script outside a box.
-LOCK_PATH = os.environ.get("MIAB_REMOTE_LOCK", "/run/lock/miab-remote.lock")
-JOURNAL_PATH = os.environ.get("MIAB_REMOTE_JOURNAL", "/var/lib/miab-remote/pending.json")
+LOCK_PATH = os.environ.get("MIAB_REMOTE_LOCK", wire.LOCK_PATH)
+JOURNAL_PATH = os.environ.get("MIAB_REMOTE_JOURNAL", wire.JOURNAL_PATH)
+CHUNK = 1 << 20
 OUT_LOCK = threading.Lock()
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8", NEEDRESTART_MODE="a")
 APT_OPTS = [
@@ -79,8 +84,11 @@ def check(argv, what, shell=False):
 
 def sha256_of(path):
     try:
+        h = hashlib.sha256()
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest()
     except FileNotFoundError:
         return None
 
@@ -159,19 +167,28 @@ class Journal:
         fsync_dir(parent)
 
 
-def read_journal(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            pending = json.load(f).get("pending", {})
-    except (OSError, ValueError, AttributeError):
-        # None yet, or unreadable (then replaced at the next change; the postmap guards still catch up).
-        return {}
-    return pending if isinstance(pending, dict) else {}
+def stage_content(stream, spec):
+    """Copy each carried file's bytes from stdin into the stage, before the lock is taken (the laptop
+    sends them all at once). Returns {path: staged copy}."""
+    staged = {}
+    for i, a in enumerate(carried(spec["actions"])):
+        path = os.path.join(spec["stage"], f"f{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            left = a["size"]
+            while left:
+                chunk = stream.read(min(left, CHUNK))
+                if not chunk:
+                    raise Failed(f"{a['path']}: the input ended {left} bytes early")
+                f.write(chunk)
+                left -= len(chunk)
+        staged[a["path"]] = path
+    return staged
 
 
 class Runner:
-    def __init__(self, stage, journal):
-        self.stage = stage
+    def __init__(self, staged, journal):
+        self.staged = staged  # path -> its new content, copied into the stage
         self.journal = journal
         self.backups = {}  # path -> backup path in the stage dir, or None when the file did not exist
 
@@ -234,20 +251,16 @@ class Runner:
 
     def file(self, a):
         path = a["path"]
-        if a["expect"] == "*" and sha256_of(path) == a["sha256"] and meta_matches(path, a):
+        if a["expect"] == wire.ANY and sha256_of(path) == a["sha256"] and meta_matches(path, a):
             return False  # a push: decided here, under the lock, from the box's current state
         self.journal.owe(a["resource"], a.get("notify", []))
         if a["content"]:
-            if "inline" in a:
-                a["staged"] = "inline-" + hashlib.sha256(path.encode()).hexdigest()[:16]
-                with open(os.path.join(self.stage, a["staged"]), "wb") as f:
-                    f.write(base64.b64decode(a["inline"]))
-            staged = os.path.join(self.stage, a["staged"])
+            staged = self.staged[path]
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
                 raise Failed(f"{path}: parent directory {parent} does not exist")
             if os.path.lexists(path):
-                backup = os.path.join(self.stage, a["staged"] + ".orig")
+                backup = staged + ".orig"
                 shutil.copy2(path, backup)
                 self.backups.setdefault(path, backup)
             else:
@@ -341,7 +354,7 @@ class Runner:
 
 def stale_files(actions):
     for a in actions:
-        if a["op"] == "file" and a.get("content") and a["expect"] != "*" and sha256_of(a["path"]) != a["expect"]:
+        if a["op"] == "file" and a.get("content") and a["expect"] != wire.ANY and sha256_of(a["path"]) != a["expect"]:
             return a["path"]
     return None
 
@@ -360,7 +373,7 @@ def take_lock(timeout):
                 told = True
             if time.monotonic() - started > timeout:
                 emit(event="lock", state="timeout", seconds=round(time.monotonic() - started, 1))
-                sys.exit(3)
+                sys.exit(wire.LOCK_TIMEOUT)
             time.sleep(0.2)
     if told:
         emit(event="lock", state="acquired", seconds=round(time.monotonic() - started, 1))
@@ -390,10 +403,10 @@ def run_actions(runner, actions):
             changed = getattr(runner, a["op"])(a)
         except Failed as e:
             emit(event="fail", index=i, error=str(e))
-            sys.exit(1)
+            sys.exit(wire.FAILED)
         except Exception as e:
             emit(event="fail", index=i, error=f"{type(e).__name__}: {e}")
-            sys.exit(1)
+            sys.exit(wire.FAILED)
         # Only now is the notification delivered; the journal keeps it until here.
         runner.journal.settle(a.get("settles", []))
         if changed:
@@ -402,19 +415,25 @@ def run_actions(runner, actions):
 
 
 def main():
-    spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    spec = read_spec(sys.stdin.buffer)
     threading.Thread(target=heartbeat, daemon=True).start()
     os.makedirs(spec["stage"], mode=0o700, exist_ok=True)
+    os.chmod(spec["stage"], 0o700)  # a folder an interrupted run left is made private again
     try:
+        try:
+            staged = stage_content(sys.stdin.buffer, spec)
+        except (Failed, OSError) as e:
+            emit(event="fail", error=f"staging the files: {e}")
+            sys.exit(wire.FAILED)
         take_lock(spec["lock_timeout"])
         stale = stale_files(spec["actions"])
         if stale:
             emit(event="stale", path=stale)
-            sys.exit(75)
+            sys.exit(wire.STALE)
         journal = Journal(JOURNAL_PATH)
         if journal.entries:
             emit(event="pending", ids=sorted(journal.entries))
-        run_actions(Runner(spec["stage"], journal), spec["actions"])
+        run_actions(Runner(staged, journal), spec["actions"])
         emit(event="end")
     finally:
         shutil.rmtree(spec["stage"], ignore_errors=True)

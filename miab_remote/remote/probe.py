@@ -1,5 +1,5 @@
 # Runs on the box as root: reads every fact a plan needs in one round trip, changes nothing.
-# Input: one JSON object on stdin (after this script). Output: one JSON object on stdout.
+# Input: a wire.ProbeSpec as JSON on stdin (after this script). Output: one JSON object of facts on stdout.
 # stdlib only, Python >= 3.8 (the oldest python3 on a supported system).
 import base64
 import grp
@@ -12,9 +12,12 @@ import subprocess
 import sys
 import time
 
+import wire
+from wire import read_journal
+
 MAX_CONTENT = 256 * 1024
 # What an interrupted apply left to do (see apply.py); the override is for the unit tests.
-JOURNAL_PATH = os.environ.get("MIAB_REMOTE_JOURNAL", "/var/lib/miab-remote/pending.json")
+JOURNAL_PATH = os.environ.get("MIAB_REMOTE_JOURNAL", wire.JOURNAL_PATH)
 
 
 def os_release():
@@ -58,9 +61,12 @@ def file_fact(path, want):
     elif stat.S_ISREG(st.st_mode):
         fact["type"] = "file"
         h = hashlib.sha256()
+        data = b""
         with open(path, "rb") as f:
-            data = f.read()
-        h.update(data)
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                if len(data) <= MAX_CONTENT:  # kept for a diff only while small enough to show
+                    data += chunk
         fact["sha256"] = h.hexdigest()
         desired = want.get(path)
         if desired is not None and desired != fact["sha256"] and len(data) <= MAX_CONTENT:
@@ -157,16 +163,6 @@ def guards(spec):
     return out
 
 
-def pending():
-    """The journal's entries, {resource id: details}; a missing or unreadable journal owes nothing."""
-    try:
-        with open(JOURNAL_PATH, encoding="utf-8") as f:
-            entries = json.load(f).get("pending", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return entries if isinstance(entries, dict) else {}
-
-
 def apt_lists_age():
     newest = None
     try:
@@ -192,7 +188,7 @@ def main():
         "groups": groups(spec.get("groups", [])),
         "guards": guards(spec.get("guards", {})),
         "apt_lists_age": apt_lists_age(),
-        "pending": pending(),
+        "pending": read_journal(JOURNAL_PATH),
     }
     sys.stdout.write(json.dumps(facts))
 

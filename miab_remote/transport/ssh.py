@@ -13,7 +13,7 @@ import json
 import shlex
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,12 @@ from fabric import Connection
 
 from miab_remote.errors import HostError, HostKeyMismatch
 from miab_remote.fleet.model import Host
-from miab_remote.remote import script
+from miab_remote.remote import BOOTSTRAP, script_input
 from miab_remote.transport.sshkeys import fingerprint, parse_public_line
 
 CONNECT_TIMEOUT = 10.0
 # Exit codes the bootstrap uses to tell the laptop what is missing on the box.
 NO_PYTHON = 97
-
-# The remote side reads the script (its length first), then hands the rest of stdin to it as JSON.
-_BOOTSTRAP = (
-    "import sys;b=sys.stdin.buffer;n=int(b.readline());"
-    "exec(compile(b.read(n),'miab-remote','exec'),{'__name__':'__main__'})"
-)
 
 # Host key algorithms paramiko negotiates for each pinned key type.
 _ALGOS = {
@@ -227,15 +221,16 @@ class Transport:
     def run_script(
         self,
         name: str,
-        payload: dict[str, Any],
+        payload: Mapping[str, Any] | bytes,
         *,
         idle_timeout: float = 60.0,
         on_line: Callable[[bytes], None] | None = None,
     ) -> Result:
-        """Run one of the stdlib-only scripts in miab_remote/remote/ as root, with `payload` as JSON on stdin."""
-        code = script(name)
-        inner = f"command -v python3 >/dev/null 2>&1 || exit {NO_PYTHON}; exec python3 -c {shlex.quote(_BOOTSTRAP)}"
-        stdin = str(len(code)).encode() + b"\n" + code + json.dumps(payload).encode()
+        """Run one of the stdlib-only scripts in miab_remote/remote/ as root, with `payload` on stdin: as JSON,
+        or bytes as they are (apply's spec and content, framed by remote/wire.py)."""
+        inner = f"command -v python3 >/dev/null 2>&1 || exit {NO_PYTHON}; exec python3 -c {shlex.quote(BOOTSTRAP)}"
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        stdin = script_input(name, body)
         res = self.exec(inner, stdin, idle_timeout=idle_timeout, on_line=on_line)
         if res.exit_code == NO_PYTHON:
             raise HostError(f"{self.host.name}: python3 is missing on the box; install it (apt-get install python3)")
@@ -246,7 +241,7 @@ class Transport:
             )
         return res
 
-    def run_json(self, name: str, payload: dict[str, Any], idle_timeout: float = 60.0) -> Any:
+    def run_json(self, name: str, payload: Mapping[str, Any], idle_timeout: float = 60.0) -> Any:
         res = self.run_script(name, payload, idle_timeout=idle_timeout)
         if res.exit_code != 0:
             raise HostError(

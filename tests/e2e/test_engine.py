@@ -3,6 +3,7 @@ keys, concurrent deploys, and an installed wheel that needs no source tree."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -268,6 +269,33 @@ def test_a_masked_unit_is_unmasked_and_the_rest_repaired(inv: Path, box: Box) ->
     assert again["changed"] == 0, again["actions"]
 
 
+BIG_RECIPE = """\
+from miab_remote.api import File
+
+
+def resources(ctx):
+    yield File("/var/lib/miab-test-big", content=bytes(range(256)) * 24576, mode=0o600)
+"""
+
+
+def test_a_file_of_several_megabytes_goes_inline_with_the_apply(inv: Path, box: Box) -> None:
+    assert deploy(inv).code == 0
+    (inv / "recipes" / "bigfile.py").write_text(BIG_RECIPE)
+    edit_inventory(inv, NAME, recipes=["base", "testbox", "bigfile"])
+    try:
+        res = deploy(inv, "--json")
+        assert res.code == 0, res.errors()
+        run = res.json()["hosts"][NAME]
+        assert run["changed"] == 1 and run["round_trips"] == 2, run
+        assert box.sha256("/var/lib/miab-test-big") == hashlib.sha256(bytes(range(256)) * 24576).hexdigest()
+        assert box.run("stat -c '%a %U' /var/lib/miab-test-big")[1].split() == ["600", "root"]
+        assert box.run("ls -A /run/miab-remote")[1].strip() == "", "the stage is removed"
+        assert deploy(inv, "--json").json()["hosts"][NAME]["changed"] == 0
+    finally:
+        edit_inventory(inv, NAME, recipes=["base", "testbox"])
+        box.run("rm -f /var/lib/miab-test-big")
+
+
 def test_installed_wheel_works_without_the_source_tree(inv: Path, box: Box, tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     venv = tmp_path / "venv"
@@ -313,6 +341,8 @@ def test_non_root_user_deploys_through_sudo(inv: Path, box: Box, identity: Path)
         res = deploy(inv, "--json")
         assert res.code == 0, res.err + res.out
         assert res.json()["hosts"][NAME]["changed"] == 2  # the file, and nginx reloaded
+        # The changed file's content goes inline over the apply channel: probe + apply, no SFTP session.
+        assert res.json()["hosts"][NAME]["round_trips"] == 2
         assert box.run(f"stat -c '%U %a' {NGINX_CONF}")[1].split() == ["root", "644"]
         assert box.run("ls -a /home/admin")[1].count(".miab-remote-stage") == 0, "the staging folder is removed"
         # Without passwordless sudo the error says so, and nothing changes.

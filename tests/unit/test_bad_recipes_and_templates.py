@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from miab_remote.engine.resources import File
 def resources(ctx):
     yield File("/etc/miab-test/conf")
 """
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """Where the inventory says SSH is: any connection to it would mean something reached "the box"."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        s.setblocking(False)
-        yield s
 
 
 @pytest.fixture

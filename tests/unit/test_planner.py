@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from miab_remote.engine.planner import PlanError, check_resources, plan, probe_spec, push_actions, sha256
+from miab_remote.engine.planner import PlanError, check_resources, plan, probe_spec, push_wire, sha256
 from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
 from miab_remote.errors import InputError
 
@@ -357,24 +357,24 @@ def test_notified_service_gets_validator_and_rollback_list() -> None:
         Service("nginx", reload=True, validator="nginx -t"),
     ]
     p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": fact_file(b"old")}, services={"nginx": RUNNING}))
-    svc = p.actions[-1].params
+    svc = p.actions[-1].wire
     assert svc["validator"] == "nginx -t"
     assert svc["rollback"] == ["/etc/x"]
     assert svc["restart"] == "reload"
-    file_action = p.actions[0].params
+    file_action = p.actions[0].wire
     assert file_action["expect"] == sha256(b"old")
 
 
 def test_restart_when_not_reloadable_or_not_running() -> None:
     res = [File("/etc/x", content=CONF, notify=("service:s",)), Service("s")]
     p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": ABSENT}, services={"s": RUNNING}))
-    assert p.actions[-1].params["restart"] == "restart"
+    assert p.actions[-1].wire["restart"] == "restart"
 
 
 def test_metadata_only_change_does_not_restage() -> None:
     res = [File("/etc/x", content=CONF, mode=0o600)]
     p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": fact_file()}))
-    assert p.actions[0].params["content"] is False
+    assert p.actions[0].wire["content"] is False
     assert "mode 0644->0600" in p.actions[0].why
 
 
@@ -427,7 +427,7 @@ def test_a_service_whose_unit_a_recipe_ships_may_not_exist_yet() -> None:
         facts(services={"guard": {"load": "not-found", "active": "inactive", "enabled": ""}}),
     )
     service = next(a for a in p.actions if a.resource == "service:guard")
-    assert service.params["restart"] == "restart" and "enable if needed" in service.why
+    assert service.wire["restart"] == "restart" and "enable if needed" in service.why
 
 
 def test_probe_spec_reads_everything_once_and_no_secret_content() -> None:
@@ -463,7 +463,7 @@ def test_plan_is_deterministic() -> None:
     )
     a = plan(res, {"/etc/x": CONF}, f)
     b = plan(res, {"/etc/x": CONF}, f)
-    assert [x.to_wire() for x in a.actions] == [x.to_wire() for x in b.actions]
+    assert [x.wire for x in a.actions] == [x.wire for x in b.actions]
 
 
 def test_owed_restart_is_delivered_validated_and_settled() -> None:
@@ -472,9 +472,9 @@ def test_owed_restart_is_delivered_validated_and_settled() -> None:
     p = plan(res, {"/etc/x": CONF}, f)
     (svc,) = p.actions
     assert svc.why == "nginx: reload (pending from an interrupted run)"
-    assert svc.params["validator"] == "t" and svc.params["restart"] == "reload"
-    assert svc.params["settles"] == ["service:nginx"]
-    assert svc.params["rollback"] == [], "no file of this run to put back"
+    assert svc.wire["validator"] == "t" and svc.wire["restart"] == "reload"
+    assert svc.wire["settles"] == ["service:nginx"]
+    assert svc.wire["rollback"] == [], "no file of this run to put back"
     assert p.resumed == ["service:nginx"]
     # Owed and notified again: one reload, for both reasons.
     f["files"] = {"/etc/x": fact_file(b"old")}
@@ -491,7 +491,7 @@ def test_changed_files_and_commands_name_what_the_box_must_journal() -> None:
     ]
     stopped = {"load": "loaded", "active": "inactive", "enabled": "disabled"}
     p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": ABSENT}, services={"on": RUNNING, "off": stopped}))
-    by_id = {a.resource: a.params for a in p.actions}
+    by_id = {a.resource: a.wire for a in p.actions}
     assert by_id["file:/etc/x"]["notify"] == ["command:c", "service:on"], "a stopped service is owed nothing"
     assert by_id["command:c"]["notify"] == ["service:on"]
     assert by_id["command:c"]["settles"] == ["command:c"] and by_id["service:on"]["settles"] == ["service:on"]
@@ -500,12 +500,12 @@ def test_changed_files_and_commands_name_what_the_box_must_journal() -> None:
 
 def test_masked_unit_is_unmasked_and_says_so() -> None:
     (svc,) = plan([Service("spamd")], {}, facts(services={"spamd": MASKED})).actions
-    assert svc.params["unmask"] is True
+    assert svc.wire["unmask"] is True
     assert svc.why.startswith("spamd: unmask (it was masked; its recipe needs it running)")
     assert "start" in svc.why
     masked_running = {**MASKED, "active": "active"}
     (svc,) = plan([Service("spamd", reload=True)], {}, facts(services={"spamd": masked_running})).actions
-    assert svc.params["unmask"] is True and "start" not in svc.why
+    assert svc.wire["unmask"] is True and "start" not in svc.why
 
 
 def test_push_journals_notifications_and_rebuilds_stale_output() -> None:
@@ -513,7 +513,7 @@ def test_push_journals_notifications_and_rebuilds_stale_output() -> None:
         File("/etc/m", content="a b\n", tags=("accounts",), notify=("command:postmap",)),
         Command("postmap", run="postmap /etc/m", on_notify=True, unless="test /etc/m.db -nt /etc/m"),
     ]
-    f, c = push_actions(res, {"/etc/m": b"a b\n"}, "accounts")
+    f, c = push_wire(res, {"/etc/m": b"a b\n"}, "accounts")
     assert f["notify"] == ["command:postmap"]
     assert c["if_changed"] == [0] and c["settles"] == ["command:postmap"]
     assert c["guard"] == {"unless": "test /etc/m.db -nt /etc/m"}
