@@ -187,6 +187,9 @@ def stage_content(stream, spec):
 
 
 class Runner:
+    """One method per wire op, named after it (run_actions calls getattr(runner, a["op"])): a resource
+    kind's code on the box is found by the ops its module in engine/kinds/ yields."""
+
     def __init__(self, staged, journal):
         self.staged = staged  # path -> its new content, copied into the stage
         self.journal = journal

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from miab_remote.fleet.store import new_document
 
 from miab_remote import cli
+from miab_remote.fleet.store import new_document
 from miab_remote.transport.ssh import NO_PYTHON
 from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
 
