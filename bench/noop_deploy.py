@@ -28,7 +28,7 @@ from miab_remote.engine.converge import DeployOptions, converge, prepare  # noqa
 from miab_remote.fleet.store import Inventory  # noqa: E402
 from miab_remote.mail.passwords import hash_password  # noqa: E402
 from tests.e2e import helpers  # noqa: E402
-from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key  # noqa: E402
+from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key  # noqa: E402
 
 BENCH_ENV = {
     "MIAB_REMOTE_LOCAL_DIR": "/var/lib/miab-remote/bench",
@@ -44,15 +44,10 @@ def bench_box(tmp: Path, recipes: list[str] | None) -> Iterator[tuple[Path, str,
     helpers.E2E_ENV.update(BENCH_ENV)  # for the CLI runs of the test helpers: the bench has its own network
     name = "mx.bench.test"
     inv = new_inventory(tmp / "hosts")
-    box = create_box(inv, operator_key(tmp), name)
-    try:
-        users = [{"email": f"{u}@bench.test", "password_hash": hash_password(f"{u}-password")} for u in ("a", "b")]
-        edit_inventory(inv, name, users=users, **({"recipes": recipes} if recipes else {}))
-        first = cli(inv, "deploy", name)
-        assert first.code == 0, first.err + first.out
-        yield inv, name, box
-    finally:
-        cli(inv, "destroy", "--yes", name)
+    users = [{"email": f"{u}@bench.test", "password_hash": hash_password(f"{u}-password")} for u in ("a", "b")]
+    inventory = {"users": users, **({"recipes": recipes} if recipes else {})}
+    with deployed_box(inv, operator_key(tmp), {name: inventory}) as made:
+        yield inv, name, made.box
 
 
 def main() -> int:

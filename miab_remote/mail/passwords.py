@@ -4,13 +4,20 @@ The hash is bcrypt (cost 12) with dovecot's scheme prefix, `{BLF-CRYPT}$2b$12$..
 (Debian 12) verifies as is. It is computed once, when the password is entered; nothing re-hashes it, so
 a deploy never changes a stored hash. The clear password never reaches argv, a log, an exception or
 the output: every message here says what is wrong with it without showing it.
+
+The cost can be changed through the environment, MIAB_REMOTE_BCRYPT_COST (4 to 31, bcrypt's own bounds),
+so that the test suite can hash in milliseconds. Unset, it is 12. A value outside the bounds is bad input;
+a value below 12 works but warns (WeakCostWarning) every time it is used, and the cost stays visible in
+each hash it makes (`$2b$04$`), so a weaker setting never goes unnoticed.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 import unicodedata
+import warnings
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -19,7 +26,9 @@ import bcrypt
 from miab_remote.errors import InputError
 
 SCHEME = "{BLF-CRYPT}"
-COST = 12
+COST = 12  # the default; MIAB_REMOTE_BCRYPT_COST changes it (see bcrypt_cost)
+COST_VARIABLE = "MIAB_REMOTE_BCRYPT_COST"
+MIN_COST, MAX_COST = 4, 31  # what bcrypt.gensalt accepts
 MIN_LENGTH = 8
 # bcrypt reads at most 72 bytes; a longer password would be cut silently (or refused by bcrypt >= 5).
 MAX_BYTES = 72
@@ -44,10 +53,45 @@ def check_password(password: str) -> None:
         raise InputError("the password contains a control character (not shown); nothing was changed")
 
 
-def hash_password(password: str) -> str:
-    """The dovecot-ready hash of a checked password: `{BLF-CRYPT}$2b$12$` + salt and digest."""
+class WeakCostWarning(UserWarning):
+    """MIAB_REMOTE_BCRYPT_COST asks for fewer rounds than the default: fine for tests, not for real mail."""
+
+
+def bcrypt_cost() -> int:
+    """The bcrypt cost to hash with: COST unless MIAB_REMOTE_BCRYPT_COST says otherwise.
+
+    Read on every hash (not once at import) so a test can set it for itself. A lower cost than the
+    default warns each time, so a leftover setting on an operator's laptop shows instead of weakening
+    every new hash in silence.
+    """
+    raw = os.environ.get(COST_VARIABLE)
+    if raw is None:
+        return COST
+    accepted = f"accepted: a whole number from {MIN_COST} to {MAX_COST} (unset, the cost is {COST})"
+    try:
+        cost = int(raw.strip())
+    except ValueError:
+        raise InputError(f"{COST_VARIABLE}={raw!r} is not a bcrypt cost; {accepted}; nothing was changed") from None
+    if not MIN_COST <= cost <= MAX_COST:
+        raise InputError(f"{COST_VARIABLE}={raw!r} is out of bounds; {accepted}; nothing was changed")
+    if cost < COST:
+        warnings.warn(
+            WeakCostWarning(
+                f"{COST_VARIABLE}={cost} hashes with bcrypt cost {cost}, below the default {COST}: "
+                "meant for tests; unset it for real mailboxes"
+            ),
+            stacklevel=3,
+        )
+    return cost
+
+
+def hash_password(password: str, cost: int | None = None) -> str:
+    """The dovecot-ready hash of a checked password: `{BLF-CRYPT}$2b$12$` + salt and digest
+    (another cost than 12 only when MIAB_REMOTE_BCRYPT_COST says so; `cost` is bcrypt_cost() read earlier)."""
     check_password(password)
-    digest = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=COST, prefix=b"2b"))
+    if cost is None:
+        cost = bcrypt_cost()
+    digest = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=cost, prefix=b"2b"))
     return SCHEME + digest.decode("ascii")
 
 
@@ -107,5 +151,8 @@ def read_new_password(email: str, from_stdin: bool) -> str:
 
 
 def new_password_hash(email: str, from_stdin: bool) -> str:
-    """Read a new password for `email` and return only its hash; the clear text goes no further."""
-    return hash_password(read_new_password(email, from_stdin))
+    """Read a new password for `email` and return only its hash; the clear text goes no further.
+
+    The cost setting is checked first, so a bad one is refused before the operator types anything."""
+    cost = bcrypt_cost()
+    return hash_password(read_new_password(email, from_stdin), cost)

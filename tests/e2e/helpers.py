@@ -1,14 +1,18 @@
-"""Helpers for e2e tests: run the real CLI as a subprocess, and talk to a box over pinned SSH."""
+"""Helpers for e2e tests: run the real CLI as a subprocess, make deployed boxes that never outlive their
+test (deployed_box), and talk to a box over pinned SSH."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,17 +62,38 @@ def cli(
     exe: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> CLIResult:
-    env = {**os.environ, **E2E_ENV, **(env or {}), "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inventory)}
     proc = subprocess.run(
         [*(exe or [sys.executable, "-m", "miab_remote"]), *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=cli_env(inventory, env),
         cwd=cwd,
     )
     return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def cli_env(inventory: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a CLI run of the e2e tests gets: this lane's network, no colour, this inventory."""
+    return {**os.environ, **E2E_ENV, **(env or {}), "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inventory)}
+
+
+def start_cli(inventory: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """The real CLI as a running process, for a test that watches or kills it while it works."""
+    return subprocess.Popen([sys.executable, "-m", "miab_remote", *args], env=cli_env(inventory), **popen)
+
+
+def wait_until(
+    done: Callable[[], bool], what: str, timeout: float = 120, running: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll `done` until it holds: a state to wait for, never a fixed sleep. Fails after `timeout` s, or at
+    once when the process `running` (whose work is awaited) has ended first."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert running is None or running.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.2)
 
 
 def new_inventory(root: Path) -> Path:
@@ -177,3 +202,88 @@ def edit_inventory(inv: Path, name: str, **top: Any) -> None:
         else:
             doc[key] = value
     path.write_text(tomlkit.dumps(doc))
+
+
+@dataclass
+class Deployed:
+    """What deployed_box made: a root SSH handle per box, and its first deploy (None with deploy=False)."""
+
+    boxes: dict[str, Box]
+    first_deploy: CLIResult | None = None
+    deploy_seconds: float = 0.0  # wall time of that first deploy, the whole CLI process
+
+    @property
+    def box(self) -> Box:
+        """The box, when there is one."""
+        (only,) = self.boxes.values()
+        return only
+
+    def host_run(self, name: str) -> dict[str, Any]:
+        """One box's part of the first deploy's --json output."""
+        assert self.first_deploy is not None, "deployed_box(deploy=False) ran no deploy"
+        run: dict[str, Any] = self.first_deploy.json()["hosts"][name]
+        return run
+
+
+@contextlib.contextmanager
+def deployed_box(
+    inv: Path, identity: Path, inventories: Mapping[str, Mapping[str, Any]], deploy: bool = True
+) -> Iterator[Deployed]:
+    """Local boxes for a test module: create each (in parallel), set their inventories' keys (as
+    edit_inventory), deploy them all in one `deploy --json` (unless deploy=False), yield, and destroy them.
+
+    `inventories` maps each box name to the top-level keys to set, e.g. {NAME: {"users": [...]}}. The
+    destroy is in `finally`, so no box outlives its test: not after a failed create, edit or deploy, a
+    failed test, or Ctrl-C (KeyboardInterrupt). When the body failed, the destroy does not hide its error;
+    when it succeeded, a failed destroy fails it.
+    """
+    names = list(inventories)
+    failed = True
+    try:
+        boxes = _create_boxes(inv, identity, names)
+        for name, top in inventories.items():
+            if top:
+                edit_inventory(inv, name, **top)
+        made = Deployed(boxes)
+        if deploy:
+            started = time.monotonic()
+            made.first_deploy = cli(inv, "deploy", *names, "--json")
+            made.deploy_seconds = time.monotonic() - started
+            assert made.first_deploy.code == 0, made.first_deploy.errors()
+        yield made
+        failed = False
+    finally:
+        gone = cli(inv, "destroy", "--yes", *names)
+        if gone.code != 0:
+            # destroy reads a box's inventory first, so one the test left invalid would keep the box: set it
+            # aside (NAME.toml.invalid) and destroy by name, which cleans up a local box without one.
+            for name in names:
+                path = inv / f"{name}.toml"
+                if path.exists():
+                    path.rename(path.with_name(f"{name}.toml.invalid"))
+            gone = cli(inv, "destroy", "--yes", *names)
+        if not failed:
+            assert gone.code == 0, gone.err + gone.out
+
+
+def _create_boxes(inv: Path, identity: Path, names: list[str]) -> dict[str, Box]:
+    """create_box for each name, at once; the first failure is raised once all have ended."""
+    if len(names) == 1:
+        return {names[0]: create_box(inv, identity, names[0])}
+    made: dict[str, Box] = {}
+    errors: list[BaseException] = []
+
+    def make(name: str) -> None:
+        try:
+            made[name] = create_box(inv, identity, name)
+        except BaseException as e:  # re-raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {n: made[n] for n in names}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
-from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import Box, cli, deployed_box, edit_inventory, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -33,37 +32,21 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def boxes(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Box]]:
-    key = operator_key(tmp_path_factory.mktemp("operator"))
-    made: dict[str, Box] = {}
-
-    def make(name: str) -> None:
-        made[name] = create_box(inv, key, name)
-
-    threads = [threading.Thread(target=make, args=(n,)) for n in (A, B)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert set(made) == {A, B}
-    edit_inventory(
-        inv,
-        A,
-        users=[{"email": "alice@alpha-dns.test", "password_hash": hash_password(PW["alice@alpha-dns.test"])}],
-        options={"greylist_delay": 0},
-    )
-    edit_inventory(
-        inv,
-        B,
-        domains=["beta-dns.test", "second-beta.test"],
-        users=[{"email": "bob@beta-dns.test", "password_hash": hash_password(PW["bob@beta-dns.test"])}],
-        options={"greylist_delay": 0},
-    )
-    try:
-        res = cli(inv, "deploy", A, B, "--json")  # both at once, in parallel
-        assert res.code == 0, res.errors()
-        yield made
-    finally:
-        assert cli(inv, "destroy", "--yes", A, B).code == 0
+    inventories = {
+        A: {
+            "users": [{"email": "alice@alpha-dns.test", "password_hash": hash_password(PW["alice@alpha-dns.test"])}],
+            "options": {"greylist_delay": 0},
+        },
+        B: {
+            "domains": ["beta-dns.test", "second-beta.test"],
+            "users": [{"email": "bob@beta-dns.test", "password_hash": hash_password(PW["bob@beta-dns.test"])}],
+            "options": {"greylist_delay": 0},
+        },
+    }
+    # Both made at once, and deployed in one `deploy A B` (in parallel).
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), inventories) as made:
+        assert set(made.boxes) == {A, B}
+        yield made.boxes
 
 
 def ask(box: Box, name: str, rtype: str) -> list[str]:

@@ -4,12 +4,11 @@ keys, concurrent deploys, and an installed wheel that needs no source tree."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,21 +17,23 @@ import tomlkit
 
 from miab_remote.transport.sshkeys import fingerprint_line, generate_ed25519
 from tests.e2e.helpers import (
-    E2E_ENV,
     SUBNET_PREFIX,
     Box,
     CLIResult,
     cli,
-    create_box,
+    deployed_box,
     edit_inventory,
     new_inventory,
     operator_key,
+    start_cli,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 
 NAME = "engine.e2e-one.test"
 NGINX_CONF = "/etc/nginx/conf.d/miab-test.conf"
+LOCK = "/run/lock/miab-remote.lock"  # the box's deploy lock (remote/apply.py)
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +48,10 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def box(inv: Path, identity: Path) -> Iterator[Box]:
-    b = create_box(inv, identity, NAME)
-    assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == "debian-12"
-    # The test recipe joins the built-in base recipe.
-    edit_inventory(inv, NAME, recipes=["base", "testbox"])
-    yield b
-    res = cli(inv, "destroy", "--yes", NAME)
-    assert res.code == 0, res.err + res.out
+    # The test recipe joins the built-in base recipe; each test deploys for itself.
+    with deployed_box(inv, identity, {NAME: {"recipes": ["base", "testbox"]}}, deploy=False) as made:
+        assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == "debian-12"  # create wrote it
+        yield made.box
 
 
 def deploy(inv: Path, *args: str) -> CLIResult:
@@ -171,18 +169,22 @@ def test_changed_host_key_is_refused_before_anything_is_sent(inv: Path, box: Box
 
 def test_concurrent_deploys_wait_for_each_other(inv: Path, box: Box) -> None:
     assert deploy(inv).code == 0
-    # A deploy that finds the box locked waits for it, then converges.
-    holder = threading.Thread(target=box.run, args=("flock /run/lock/miab-remote.lock sleep 4",))
+    # A deploy that finds the box locked waits for it, then converges. The lock is held on the box until the
+    # test releases it: no timing guesses, each step waits for the state it needs.
+    held, release = "/run/miab-test-lock-held", "/run/miab-test-lock-release"
+    box.run(f"rm -f {held} {release}")
+    hold = f"touch {held}; while [ ! -e {release} ]; do sleep 0.1; done"
+    holder = threading.Thread(target=box.run, args=(f"flock {LOCK} sh -c '{hold}'; rm -f {held} {release}",))
     override = inv / "templates" / NGINX_CONF.lstrip("/")
     original = override.read_text()
     try:
         override.write_text(original.replace("listen 8080;", "listen 8083;"))
         holder.start()
-        time.sleep(1.0)
+        wait_until(lambda: box.run(f"test -e {held}", check=False)[0] == 0, "the lock is held on the box")
         short = deploy(inv, "--json", "--lock-timeout", "1")
         assert short.code == 1
         assert "another deploy held this box's lock" in short.json()["hosts"][NAME]["error"]
-        waited = deploy(inv, "--json")
+        waited = waiting_deploy(inv, box, release)
         holder.join()
         assert waited.code == 0, waited.err
         assert any("waited" in n for n in waited.json()["hosts"][NAME]["notes"])
@@ -198,8 +200,29 @@ def test_concurrent_deploys_wait_for_each_other(inv: Path, box: Box) -> None:
         assert "listen 8084;" in box.run(f"cat {NGINX_CONF}")[1]
         assert deploy(inv, "--json").json()["hosts"][NAME]["changed"] == 0
     finally:
+        if holder.is_alive():  # a failed step must not leave the lock held (or this thread waiting)
+            box.run(f"touch {release}")
+            holder.join()
         override.write_text(original)
     assert deploy(inv).code == 0
+
+
+def waiting_deploy(inv: Path, box: Box, release: str) -> CLIResult:
+    """`deploy --json` while another holds the box's lock: once its progress (-v, on stderr) says it is
+    waiting for the lock, the holder is told to let go (`touch release` on the box)."""
+    with tempfile.TemporaryFile() as out:
+        proc = start_cli(inv, "-v", "deploy", NAME, "--json", stdout=out, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        seen: list[bytes] = []
+        for line in proc.stderr:  # line by line, as the deploy reports its steps
+            seen.append(line)
+            if b"waiting: another deploy holds this box's lock" in line:
+                box.run(f"touch {release}")
+                break
+        err = b"".join(seen) + proc.stderr.read()
+        proc.wait(timeout=600)
+        out.seek(0)
+        return CLIResult(proc.returncode, out.read().decode(), err.decode(errors="replace"))
 
 
 def serves(box: Box, port: int) -> bool:
@@ -216,24 +239,19 @@ def test_a_reload_lost_to_a_killed_deploy_is_finished_by_the_next(inv: Path, box
     box.run("rm -f /run/miab-test-held; touch /run/miab-test-hold")
     try:
         override.write_text(original.replace("listen 8080;", "listen 8087;"))
-        env = {**os.environ, **E2E_ENV, "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inv)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "miab_remote", "deploy", NAME],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        proc = start_cli(inv, "deploy", NAME, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(
+            lambda: box.run("test -e /run/miab-test-held", check=False)[0] == 0,
+            "the deploy reached the hold",
+            timeout=300,
+            running=proc,
         )
-        deadline = time.monotonic() + 300
-        while box.run("test -e /run/miab-test-held", check=False)[0] != 0:
-            assert proc.poll() is None, "the deploy ended before it reached the hold"
-            assert time.monotonic() < deadline, "the deploy never reached the hold"
-            time.sleep(0.3)
         assert "listen 8087;" in box.run(f"cat {NGINX_CONF}")[1], "the file moved into place"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         box.run("rm -f /run/miab-test-hold")
         # The apply on the box ends at its next word to the vanished CLI, before it reloads nginx.
-        box.run("timeout 60 flock /run/lock/miab-remote.lock true")
+        box.run(f"timeout 60 flock {LOCK} true")
         assert serves(box, 8080) and not serves(box, 8087), "nginx still runs the old configuration"
         res = deploy(inv, "--json")
         assert res.code == 0, res.errors()

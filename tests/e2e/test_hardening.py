@@ -40,8 +40,7 @@ from tests.e2e.helpers import (
     SUBNET_PREFIX,
     Box,
     cli,
-    create_box,
-    edit_inventory,
+    deployed_box,
     new_inventory,
     operator_key,
 )
@@ -66,14 +65,9 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_deploy(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, dict[str, Any]]]:
-    b = create_box(inv, operator_key(tmp_path_factory.mktemp("operator")), NAME)
-    edit_inventory(inv, NAME, users=[{"email": USER, "password_hash": hash_password(PASSWORD)}])
-    try:
-        res = cli(inv, "deploy", NAME, "--json")
-        assert res.code == 0, res.err + res.out
-        yield b, res.json()["hosts"][NAME]
-    finally:
-        assert cli(inv, "destroy", "--yes", NAME).code == 0
+    inventory = {"users": [{"email": USER, "password_hash": hash_password(PASSWORD)}]}
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
+        yield made.box, made.host_run(NAME)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import email.message
 import imaplib
-import os
 import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,14 +28,15 @@ import pytest
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import (
-    E2E_ENV,
     HOST_ADDRESS,
     Box,
     cli,
-    create_box,
+    deployed_box,
     edit_inventory,
     new_inventory,
     operator_key,
+    start_cli,
+    wait_until,
 )
 from tests.e2e.mailclients import Mail, message
 
@@ -62,30 +61,23 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
-    b = create_box(inv, operator_key(tmp_path_factory.mktemp("operator")), NAME)
-    try:
-        edit_inventory(
-            inv,
-            NAME,
-            domains=[DOMAIN, OTHER],
-            users=[{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
-            aliases=[
-                {"source": f"team@{DOMAIN}", "destinations": [f"alice@{DOMAIN}", f"bob@{DOMAIN}"]},
-                {"source": f"@{OTHER}", "destinations": [f"carol@{OTHER}"]},
-            ],
-            options={"greylist_delay": 2},
-            dns={
-                "records": [
-                    {"name": OTHER, "type": "TXT", "value": f'"v=spf1 mx ip4:{HOST_ADDRESS} -all"'},
-                    {"name": f"_dmarc.{OTHER}", "type": "TXT", "value": '"v=DMARC1; p=reject;"'},
-                ]
-            },
-        )
-        res = cli(inv, "deploy", NAME, "--json")
-        assert res.code == 0, res.errors()
-        yield b
-    finally:
-        assert cli(inv, "destroy", "--yes", NAME).code == 0
+    inventory = {
+        "domains": [DOMAIN, OTHER],
+        "users": [{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
+        "aliases": [
+            {"source": f"team@{DOMAIN}", "destinations": [f"alice@{DOMAIN}", f"bob@{DOMAIN}"]},
+            {"source": f"@{OTHER}", "destinations": [f"carol@{OTHER}"]},
+        ],
+        "options": {"greylist_delay": 2},
+        "dns": {
+            "records": [
+                {"name": OTHER, "type": "TXT", "value": f'"v=spf1 mx ip4:{HOST_ADDRESS} -all"'},
+                {"name": f"_dmarc.{OTHER}", "type": "TXT", "value": '"v=DMARC1; p=reject;"'},
+            ]
+        },
+    }
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
+        yield made.box
 
 
 @pytest.fixture(scope="module")
@@ -563,10 +555,9 @@ def test_a_killed_user_add_is_finished_by_the_next_deploy(inv: Path, mail: Mail,
         stdin=HELD_POSTMAP.encode(),
     )
     try:
-        env = {**os.environ, **E2E_ENV, "NO_COLOR": "1", "MIAB_REMOTE_INVENTORY": str(inv)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "miab_remote", "user", "add", NAME, frank, "--password-stdin"],
-            env=env,
+        proc = start_cli(
+            inv,
+            *("user", "add", NAME, frank, "--password-stdin"),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -574,11 +565,9 @@ def test_a_killed_user_add_is_finished_by_the_next_deploy(inv: Path, mail: Mail,
         assert proc.stdin is not None
         proc.stdin.write(b"frank-password-1\n")
         proc.stdin.close()
-        deadline = time.monotonic() + 120
-        while box.run("test -e /run/held-postmap", check=False)[0] != 0:
-            assert proc.poll() is None, "user add ended before postmap ran"
-            assert time.monotonic() < deadline, "user add never reached postmap"
-            time.sleep(0.3)
+        wait_until(
+            lambda: box.run("test -e /run/held-postmap", check=False)[0] == 0, "postmap ran (user add)", running=proc
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         box.run("rm -f /run/hold-postmap; timeout 60 flock /run/lock/miab-remote.lock true")

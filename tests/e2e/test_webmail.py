@@ -11,7 +11,6 @@ import http.client
 import re
 import socket
 import ssl
-import time
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
-from tests.e2e.helpers import Box, cli, create_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -52,22 +51,14 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
-    b = create_box(inv, operator_key(tmp_path_factory.mktemp("operator")), NAME)
-    try:
-        edit_inventory(
-            inv,
-            NAME,
-            domains=[DOMAIN, OTHER],
-            users=[{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
-            options={"greylist_delay": 2},
-        )
-        started = time.monotonic()
-        res = cli(inv, "deploy", NAME, "--json")
-        assert res.code == 0, res.err + res.out
-        FIRST_DEPLOY.update(res.json()["hosts"][NAME], wall=time.monotonic() - started)
-        yield b
-    finally:
-        assert cli(inv, "destroy", "--yes", NAME).code == 0
+    inventory = {
+        "domains": [DOMAIN, OTHER],
+        "users": [{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
+        "options": {"greylist_delay": 2},
+    }
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
+        FIRST_DEPLOY.update(made.host_run(NAME), wall=made.deploy_seconds)
+        yield made.box
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,56 @@
-"""Fixtures shared by the unit tests."""
+"""Unit-test settings: bcrypt at its lowest cost, so a hash takes a millisecond instead of a quarter second.
+
+MIAB_REMOTE_BCRYPT_COST is set per module (and undone after it), so it never reaches the e2e tests even
+when both run in one session; subprocesses a unit test starts inherit it. The warning a lowered cost gives
+(WeakCostWarning) is expected here and filtered; tests/unit/test_passwords.py checks it is given.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
+import os
 import socket
 from collections.abc import Iterator
 
 import pytest
+
+TEST_COST = "4"  # bcrypt's lowest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("filterwarnings", "ignore::miab_remote.mail.passwords.WeakCostWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_bcrypt() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIAB_REMOTE_BCRYPT_COST", TEST_COST)
+        yield
+
+
+@pytest.fixture
+def forkserver() -> multiprocessing.context.ForkServerContext:
+    """Processes forked from one server that imported the CLI and the test modules once, so a test about
+    several processes at once (file locks between processes) needs no Python start-up per process.
+
+    One server serves the whole session, so every module its children need is named here."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["miab_remote.cli", "tests.unit.test_accounts", "tests.unit.test_inventory"])
+    return context
+
+
+@pytest.fixture(autouse=True)
+def environment_unchanged() -> Iterator[None]:
+    """A test that changes os.environ must undo it (monkeypatch): a leftover NO_COLOR or inventory path
+    would change what every later test sees, and pass or fail them by their order."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    for env in (before, after):
+        env.pop("PYTEST_CURRENT_TEST", None)  # pytest's own, set for each phase of each test
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test left os.environ changed: {', '.join(changed)}"
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for `miab-remote user ...` and `alias ...` through the real CLI, as a subprocess on real files.
+"""Tests for `miab-remote user ...` and `alias ...` through the real CLI (its `main`, in this process) on real files.
 
 Bad input must exit 2 with one message naming what is wrong and what is accepted, and leave the inventory
 byte-for-byte as it was. Good input must change exactly the lines it is about and keep the operator's
@@ -7,20 +7,25 @@ comments. Concurrent commands on one inventory must not lose each other's change
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import json
+import multiprocessing.context
 import os
 import pty
 import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import tomlkit
 
+from miab_remote.cli import main
 from miab_remote.fleet.store import Inventory, new_document
 from miab_remote.mail import passwords
 
@@ -72,10 +77,32 @@ class Result:
 
 
 def cli(root: Path, *args: str, stdin: str | None = PASSWORD + "\n") -> Result:
-    """Run `miab-remote --inventory hosts ARGS` in `root`; stdin None means no stdin at all (not a terminal)."""
+    """Run `miab-remote --inventory hosts ARGS` in `root`, in this process (the same `main` the entry point
+    calls, without a Python start-up per command); stdin None means an empty stdin that is not a terminal.
+    What the process itself shows (a real terminal, its exit status) is tested through cli_process."""
+    out, err = io.StringIO(), io.StringIO()
+    stdin_bytes = b"" if stdin is None else stdin.encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("NO_COLOR", "1")
+        mp.setenv("COLUMNS", "1000")
+        mp.delenv("MIAB_REMOTE_INVENTORY", raising=False)
+        mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin_bytes), encoding="utf-8"))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(["--inventory", "hosts", *args])
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def cli_process(root: Path, *args: str, stdin: str | None = PASSWORD + "\n") -> Result:
+    """Run `python -m miab_remote --inventory hosts ARGS` in `root` as its own process; stdin None means
+    /dev/null (no terminal). For what only a real process shows: the entry point's exit status and stdin."""
     # This checkout's code, not whatever copy of miab_remote the interpreter would find from `root`.
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "1000", "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop("MIAB_REMOTE_INVENTORY", None)
+    env.pop("MIAB_REMOTE_BCRYPT_COST", None)  # its warning would be in stderr; these cases never hash
     proc = subprocess.run(
         [sys.executable, "-m", "miab_remote", "--inventory", "hosts", *args],
         input=stdin,
@@ -383,14 +410,39 @@ BAD_INPUT: list[tuple[str, list[str], str | None, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("args", "typed", "message"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input(root: Path, args: list[str], typed: str | None, message: str) -> None:
+# The cases where the process itself matters, run once more as a real process (cli_process): the entry
+# point's exit status is 2, and with stdin on /dev/null (no terminal at all) or a pipe nothing waits for a prompt.
+PROCESS_CASES = ("add-no-terminal", "remove-purge-no-terminal", "add-short-password")
+RUNS = [
+    pytest.param(run, *c[1:], id=f"{c[0]}-{run.__name__}")
+    for c in BAD_INPUT
+    for run in (cli, cli_process)
+    if run is cli or c[0] in PROCESS_CASES
+]
+
+
+@pytest.mark.parametrize(("run", "args", "typed", "message"), RUNS)
+def test_bad_input(
+    root: Path, run: Callable[..., Result], args: list[str], typed: str | None, message: str
+) -> None:
     before = inventory_bytes(root)
-    result = cli(root, *args, stdin=None if typed is None else typed + "\n")
+    result = run(root, *args, stdin=None if typed is None else typed + "\n")
     assert (result.code, result.err, result.out) == (2, f"miab-remote: {message}\n", "")
     assert inventory_bytes(root) == before
     if typed:
         assert typed not in result.err
+
+
+def test_bad_cost_setting_is_refused_before_any_change(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = inventory_bytes(root)
+    monkeypatch.setenv("MIAB_REMOTE_BCRYPT_COST", "3")
+    result = cli(root, "user", "add", NAME, "carol@example.test", *STDIN_FLAGS)
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "miab-remote: MIAB_REMOTE_BCRYPT_COST='3' is out of bounds; accepted: a whole number from 4 to 31 "
+        "(unset, the cost is 12); nothing was changed\n"
+    )
+    assert inventory_bytes(root) == before
 
 
 # ---------------------------------------------------------------------------------------- good changes
@@ -710,40 +762,38 @@ def test_failed_push_never_purges(root: Path) -> None:
 # ----------------------------------------------------------------------------------------- concurrency
 
 
-def test_concurrent_adds_lose_nothing(root: Path) -> None:
-    env = {**os.environ, "NO_COLOR": "1"}
+def _add_user_in_child(root: str, index: int, password: str, err_path: str) -> None:
+    """One of the concurrent `user add` commands, in its own process: `main` as the entry point runs it, with
+    the password on stdin and stderr kept in a file (top level, so a forkserver child can run it)."""
+    os.chdir(root)
+    sys.stdin = io.TextIOWrapper(io.BytesIO(f"{password}\n".encode()), encoding="utf-8")
+    with open(err_path, "w") as err, contextlib.redirect_stderr(err):
+        address = f"user{index:02}@example.test"
+        code = main(["--inventory", "hosts", "user", "add", NAME, address, "--password-stdin", "--no-push"])
+    sys.exit(code)
+
+
+def test_concurrent_adds_lose_nothing(
+    root: Path, tmp_path_factory: pytest.TempPathFactory, forkserver: multiprocessing.context.BaseContext
+) -> None:
+    """Twenty commands at once in separate processes (the inventory lock is a file lock between processes,
+    so this stays a multi-process test). The children are forked from a forkserver that imported the CLI
+    once (tests/unit/conftest.py), instead of twenty Python start-ups."""
+    errors = tmp_path_factory.mktemp("stderr")
+    context = forkserver
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "miab_remote",
-                "--inventory",
-                "hosts",
-                "user",
-                "add",
-                NAME,
-                f"user{i:02}@example.test",
-                "--password-stdin",
-                "--no-push",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=root,
-            env=env,
+        context.Process(
+            target=_add_user_in_child, args=(str(root), i, f"password-{i:02}-x", str(errors / f"{i}.txt"))
         )
         for i in range(20)
     ]
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(f"password-{proc.pid}\n".encode())
-        proc.stdin.close()
-    for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NO_COLOR", "1")
+        for proc in procs:
+            proc.start()
+    for i, proc in enumerate(procs):
+        proc.join(300)
+        assert proc.exitcode == 0, (errors / f"{i}.txt").read_text()
     emails = [u.email for u in Inventory(root / "hosts").load(NAME).users]
     assert sorted(emails[2:]) == [f"user{i:02}@example.test" for i in range(20)]
     assert emails[:2] == ["alice@example.test", "bob@example.org"]

@@ -33,8 +33,9 @@ def inv(tmp_path: Path) -> Inventory:
 
 
 def run_cli(inv: Inventory, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    os.environ["NO_COLOR"] = "1"
-    code = cli.main(["--inventory", str(inv.root), *args])
+    with pytest.MonkeyPatch.context() as mp:  # NO_COLOR for this call only, not for the tests after it
+        mp.setenv("NO_COLOR", "1")
+        code = cli.main(["--inventory", str(inv.root), *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -944,9 +944,9 @@ def test_concurrent_edits_from_threads(hosts: Inventory) -> None:
     _expect_all_users(hosts)
 
 
-def test_concurrent_edits_from_processes(hosts: Inventory) -> None:
+def test_concurrent_edits_from_processes(hosts: Inventory, forkserver: multiprocessing.context.BaseContext) -> None:
     put(hosts, STYLED)
-    context = multiprocessing.get_context("spawn")
+    context = forkserver  # separate processes, without a Python start-up each (tests/unit/conftest.py)
     workers = [context.Process(target=_append_user, args=(str(hosts.root.resolve()), i)) for i in range(CONCURRENT)]
     for worker in workers:
         worker.start()

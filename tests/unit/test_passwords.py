@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +23,16 @@ NAME = "box1.example.test"
 
 @pytest.fixture(scope="module")
 def stored() -> str:
-    """One hash, made once: cost 12 takes a quarter of a second."""
+    """One hash, made once, at the production cost (the unit tests' conftest lowers it for every other
+    test): cost 12 takes a quarter of a second."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(passwords.COST_VARIABLE, raising=False)
+        return passwords.hash_password("correct horse 1")
+
+
+@pytest.fixture(scope="module")
+def fast() -> str:
+    """The same password hashed at the unit tests' low cost, for the tests about checking, not the format."""
     return passwords.hash_password("correct horse 1")
 
 
@@ -30,7 +40,8 @@ def test_hash_format(stored: str) -> None:
     assert HASH_RE.fullmatch(stored), stored
 
 
-def test_hash_verifies_with_bcrypt(stored: str) -> None:
+def test_hash_verifies_with_bcrypt(fast: str) -> None:
+    stored = fast
     digest = stored.removeprefix("{BLF-CRYPT}").encode()
     assert bcrypt.checkpw(b"correct horse 1", digest)
     assert not bcrypt.checkpw(b"correct horse 2", digest)
@@ -38,7 +49,8 @@ def test_hash_verifies_with_bcrypt(stored: str) -> None:
     assert not passwords.verify_password("correct horse 2", stored)
 
 
-def test_each_hash_has_its_own_salt(stored: str) -> None:
+def test_each_hash_has_its_own_salt(fast: str) -> None:
+    stored = fast  # the same cost as `again`: only the salt can differ
     again = passwords.hash_password("correct horse 1")
     assert again != stored
     assert passwords.verify_password("correct horse 1", again)
@@ -56,6 +68,55 @@ def test_inventory_validator_accepts_the_hash(stored: str) -> None:
 def test_non_ascii_password_round_trips() -> None:
     stored = passwords.hash_password("pässwörd-ü")
     assert bcrypt.checkpw("pässwörd-ü".encode(), stored.removeprefix("{BLF-CRYPT}").encode())
+
+
+# ------------------------------------------------------------------------------------- the cost setting
+
+
+def test_lower_cost_is_used_and_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIAB_REMOTE_BCRYPT_COST", "5")
+    with pytest.warns(passwords.WeakCostWarning) as caught:
+        stored = passwords.hash_password("correct horse 1")
+    assert stored.startswith("{BLF-CRYPT}$2b$05$")  # the cost shows in every hash it made
+    assert str(caught[0].message) == (
+        "MIAB_REMOTE_BCRYPT_COST=5 hashes with bcrypt cost 5, below the default 12: "
+        "meant for tests; unset it for real mailboxes"
+    )
+    assert passwords.verify_password("correct horse 1", stored)
+    host = validate(
+        f'hostname = "{NAME}"\naddress = "192.0.2.10"\n\n'
+        f'[[users]]\nemail = "alice@example.test"\npassword_hash = "{stored}"\n',
+        Path(f"hosts/{NAME}.toml"),
+    )
+    assert host.users[0].password_hash == stored
+
+
+def test_default_cost_set_explicitly_does_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIAB_REMOTE_BCRYPT_COST", " 12 ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert passwords.bcrypt_cost() == 12
+
+
+COST_REFUSED: list[tuple[str, str]] = [
+    ("3", "is out of bounds"),
+    ("32", "is out of bounds"),
+    ("-1", "is out of bounds"),
+    ("", "is not a bcrypt cost"),
+    ("four", "is not a bcrypt cost"),
+    ("4.5", "is not a bcrypt cost"),
+]
+
+
+@pytest.mark.parametrize(("value", "problem"), COST_REFUSED, ids=[c[0] or "empty" for c in COST_REFUSED])
+def test_cost_setting_out_of_bounds_is_refused(monkeypatch: pytest.MonkeyPatch, value: str, problem: str) -> None:
+    monkeypatch.setenv("MIAB_REMOTE_BCRYPT_COST", value)
+    with pytest.raises(InputError) as info:
+        passwords.hash_password("correct horse 1")
+    assert str(info.value) == (
+        f"MIAB_REMOTE_BCRYPT_COST={value!r} {problem}; accepted: a whole number from 4 to 31 "
+        "(unset, the cost is 12); nothing was changed"
+    )
 
 
 # -------------------------------------------------------------------------------------------- the rules
