@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote.providers import local
+from miab_remote.providers.local import LocalProvider
 from tests.e2e.helpers import E2E_ENV, deployed_box, new_inventory, operator_key
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def status(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
     with monkeypatch.context() as mp:
         for key, value in E2E_ENV.items():
             mp.setenv(key, value)
-        return local.status(name)
+        return LocalProvider().status(name)
 
 
 def test_a_failed_deploy_still_destroys_the_box(inv: Path, identity: Path, monkeypatch: pytest.MonkeyPatch) -> None:
