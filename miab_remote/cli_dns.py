@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from miab_remote import dnszones
-from miab_remote.checks import Check, dkim_rdata_from_box, run_checks
+from miab_remote.checkresult import Check
 from miab_remote.cli import in_parallel, inventory_of
 from miab_remote.errors import MiabError
 from miab_remote.model import Host
@@ -37,6 +37,8 @@ def cmd_dns(args: argparse.Namespace) -> int:
     external = host.options["dns"] == "external"
     data: dict[str, Any] = {"box": host.name, "dns": host.options["dns"]}
     if external:
+        from miab_remote.checks import dkim_rdata_from_box  # only `dns` and `check` need it (dns.resolver, x509)
+
         dkim = dkim_rdata_from_box(host)
         zones = dnszones.records(host, dkim or dnszones.DKIM_PLACEHOLDER)
         data["records"] = {
@@ -78,6 +80,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     names = inv.names() if args.all else args.names
     hosts = [inv.load(n) for n in names]
+    from miab_remote.checks import run_checks  # dns.resolver, x509: imported for `check` only, not at start-up
 
     def one(host: Host) -> list[Check]:
         try:

@@ -87,11 +87,14 @@ def secrets_of(host: Host) -> Masker:
     return Masker(u.password_hash for u in host.users)
 
 
-def build(host: Host, profile: OSProfile, inventory_root: Path) -> tuple[list[Resource], dict[str, bytes]]:
+def build(
+    host: Host, profile: OSProfile, inventory_root: Path, tag: str | None = None
+) -> tuple[list[Resource], dict[str, bytes]]:
+    """The box's resources and its files' rendered bytes (with `tag`: only the files tagged so)."""
     resources = load_resources(host, profile, inventory_root)
     templates = TemplateSet(inventory_root / "templates", profile.template_variants)
     ctx = RecipeContext(host, profile)
-    return resources, render_files(resources, ctx.template_vars(), templates)
+    return resources, render_files(resources, ctx.template_vars(), templates, tag)
 
 
 def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: Progress) -> HostRun:
@@ -273,7 +276,7 @@ def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRu
         profile = profile_by_id(host.os) if host.os else None
         if profile is None:
             raise HostError(f"{name}: never deployed (no os recorded); run `miab-remote deploy {name}` first")
-        resources, rendered = build(host, profile, inventory.root)
+        resources, rendered = build(host, profile, inventory.root, "accounts")
         wire = push_actions(resources, rendered, "accounts")
         if not wire:
             run.notes.append("no recipe of this box renders users or aliases: nothing to push")
