@@ -77,10 +77,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def check_builds(inv: Inventory, host: Host) -> None:
     """Load every recipe and render every template of a box on the laptop, so that a failed recipe or
-    template is bad input (exit 2, one line naming the file) before any box is contacted."""
+    template is bad input (exit 2, one line naming the file) before any box is contacted; and so is a way
+    to the box that cannot be pinned (a jump host without jump_host_keys, a ProxyCommand)."""
     from miab_remote.deploy import build
     from miab_remote.profiles import DEBIAN_12, profile_by_id
+    from miab_remote.ssh import route
 
+    route(host)
     build(host, (profile_by_id(host.os) if host.os else None) or DEBIAN_12, inv.root)
 
 
@@ -306,12 +309,18 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from miab_remote.ssh import fetch_host_keys
+    from miab_remote.ssh import fetch_host_keys, route
     from miab_remote.sshkeys import fingerprint
 
     inv = inventory_of(args)
     host = inv.load(args.name)
-    keys = fetch_host_keys(host.address, host.ssh.port)
+    way = route(host)
+    if way.jumps:
+        raise InputError(
+            f"{host.name}: trust does not read keys through a jump host ({', '.join(way.jumps)}); read the box's "
+            f"key out of band and put it in host_keys of {display_path(host.path)}"
+        )
+    keys = fetch_host_keys(way.hostname, way.port)
     if not keys:
         raise MiabError(f"{host.name}: the server offered no host key we can use")
     offered = {fingerprint(k.get_name(), k.asbytes()): f"{k.get_name()} {k.get_base64()}" for k in keys}

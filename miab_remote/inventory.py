@@ -55,7 +55,7 @@ TOP_KEYS: tuple[str, ...] = (
 )
 DNS_KEYS: tuple[str, ...] = ("records",)
 DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
-SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file")
+SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file", "jump", "jump_host_keys")
 USER_KEYS: tuple[str, ...] = ("email", "password_hash", "quota")
 ALIAS_KEYS: tuple[str, ...] = ("source", "destinations")
 
@@ -71,6 +71,10 @@ PASSWORD_SCHEMES: dict[str, re.Pattern[str]] = {
 
 _ANY_CASE_HOST_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
 _POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?$")
+# One jump host as ProxyJump writes it: [user@]host[:port], the host a name, an ssh_config alias or an address.
+_JUMP_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[A-Za-z0-9_][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$"
+)
 _RECIPE_RE = re.compile(r"^[a-z0-9_-]+$")
 _QUOTA_RE = re.compile(r"^(0|[1-9][0-9]*[KMGT]?)$")
 # dovecot 2.3 reads `storage=N[KMGT]` (no unit: KiB) into a signed 64-bit count of bytes: 8388608T is
@@ -769,13 +773,43 @@ class _Checker:
         if identity is not None:
             # `~` is the operator's home; a relative path is relative to the inventory folder.
             identity = str(Path(os.path.abspath(self.path.parent)) / Path(identity).expanduser())
-        return SSHSettings(user=user or "root", port=port or 22, identity_file=identity)
+        jump = self.check_jump(ssh, at)
+        return SSHSettings(
+            user=user or "root",
+            port=port or 22,
+            identity_file=identity,
+            jump=jump,
+            jump_host_keys=self.check_host_keys(ssh, at, "jump_host_keys"),
+            given=frozenset(k for k in ("user", "port", "identity_file", "jump") if k in ssh),
+        )
 
-    def check_host_keys(self) -> tuple[str, ...]:
+    def check_jump(self, ssh: dict[str, Any], at: _KeyPath) -> str | None:
+        """`jump`: ProxyJump's syntax, one or more `[user@]host[:port]` separated by commas."""
+        jump = self.typed(ssh, at, "jump", str, "jump hosts like 'admin@bastion.example.org:22'")
+        if jump is None:
+            return None
+        accepted = "accepted: [user@]host[:port], several separated by commas, like 'admin@bastion.example.org:22'"
+        hops = jump.split(",")
+        for hop in hops:
+            m = _JUMP_RE.fullmatch(hop.strip())
+            if m is None:
+                self.fail((*at, "jump"), f"{hop.strip()!r} is not a jump host; {accepted}")
+                return None
+            if m["user"] is not None and not _POSIX_USER_RE.fullmatch(m["user"]):
+                self.fail((*at, "jump"), f"{m['user']!r} in {hop.strip()!r} is not a POSIX user name; {accepted}")
+                return None
+            if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
+                self.fail((*at, "jump"), f"port {m['port']} in {hop.strip()!r} is out of range 1..65535; {accepted}")
+                return None
+        return ",".join(h.strip() for h in hops)
+
+    def check_host_keys(
+        self, table: dict[str, Any] | None = None, at: _KeyPath = (), name: str = "host_keys"
+    ) -> tuple[str, ...]:
         keys: list[str] = []
         seen: dict[bytes, int] = {}
-        for index, line in self.string_list(self.data, (), "host_keys", "SSH public key lines"):
-            key: _KeyPath = ("host_keys", index)
+        for index, line in self.string_list(self.data if table is None else table, at, name, "SSH public key lines"):
+            key: _KeyPath = (*at, name, index)
             if "\n" in line.strip():
                 self.fail(key, "an SSH public key is one line; put each key in its own string")
                 continue
@@ -785,7 +819,7 @@ class _Checker:
                 self.fail(key, f"{e}; expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'")
                 continue
             if blob in seen:
-                self.fail(key, f"the same key as host_keys[{seen[blob]}]; pin each key once")
+                self.fail(key, f"the same key as {name}[{seen[blob]}]; pin each key once")
                 continue
             seen[blob] = index
             keys.append(line.strip())

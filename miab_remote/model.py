@@ -25,6 +25,11 @@ class SSHSettings:
     user: str = "root"
     port: int = 22
     identity_file: str | None = None
+    # The jump host(s), ProxyJump's syntax ("[user@]host[:port]", comma-separated), and their pinned keys.
+    jump: str | None = None
+    jump_host_keys: tuple[str, ...] = ()
+    # Which of user, port, identity_file, jump the inventory sets itself: those win over ~/.ssh/config.
+    given: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
