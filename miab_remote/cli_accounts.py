@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import tomlkit
 from rich.console import Console
@@ -25,6 +26,7 @@ from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory, display_path
 from miab_remote.model import Host, MailUser
 from miab_remote.output import Progress, plural, stdout_console
+from miab_remote.ssh import Transport
 
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 
@@ -32,16 +34,53 @@ Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 # -- the shared path of every change ---------------------------------------------------------------------------
 def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | None:
     """Under the box's lock: re-check and edit (via `edit`, which raises InputError to write nothing), then
-    push unless --no-push. The push result, or None when not pushed."""
-    if not args.no_push:  # a failed recipe or template is bad input, found before the inventory changes
-        check_builds(inv, inv.load(args.name))
-    with inv.lock(args.name):
-        with inv.edit(args.name, locked=True) as doc:
-            # Checked again under the lock: another operator may have changed the file since the first check.
-            edit(inv.load(args.name), doc)
-        if args.no_push:
-            return None
-        return _run_on_box(args, lambda progress: push_accounts(inv, args.name, progress))
+    push unless --no-push. The push result, or None when not pushed.
+
+    The SSH connection for the push opens first, in the background, so that it overlaps the checks, the
+    password's bcrypt (hashed in a thread by the caller; `edit` waits for it) and the edit."""
+    if args.no_push:
+        transport = None
+    else:
+        host = inv.load(args.name)
+        transport = _early_transport(host)
+        # A failed recipe or template is bad input, found before the inventory changes.
+        try:
+            check_builds(inv, host)
+        except BaseException:
+            if transport is not None:
+                transport.close()
+            raise
+    try:
+        with inv.lock(args.name):
+            with inv.edit(args.name, locked=True) as doc:
+                # Checked again under the lock: another operator may have changed the file since the first check.
+                edit(inv.load(args.name), doc)
+            if args.no_push:
+                return None
+            return _run_on_box(args, lambda progress: push_accounts(inv, args.name, progress, transport))
+    finally:
+        if transport is not None:
+            transport.close()
+
+
+def _early_transport(host: Host) -> Transport | None:
+    """A connection to the box, opening in a thread; None if it cannot be made (the push then fails with
+    the reason, after the inventory was edited, as it always did)."""
+    try:
+        transport = Transport(host)
+    except MiabError:
+        return None
+    transport.start_connecting()
+    return transport
+
+
+def _hashing(email: str, from_stdin: bool, pool: ThreadPoolExecutor) -> Future[str]:
+    """Read the new password now, and hash it (bcrypt, ~0.2 s, which releases the GIL) in `pool` meanwhile;
+    the clear text goes no further than the hashing. With --password-stdin, the entry point started that
+    before the CLI's imports (passwords.hash_early)."""
+    if from_stdin and (early := passwords.take_early()) is not None:
+        return early
+    return pool.submit(passwords.hash_password, passwords.read_new_password(email, from_stdin))
 
 
 def _run_on_box(args: argparse.Namespace, job: Callable[[Progress], HostRun]) -> HostRun:
@@ -93,13 +132,14 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     email = accounts.new_address(args.email)
     quota = accounts.quota(args.quota) if args.quota is not None else None
     accounts.check_new_user(host, email)
-    user = MailUser(email, passwords.new_password_hash(email, args.password_stdin), quota)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = _hashing(email, args.password_stdin, pool)
 
-    def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
-        accounts.check_new_user(host, email)
-        accounts.add_user(doc, user)
+        def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
+            accounts.check_new_user(host, email)
+            accounts.add_user(doc, MailUser(email, hashing.result(), quota))
 
-    run = _change(inv, args, edit)
+        run = _change(inv, args, edit)
     notes = []
     if not host.users and not host.options.get("admin_email"):
         notes.append(
@@ -113,13 +153,14 @@ def cmd_user_password(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     host = inv.load(args.name)
     email = accounts.check_user(host, accounts.address(args.email)).email
-    password_hash = passwords.new_password_hash(email, args.password_stdin)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = _hashing(email, args.password_stdin, pool)
 
-    def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
-        accounts.check_user(host, email)
-        accounts.set_password_hash(doc, email, password_hash)
+        def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
+            accounts.check_user(host, email)
+            accounts.set_password_hash(doc, email, hashing.result())
 
-    run = _change(inv, args, edit)
+        run = _change(inv, args, edit)
     return _report(inv, args, f"changed the password of {email}", run, [])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -87,14 +88,31 @@ def secrets_of(host: Host) -> Masker:
     return Masker(u.password_hash for u in host.users)
 
 
-def build(
-    host: Host, profile: OSProfile, inventory_root: Path, tag: str | None = None
-) -> tuple[list[Resource], dict[str, bytes]]:
-    """The box's resources and its files' rendered bytes (with `tag`: only the files tagged so)."""
-    resources = load_resources(host, profile, inventory_root)
+Built = tuple[list[Resource], dict[str, bytes]]
+# The last build per (box, OS, inventory, tag) in this process, with what it was made from (the Host and the
+# template files' names, sizes and mtimes): the CLI builds every box before it contacts any (a broken recipe
+# or template is exit 2), and the deploy then needs the same build, which took ~25 ms.
+_BUILT: dict[tuple[str, str, str, str | None], tuple[Host, tuple[Any, ...], Built]] = {}
+_BUILT_LOCK = threading.Lock()
+
+
+def build(host: Host, profile: OSProfile, inventory_root: Path, tag: str | None = None) -> Built:
+    """The box's resources and its files' rendered bytes (with `tag`: only the files tagged so). Made again
+    only when the Host (compared field by field) or a template file changed: the caller must not change
+    what it returns."""
     templates = TemplateSet(inventory_root / "templates", profile.template_variants)
+    key = (host.name, profile.id, str(inventory_root), tag)
+    made_from = templates.snapshot()
+    with _BUILT_LOCK:
+        hit = _BUILT.get(key)
+    if hit is not None and hit[0] == host and hit[1] == made_from:
+        return hit[2]
+    resources = load_resources(host, profile, inventory_root)
     ctx = RecipeContext(host, profile)
-    return resources, render_files(resources, ctx.template_vars(), templates, tag)
+    built = resources, render_files(resources, ctx.template_vars(), templates, tag)
+    with _BUILT_LOCK:
+        _BUILT[key] = (host, made_from, built)
+    return built
 
 
 def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: Progress) -> HostRun:
@@ -265,11 +283,14 @@ def _resume_notes(pending: list[str], wire: list[dict[str, Any]], reports: list[
     return notes
 
 
-def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRun:
+def push_accounts(
+    inventory: Inventory, name: str, progress: Progress, transport: Transport | None = None
+) -> HostRun:
     """Push only what users and aliases change (maps, password file), in one round trip.
 
     Call it while holding `inventory.lock(name)`, so that a push never sends an older inventory after a
     newer one. The box compares and replaces under its deploy lock; unchanged files are not touched.
+    `transport`: a connection to the box opened (or opening) before the edit, which changes no [ssh] setting.
     """
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
@@ -284,7 +305,7 @@ def push_accounts(inventory: Inventory, name: str, progress: Progress) -> HostRu
         progress(name, "pushing users and aliases")
         _run_apply(transport, wire, _private_stage(), 300.0, run, progress, secrets_of(host))
 
-    return with_transport(inventory, name, job)
+    return with_transport(inventory, name, job, transport=transport)
 
 
 def purge_mailbox(inventory: Inventory, name: str, email: str, progress: Progress) -> HostRun:
@@ -316,16 +337,21 @@ def _private_stage() -> str:
 
 
 def with_transport(
-    inventory: Inventory, name: str, job: Callable[[Host, Transport, HostRun], None], connect_timeout: float = 10.0
+    inventory: Inventory,
+    name: str,
+    job: Callable[[Host, Transport, HostRun], None],
+    connect_timeout: float = 10.0,
+    transport: Transport | None = None,
 ) -> HostRun:
-    """Run `job` over one pinned connection; every failure ends up in the returned HostRun."""
+    """Run `job` over one pinned connection (`transport`, or a new one); every failure ends up in the
+    returned HostRun. The connection is closed at the end either way."""
     run = HostRun(name)
     start = time.monotonic()
-    transport: Transport | None = None
     try:
         host = inventory.load(name)
         run.os = host.os
-        transport = Transport(host, connect_timeout=connect_timeout)
+        if transport is None:
+            transport = Transport(host, connect_timeout=connect_timeout)
         job(host, transport, run)
     except MiabError as e:
         run.error = str(e)

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import difflib
 import errno
+import functools
 import ipaddress
 import itertools
 import json
@@ -1059,13 +1060,21 @@ def parse_document(text: str, path: Path) -> tomlkit.TOMLDocument:
         ) from None
 
 
+@functools.lru_cache(maxsize=16)
+def _editable(document_text: str, path: str) -> None:
+    """parse_document's verdict on a text, remembered: a command loads the same file several times, and
+    tomlkit took ~10 ms per parse of a box with a few dozen users (an error is not remembered: it is raised
+    again from a fresh parse)."""
+    parse_document(document_text, Path(path))
+
+
 def validate(document_text: str, path: Path) -> Host:
     """Parse and check one inventory text; `path` names it in messages and its stem must be the hostname.
 
     Raises InventoryError (an InputError) listing every problem, one per line, in file order.
     """
     path = Path(path)
-    parse_document(document_text, path)  # both parsers must accept it, so anything loaded can be edited
+    _editable(document_text, str(path))  # both parsers must accept it, so anything loaded can be edited
     checker = _Checker(tomllib.loads(document_text), line_map(document_text), path)
     host = checker.check()
     if host is None:

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -216,6 +217,8 @@ class Transport:
         self.route = route(host)
         self._client: paramiko.SSHClient | None = None
         self._gateway: Connection | None = None
+        self._connecting: threading.Thread | None = None
+        self._connect_error: BaseException | None = None
 
     # -- connection ---------------------------------------------------------------------------------
     def _connect_kwargs(self, pinned: list[str]) -> dict[str, Any]:
@@ -231,7 +234,33 @@ class Transport:
             kw["key_filename"] = list(self.route.identity_files)
         return kw
 
+    def start_connecting(self) -> None:
+        """Connect in a thread, so that work on the laptop (a password's bcrypt, building the box) overlaps
+        the handshakes; the first use (connect, exec, sftp) waits for it and raises what it raised."""
+        if self._client is not None or self._connecting is not None:
+            return
+
+        def run() -> None:
+            try:
+                self.connect()
+            except BaseException as e:
+                self._connect_error = e
+
+        self._connecting = threading.Thread(target=run, name=f"connect {self.host.name}", daemon=True)
+        self._connecting.start()
+
+    def _join_connecting(self) -> None:
+        thread = self._connecting
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join()
+        self._connecting = None
+        error, self._connect_error = self._connect_error, None
+        if error is not None:
+            raise error
+
     def connect(self) -> None:
+        self._join_connecting()
         if self._client is not None:
             return
         r = self.route
@@ -305,6 +334,8 @@ class Transport:
         return client
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._join_connecting()
         if self._client is not None:
             self._client.close()
             self._client = None

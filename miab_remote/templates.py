@@ -18,6 +18,7 @@ only costs that time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 from collections.abc import Callable, Mapping
@@ -68,6 +69,17 @@ class TemplateSet:
             autoescape=False,
             bytecode_cache=bytecode_cache(),
         )
+
+    def snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        """Every template file's path, size and mtime: equal snapshots render equal files."""
+        out = []
+        for root in self.roots:
+            for folder, _dirs, files in os.walk(root):
+                for f in files:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(os.path.join(folder, f))
+                        out.append((os.path.join(folder, f), st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
 
     def find(self, name: str) -> Path:
         """The file a template name resolves to, honouring override and variant order."""

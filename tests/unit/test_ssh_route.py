@@ -152,3 +152,22 @@ def test_the_socket_handed_to_paramiko_has_nagle_off() -> None:
             sock.close()
     finally:
         listener.close()
+
+
+def test_a_connection_opened_in_the_background_reports_its_failure_at_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from miab_remote.errors import HostError
+    from miab_remote.ssh import Transport
+
+    monkeypatch.setenv("MIAB_REMOTE_SSH_CONFIG", "")
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    transport = Transport(host_of("127.0.0.1", f"[ssh]\nport = {port}\n"), connect_timeout=2)  # type: ignore[arg-type]
+    transport.start_connecting()
+    try:
+        with pytest.raises(HostError, match=f"cannot connect to 127.0.0.1:{port}: "):
+            transport.exec("true")
+    finally:
+        transport.close()
