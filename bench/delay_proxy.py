@@ -18,12 +18,16 @@ import sys
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    """Copy one direction, each chunk written `delay` after it was read (in order); EOF passes on too."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def pump() -> None:
         while True:
-            data = await reader.read(65536)
+            try:
+                data = await reader.read(65536)
+            except (ConnectionError, OSError):
+                data = b""
             await queue.put((loop.time() + delay, data))
             if not data:
                 return
@@ -41,8 +45,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             writer.write(data)
             await writer.drain()
 
-    with contextlib.suppress(ConnectionError, OSError):
-        await asyncio.gather(pump(), deliver())
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(deliver())]
+    try:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:
@@ -60,8 +68,12 @@ async def _serve(listen: tuple[str, int], target: tuple[str, int], delay: float)
             return
         _nodelay(c_writer)
         _nodelay(t_writer)
+        both = [
+            asyncio.create_task(_pipe(c_reader, t_writer, delay)),
+            asyncio.create_task(_pipe(t_reader, c_writer, delay)),
+        ]
         try:
-            await asyncio.gather(_pipe(c_reader, t_writer, delay), _pipe(t_reader, c_writer, delay))
+            await asyncio.gather(*both, return_exceptions=True)
         finally:
             for w in (c_writer, t_writer):
                 w.close()

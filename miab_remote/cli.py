@@ -26,6 +26,7 @@ from miab_remote.inventory import Inventory, display_path
 from miab_remote.model import Host
 from miab_remote.names import fqdn_problem
 from miab_remote.output import Progress, plural, stdout_console
+from miab_remote.ssh import Transport
 
 T = TypeVar("T")
 PROVIDERS = ("local",)
@@ -60,19 +61,40 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     names = inv.names() if args.all else args.names
     if not names:
         raise InputError("name at least one box, or --all")
-    for n in names:  # every name, recipe and template is checked before any box is touched
-        check_builds(inv, inv.load(n))
+    hosts = {n: inv.load(n) for n in names}
+    # The connections open in the background while the laptop checks (and builds) every box; a box whose
+    # check fails is bad input (exit 2) and its connection is closed unused: nothing was sent.
+    early = {n: early_transport(h, args.connect_timeout) for n, h in hosts.items()}
+    try:
+        for n in names:  # every name, recipe and template is checked before any box is touched
+            check_builds(inv, hosts[n])
+    except BaseException:
+        for t in early.values():
+            if t is not None:
+                t.close()
+        raise
     opts = DeployOptions(
         dry_run=args.dry_run, diff=args.diff, lock_timeout=args.lock_timeout, connect_timeout=args.connect_timeout
     )
     progress = Progress(names, verbose=args.verbose)
     with progress.running():
-        runs = in_parallel(names, lambda n: deploy_host(inv, n, opts, progress))
+        runs = in_parallel(names, lambda n: deploy_host(inv, n, opts, progress, early[n]))
     if args.json:
         print(json.dumps({"hosts": {n: r.as_dict() for n, r in runs.items()}}, indent=2))
     else:
         print_runs(runs, args)
     return 1 if any(r.failed for r in runs.values()) else 0
+
+
+def early_transport(host: Host, connect_timeout: float = 10.0) -> Transport | None:
+    """A connection to the box, opening in a thread (it overlaps the laptop's own work); None if it cannot
+    be made (the job then fails with the reason, as it always did)."""
+    try:
+        transport = Transport(host, connect_timeout=connect_timeout)
+    except MiabError:
+        return None
+    transport.start_connecting()
+    return transport
 
 
 def check_builds(inv: Inventory, host: Host) -> None:

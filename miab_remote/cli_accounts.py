@@ -20,13 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from miab_remote import accounts, mailmaps, passwords
-from miab_remote.cli import check_builds, inventory_of
+from miab_remote.cli import check_builds, early_transport, inventory_of
 from miab_remote.deploy import HostRun, purge_mailbox, push_accounts
 from miab_remote.errors import InputError, MiabError
 from miab_remote.inventory import Inventory, display_path
 from miab_remote.model import Host, MailUser
 from miab_remote.output import Progress, plural, stdout_console
-from miab_remote.ssh import Transport
 
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
 
@@ -42,7 +41,7 @@ def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | N
         transport = None
     else:
         host = inv.load(args.name)
-        transport = _early_transport(host)
+        transport = early_transport(host)
         # A failed recipe or template is bad input, found before the inventory changes.
         try:
             check_builds(inv, host)
@@ -61,17 +60,6 @@ def _change(inv: Inventory, args: argparse.Namespace, edit: Edit) -> HostRun | N
     finally:
         if transport is not None:
             transport.close()
-
-
-def _early_transport(host: Host) -> Transport | None:
-    """A connection to the box, opening in a thread; None if it cannot be made (the push then fails with
-    the reason, after the inventory was edited, as it always did)."""
-    try:
-        transport = Transport(host)
-    except MiabError:
-        return None
-    transport.start_connecting()
-    return transport
 
 
 def _hashing(email: str, from_stdin: bool, pool: ThreadPoolExecutor) -> Future[str]:

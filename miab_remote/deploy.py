@@ -115,8 +115,11 @@ def build(host: Host, profile: OSProfile, inventory_root: Path, tag: str | None 
     return built
 
 
-def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: Progress) -> HostRun:
-    """Converge one box; every failure ends up in the returned HostRun, never as an exception."""
+def deploy_host(
+    inventory: Inventory, name: str, opts: DeployOptions, progress: Progress, transport: Transport | None = None
+) -> HostRun:
+    """Converge one box; every failure ends up in the returned HostRun, never as an exception.
+    `transport`: a connection to it the caller opened (or is opening) already."""
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
         mask = secrets_of(host)
@@ -155,7 +158,7 @@ def deploy_host(inventory: Inventory, name: str, opts: DeployOptions, progress: 
             progress(name, "the box changed since it was read; reading it again")
         raise HostError(f"{name}: the box kept changing under this deploy; is another tool writing to it?")
 
-    return with_transport(inventory, name, job, opts.connect_timeout)
+    return with_transport(inventory, name, job, opts.connect_timeout, transport)
 
 
 def _apply(
