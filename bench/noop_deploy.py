@@ -38,11 +38,13 @@ BENCH_ENV = {
 
 
 @contextlib.contextmanager
-def bench_box(tmp: Path, recipes: list[str] | None) -> Iterator[tuple[Path, str, Box]]:
-    """A deployed local box with two users (recipes None: the default mail stack), destroyed afterwards."""
-    os.environ.update(BENCH_ENV)  # for the engine run in this process
-    helpers.E2E_ENV.update(BENCH_ENV)  # for the CLI runs of the test helpers: the bench has its own network
-    name = "mx.bench.test"
+def bench_box(
+    tmp: Path, recipes: list[str] | None, env: dict[str, str] = BENCH_ENV, name: str = "mx.bench.test"
+) -> Iterator[tuple[Path, str, Box]]:
+    """A deployed local box with two users (recipes None: the default mail stack), destroyed afterwards.
+    `env` picks its network and state folder (each benchmark that may run beside another has its own)."""
+    os.environ.update(env)  # for the engine run in this process
+    helpers.E2E_ENV.update(env)  # for the CLI runs of the test helpers: the bench has its own network
     inv = new_inventory(tmp / "hosts")
     users = [{"email": f"{u}@bench.test", "password_hash": hash_password(f"{u}-password")} for u in ("a", "b")]
     inventory = {"users": users, **({"recipes": recipes} if recipes else {})}

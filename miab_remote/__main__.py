@@ -1,3 +1,3 @@
-from miab_remote.cli import main
+from miab_remote.launch import main
 
 raise SystemExit(main())

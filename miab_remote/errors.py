@@ -24,16 +24,16 @@ class HostError(MiabError):
 class HostKeyMismatch(HostError):
     """The box presented a host key that the inventory does not pin: refused before anything is sent."""
 
-    def __init__(self, host: str, offered: str, pinned: list[str]) -> None:
+    def __init__(self, host: str, offered: str, pinned: list[str], hint: str | None = None) -> None:
         self.host = host
         self.offered = offered
         self.pinned = pinned
         pinned_text = "\n".join(f"    pinned:  {fp}" for fp in pinned) or "    pinned:  (none)"
+        how = hint or f"re-pin it with\n    miab-remote trust {host} --fingerprint {offered.split()[-1]}"
         super().__init__(
             f"{host}: host key mismatch, connection refused before anything was sent\n"
             f"    offered: {offered}\n{pinned_text}\n"
-            f"If the box was really re-installed, check the new key out of band and re-pin it with\n"
-            f"    miab-remote trust {host} --fingerprint {offered.split()[-1]}"
+            f"If the box was really re-installed, check the new key out of band and {how}"
         )
 
 

@@ -51,7 +51,7 @@ def dkim_rdata(public_file: str | None) -> str | None:
 
 def dkim_rdata_from_box(host: Host, timeout: float = 10.0) -> str | None:
     """The DKIM TXT rdata as the box publishes it (the key is made on the box), over pinned SSH."""
-    with Transport(host, connect_timeout=timeout) as t:
+    with Transport(host.target, connect_timeout=timeout) as t:
         res = t.exec(f"cat {layout.DKIM_PUBLIC} 2>/dev/null", idle_timeout=timeout)
     return dkim_rdata(res.stdout.decode(errors="replace"))
 
@@ -72,7 +72,7 @@ def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) 
         "disk": ["/", layout.STATE],
         "dkim": layout.DKIM_PUBLIC,
     }
-    with Transport(host, connect_timeout=timeout) as t:
+    with Transport(host.target, connect_timeout=timeout) as t:
         facts: dict[str, Any] = t.run_json("status", spec, idle_timeout=150)
     return facts
 
@@ -342,7 +342,7 @@ def admin_mail_checks(host: Host) -> list[Check]:
     if admin is None:
         return [Check("mail to the administrator", False, "no admin_email and no user to default to", fix_admin)]
     try:
-        with Transport(host, connect_timeout=TIMEOUT * 2) as t:
+        with Transport(host.target, connect_timeout=TIMEOUT * 2) as t:
             res = t.exec(_DELIVERY_PROBE, idle_timeout=TIMEOUT * 4)
     except MiabError as e:
         return [Check("mail to the admin addresses", False, f"could not ask the box: {e}", "")]

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import tomlkit
 from rich.table import Table
@@ -19,7 +20,7 @@ from miab_remote.fleet.model import Host, MailUser
 from miab_remote.fleet.problems import display_path
 from miab_remote.fleet.store import Inventory
 from miab_remote.jobs import accounts as jobs
-from miab_remote.mail import accounts, passwords
+from miab_remote.mail import accounts
 
 
 def _on_box(args: argparse.Namespace) -> jobs.OnBox:
@@ -74,13 +75,14 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     email = accounts.new_address(args.email)
     quota = accounts.quota(args.quota) if args.quota is not None else None
     accounts.check_new_user(host, email)
-    user = MailUser(email, passwords.new_password_hash(email, args.password_stdin), quota)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        password_hash = jobs.hashing(email, args.password_stdin, pool)
 
-    def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
-        accounts.check_new_user(host, email)
-        accounts.add_user(doc, user)
+        def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
+            accounts.check_new_user(host, email)
+            accounts.add_user(doc, MailUser(email, password_hash.result(), quota))
 
-    run = _change(inv, args, edit)
+        run = _change(inv, args, edit)
     notes = jobs.user_added_notes(host, email)
     return _report(inv, args, f"added user {email}" + (f" (quota {quota})" if quota else ""), run, notes)
 
@@ -89,13 +91,14 @@ def cmd_user_password(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     host = inv.load(args.name)
     email = accounts.check_user(host, accounts.address(args.email)).email
-    password_hash = passwords.new_password_hash(email, args.password_stdin)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        password_hash = jobs.hashing(email, args.password_stdin, pool)
 
-    def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
-        accounts.check_user(host, email)
-        accounts.set_password_hash(doc, email, password_hash)
+        def edit(host: Host, doc: tomlkit.TOMLDocument) -> None:
+            accounts.check_user(host, email)
+            accounts.set_password_hash(doc, email, password_hash.result())
 
-    run = _change(inv, args, edit)
+        run = _change(inv, args, edit)
     return _report(inv, args, f"changed the password of {email}", run, [])
 
 

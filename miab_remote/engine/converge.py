@@ -31,6 +31,7 @@ from miab_remote.mail.layout import mailbox_dir
 from miab_remote.profiles import OSProfile, assumed_profile, profile_by_id, profile_for_os_release
 from miab_remote.remote import wire
 from miab_remote.transport.ssh import Transport
+from miab_remote.transport.target import SSHTarget
 
 RESUME = "left pending by an interrupted run"
 
@@ -89,11 +90,14 @@ def secrets_of(host: Host) -> Masker:
     return Masker(u.password_hash for u in host.users)
 
 
-def build(host: Host, profile: OSProfile, inventory_root: Path) -> tuple[list[Resource], dict[str, bytes]]:
+def build(
+    host: Host, profile: OSProfile, inventory_root: Path, tag: str | None = None
+) -> tuple[list[Resource], dict[str, bytes]]:
+    """The box's resources and its files' rendered bytes (with `tag`: only the files tagged so)."""
     resources = load_resources(host, profile, inventory_root)
     templates = TemplateSet(inventory_root / "templates", profile.template_variants)
     ctx = RecipeContext(host, profile)
-    return resources, render_files(resources, ctx.template_vars(), templates)
+    return resources, render_files(resources, ctx.template_vars(), templates, tag)
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,19 @@ def prepare(host: Host, inventory_root: Path, profile: OSProfile | None = None) 
     return Build(profile, *build(host, profile, inventory_root))
 
 
-def converge(host: Host, built: Build, inventory_root: Path, opts: DeployOptions, report: Report) -> HostRun:
+def converge(
+    host: Host,
+    built: Build,
+    inventory_root: Path,
+    opts: DeployOptions,
+    report: Report,
+    transport: Transport | None = None,
+) -> HostRun:
     """Converge one box to `built`; every failure ends up in the returned HostRun, never as an exception.
 
     A box the probe finds on another supported system than `built` assumed is built again for it (from the
-    operator's recipes and templates under `inventory_root`); HostRun.os says what the probe found."""
+    operator's recipes and templates under `inventory_root`); HostRun.os says what the probe found.
+    `transport`: a connection to the box the caller opened (or is opening) already."""
     name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
@@ -147,7 +159,7 @@ def converge(host: Host, built: Build, inventory_root: Path, opts: DeployOptions
             report(name, "the box changed since it was read; reading it again")
         raise HostError(f"{name}: the box kept changing under this deploy; is another tool writing to it?")
 
-    return with_transport(host, job, opts.connect_timeout)
+    return with_transport(host, job, opts.connect_timeout, transport)
 
 
 def _apply(
@@ -165,24 +177,24 @@ def _apply(
     access = any(a["op"] == "service" and a["carries_access"] for a in actions)
     if access:
         report(run.name, "proving key login over a second connection before touching sshd")
-        _prove_login(transport.host, opts.connect_timeout, run, "before changing sshd: nothing was changed")
+        _prove_login(transport.target, opts.connect_timeout, run, "before changing sshd: nothing was changed")
     done = _run_apply(transport, actions, rendered, opts.lock_timeout, run, report, mask)
     if done and access:
-        _prove_login(transport.host, opts.connect_timeout, run, "after changing sshd: the old session is still open")
+        _prove_login(transport.target, opts.connect_timeout, run, "after changing sshd: the old session is still open")
     return done
 
 
-def _prove_login(host: Host, timeout: float, run: HostRun, when: str) -> None:
+def _prove_login(target: SSHTarget, timeout: float, run: HostRun, when: str) -> None:
     """Open a fresh pinned connection with the operator's key and run `true` through it (and sudo)."""
-    with Transport(host, connect_timeout=timeout) as probe:
+    with Transport(target, connect_timeout=timeout) as probe:
         try:
             res = probe.exec("true", idle_timeout=timeout)
         except MiabError as e:
-            raise HostError(f"{host.name}: key login over a new connection failed {when}: {e}") from None
+            raise HostError(f"{target.name}: key login over a new connection failed {when}: {e}") from None
         finally:
             run.round_trips += probe.round_trips
         if res.exit_code != 0:
-            raise HostError(f"{host.name}: key login over a new connection failed {when}: exit {res.exit_code}")
+            raise HostError(f"{target.name}: key login over a new connection failed {when}: exit {res.exit_code}")
 
 
 def _run_apply(
@@ -266,11 +278,13 @@ def _resume_notes(pending: list[str], actions: list[wire.Action], reports: list[
     return notes
 
 
-def push_accounts(host: Host, inventory_root: Path, report: Report) -> HostRun:
-    """Push only what users and aliases change (maps, password file), in one round trip.
+def push_accounts(host: Host, inventory_root: Path, report: Report, transport: Transport | None = None) -> HostRun:
+    """Push only what users and aliases change (maps, password file), in one round trip; only those files
+    are rendered (4 of the box's 41).
 
     Call it while holding the box's inventory lock, so that a push never sends an older inventory after a
     newer one. The box compares and replaces under its deploy lock; unchanged files are not touched.
+    `transport`: a connection opened (or opening) before the edit, which changes no [ssh] setting.
     """
     name = host.name
 
@@ -278,7 +292,7 @@ def push_accounts(host: Host, inventory_root: Path, report: Report) -> HostRun:
         profile = profile_by_id(host.os) if host.os else None
         if profile is None:
             raise HostError(f"{name}: never deployed (no os recorded); run `miab-remote deploy {name}` first")
-        resources, rendered = build(host, profile, inventory_root)
+        resources, rendered = build(host, profile, inventory_root, "accounts")
         actions = push_wire(resources, rendered, "accounts")
         if not actions:
             run.notes.append("no recipe of this box renders users or aliases: nothing to push")
@@ -286,7 +300,7 @@ def push_accounts(host: Host, inventory_root: Path, report: Report) -> HostRun:
         report(name, "pushing users and aliases")
         _run_apply(transport, actions, rendered, 300.0, run, report, secrets_of(host))
 
-    return with_transport(host, job)
+    return with_transport(host, job, transport=transport)
 
 
 def purge_mailbox(host: Host, email: str, report: Report) -> HostRun:
@@ -313,14 +327,18 @@ def _private_stage() -> str:
 
 
 def with_transport(
-    host: Host, job: Callable[[Host, Transport, HostRun], None], connect_timeout: float = 10.0
+    host: Host,
+    job: Callable[[Host, Transport, HostRun], None],
+    connect_timeout: float = 10.0,
+    transport: Transport | None = None,
 ) -> HostRun:
-    """Run `job` over one pinned connection; every failure ends up in the returned HostRun."""
+    """Run `job` over one pinned connection (`transport`, or a new one); every failure ends up in the
+    returned HostRun. The connection is closed at the end either way."""
     run = HostRun(host.name)
     start = time.monotonic()
-    transport: Transport | None = None
     try:
-        transport = Transport(host, connect_timeout=connect_timeout)
+        if transport is None:
+            transport = Transport(host.target, connect_timeout=connect_timeout)
         job(host, transport, run)
     except MiabError as e:
         run.error = str(e)
@@ -331,3 +349,14 @@ def with_transport(
             transport.close()
         run.seconds = time.monotonic() - start
     return run
+
+
+def early_transport(host: Host, connect_timeout: float = 10.0) -> Transport | None:
+    """A connection to the box, opening in a thread so that it overlaps the laptop's own work (building the
+    box, a password's bcrypt); None if it cannot even be started (the job then fails with the reason)."""
+    try:
+        transport = Transport(host.target, connect_timeout=connect_timeout)
+    except MiabError:
+        return None
+    transport.start_connecting()
+    return transport

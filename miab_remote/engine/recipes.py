@@ -119,11 +119,14 @@ def load_resources(host: Host, profile: OSProfile, inventory_root: Path) -> list
     return out
 
 
-def render_files(resources: list[Resource], ctx_vars: dict[str, Any], templates: Any) -> dict[str, bytes]:
-    """Render every File's desired bytes on the laptop (template or literal content)."""
+def render_files(
+    resources: list[Resource], ctx_vars: dict[str, Any], templates: Any, tag: str | None = None
+) -> dict[str, bytes]:
+    """Render every File's desired bytes on the laptop (template or literal content); with `tag`, only the
+    files tagged so (a push of users and aliases sends 4 files: rendering the other 37 is wasted time)."""
     rendered: dict[str, bytes] = {}
     for r in resources:
-        if not isinstance(r, File):
+        if not isinstance(r, File) or (tag is not None and tag not in r.tags):
             continue
         if r.content is not None:
             rendered[r.path] = r.content.encode() if isinstance(r.content, str) else r.content

@@ -9,10 +9,16 @@ Every way a template can fail (not found, a missing include, a syntax error, an 
 exception raised while rendering) is bad input: one InputError naming the file and, where there is one,
 the line, before anything is sent to a box. An operator's template (or include) that is a symlink
 resolving outside the inventory folder is refused, so a deploy never ships a laptop file by accident.
+
+Compiled templates are cached in `$XDG_CACHE_HOME/miab-remote/jinja2` (default `~/.cache/...`, mode 0700):
+compiling all of them took 45 ms of every run. jinja2 keys each entry by the template's file name and
+checks the source's checksum, so an edited template is compiled again; a cache that cannot be written
+only costs that time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 from collections.abc import Callable, Mapping
@@ -38,6 +44,19 @@ class _ConfinedLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
+def bytecode_cache() -> jinja2.BytecodeCache | None:
+    """The on-disk cache of compiled templates, or None where no private folder for it can be made."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "miab-remote" / "jinja2"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+            return None  # someone else's or shared: compiled code is not loaded from there
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder))
+
+
 class TemplateSet:
     def __init__(self, override_root: Path | None, variants: tuple[str, ...]) -> None:
         self.override_root = override_root
@@ -48,7 +67,19 @@ class TemplateSet:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             autoescape=False,
+            bytecode_cache=bytecode_cache(),
         )
+
+    def snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        """Every template file's path, size and mtime: equal snapshots render equal files."""
+        out = []
+        for root in self.roots:
+            for folder, _dirs, files in os.walk(root):
+                for f in files:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(os.path.join(folder, f))
+                        out.append((os.path.join(folder, f), st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
 
     def find(self, name: str) -> Path:
         """The file a template name resolves to, honouring override and variant order."""

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miab_remote.transport.target import SSHSettings, SSHTarget
+
+__all__ = ["DEFAULT_RECIPES", "Alias", "DNSRecord", "Host", "MailUser", "SSHSettings"]
+
 DEFAULT_RECIPES: tuple[str, ...] = (
     "base",
     "hardening",
@@ -18,13 +22,6 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "postfix",
     "webmail",
 )
-
-
-@dataclass(frozen=True)
-class SSHSettings:
-    user: str = "root"
-    port: int = 22
-    identity_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class Host:
     path: Path
     hostname: str
     address: str
-    ssh: SSHSettings = SSHSettings()
+    ssh: SSHSettings = field(default_factory=SSHSettings)
     host_keys: tuple[str, ...] = ()
     os: str | None = None
     domains: tuple[str, ...] = ()
@@ -71,3 +68,8 @@ class Host:
     ipv4: str | None = None
     ipv6: str | None = None
     dns_records: tuple[DNSRecord, ...] = ()
+
+    @property
+    def target(self) -> SSHTarget:
+        """How the transport reaches this box."""
+        return SSHTarget(self.name, self.address, self.host_keys, self.ssh, self.path)

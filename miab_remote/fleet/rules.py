@@ -80,6 +80,26 @@ def address_problem(value: str) -> str | None:
     return f"{value!r} is not an IP address or DNS name; expected like {examples}"
 
 
+# One jump host as ProxyJump writes it: [user@]host[:port], the host a name, an ssh_config alias or an address.
+_JUMP_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[A-Za-z0-9_][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$"
+)
+JUMP_ACCEPTED = "accepted: [user@]host[:port], several separated by commas, like 'admin@bastion.example.org:22'"
+
+
+def jump_problem(value: str) -> str | None:
+    """Why `value` is not ProxyJump's syntax, one or more `[user@]host[:port]` separated by commas."""
+    for hop in (h.strip() for h in value.split(",")):
+        m = _JUMP_RE.fullmatch(hop)
+        if m is None:
+            return f"{hop!r} is not a jump host; {JUMP_ACCEPTED}"
+        if m["user"] is not None and not _POSIX_USER_RE.fullmatch(m["user"]):
+            return f"{m['user']!r} in {hop!r} is not a POSIX user name; {JUMP_ACCEPTED}"
+        if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
+            return f"port {m['port']} in {hop!r} is out of range 1..65535; {JUMP_ACCEPTED}"
+    return None
+
+
 def posix_user_problem(value: str) -> str | None:
     """Why `value` is not a user name a box's useradd would make (None if it is one)."""
     if _POSIX_USER_RE.fullmatch(value):

@@ -26,6 +26,7 @@ from miab_remote.fleet.rules import (
     default_domain,
     destination,
     is_served,
+    jump_problem,
     password_problem,
     posix_user_problem,
     quota_problem,
@@ -53,7 +54,7 @@ TOP_KEYS: tuple[str, ...] = (
 )
 DNS_KEYS: tuple[str, ...] = ("records",)
 DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
-SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file")
+SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file", "jump", "jump_host_keys")
 USER_KEYS: tuple[str, ...] = ("email", "password_hash", "quota")
 ALIAS_KEYS: tuple[str, ...] = ("source", "destinations")
 
@@ -279,13 +280,27 @@ class Checker:
         if identity is not None:
             # `~` is the operator's home; a relative path is relative to the inventory folder.
             identity = str(Path(os.path.abspath(self.path.parent)) / Path(identity).expanduser())
-        return SSHSettings(user=user or "root", port=port or 22, identity_file=identity)
+        jump = self.typed(ssh, at, "jump", str, "jump hosts like 'admin@bastion.example.org:22'")
+        if jump is not None and (problem := jump_problem(jump)):
+            self.fail((*at, "jump"), problem)
+            jump = None
+        return SSHSettings(
+            user=user or "root",
+            port=port or 22,
+            identity_file=identity,
+            jump=None if jump is None else ",".join(h.strip() for h in jump.split(",")),
+            jump_host_keys=self.check_host_keys(ssh, at, "jump_host_keys"),
+            given=frozenset(k for k in ("user", "port", "identity_file", "jump") if k in ssh),
+        )
 
-    def check_host_keys(self) -> tuple[str, ...]:
+    def check_host_keys(
+        self, table: dict[str, Any] | None = None, at: KeyPath = (), name: str = "host_keys"
+    ) -> tuple[str, ...]:
+        """Pinned SSH public keys: the box's `host_keys`, or its jump hosts' `[ssh] jump_host_keys`."""
         keys: list[str] = []
         seen: dict[bytes, int] = {}
-        for index, line in self.string_list(self.data, (), "host_keys", "SSH public key lines"):
-            key: KeyPath = ("host_keys", index)
+        for index, line in self.string_list(self.data if table is None else table, at, name, "SSH public key lines"):
+            key: KeyPath = (*at, name, index)
             if "\n" in line.strip():
                 self.fail(key, "an SSH public key is one line; put each key in its own string")
                 continue
@@ -295,7 +310,7 @@ class Checker:
                 self.fail(key, f"{e}; expected a line like 'ssh-ed25519 AAAAC3Nza... root@box'")
                 continue
             if blob in seen:
-                self.fail(key, f"the same key as host_keys[{seen[blob]}]; pin each key once")
+                self.fail(key, f"the same key as {name}[{seen[blob]}]; pin each key once")
                 continue
             seen[blob] = index
             keys.append(line.strip())

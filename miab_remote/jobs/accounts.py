@@ -10,14 +10,15 @@ brings the box in line later.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import tomlkit
 
-from miab_remote.engine.converge import HostRun, Report, purge_mailbox, push_accounts
+from miab_remote.engine.converge import HostRun, Report, early_transport, purge_mailbox, push_accounts
 from miab_remote.fleet.model import Alias, Host
 from miab_remote.fleet.store import Inventory
 from miab_remote.jobs.deploy import check_builds
-from miab_remote.mail import accounts, mailmaps
+from miab_remote.mail import accounts, mailmaps, passwords
 
 # Checks the change against the box as it is under the lock (InputError: nothing written) and edits `doc`.
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
@@ -27,16 +28,41 @@ OnBox = Callable[[Callable[[Report], HostRun]], HostRun]
 
 def change(inv: Inventory, name: str, edit: Edit, push: bool, on_box: OnBox) -> HostRun | None:
     """Under the box's lock: re-check and edit, then push unless `push` is False. The push's run, or None
-    when not pushed."""
-    if push:  # a failed recipe or template is bad input, found before the inventory changes
-        check_builds(inv, inv.load(name))
-    with inv.lock(name):
-        with inv.edit(name, locked=True) as doc:
-            # Checked again under the lock: another operator may have changed the file since the first check.
-            edit(inv.load(name), doc)
-        if not push:
-            return None
-        return on_box(lambda report: push_accounts(inv.load(name), inv.root, report))
+    when not pushed.
+
+    The SSH connection for the push opens first, in the background, so that it overlaps the build check,
+    the password's bcrypt (`edit` may wait for a hash being made in a thread) and the edit."""
+    transport = None
+    if push:
+        host = inv.load(name)
+        transport = early_transport(host)
+        try:  # a failed recipe or template is bad input, found before the inventory changes
+            check_builds(inv, host)
+        except BaseException:
+            if transport is not None:
+                transport.close()
+            raise
+    try:
+        with inv.lock(name):
+            with inv.edit(name, locked=True) as doc:
+                # Checked again under the lock: another operator may have changed the file since the first check.
+                edit(inv.load(name), doc)
+            if not push:
+                return None
+            return on_box(lambda report: push_accounts(inv.load(name), inv.root, report, transport))
+    finally:
+        if transport is not None:
+            transport.close()
+
+
+def hashing(email: str, from_stdin: bool, pool: ThreadPoolExecutor) -> Future[str]:
+    """The new password's hash, being made: the password is read now (the terminal or stdin) and hashed in
+    `pool` (bcrypt, ~0.2 s, releases the GIL) while the command goes on; the clear text goes no further. With
+    --password-stdin, the entry point started that before the CLI's imports (passwords.hash_early)."""
+    if from_stdin and (early := passwords.take_early()) is not None:
+        return early
+    cost = passwords.bcrypt_cost()  # a bad setting is refused before the operator types anything
+    return pool.submit(passwords.hash_password, passwords.read_new_password(email, from_stdin), cost)
 
 
 def purge(inv: Inventory, name: str, email: str, on_box: OnBox) -> HostRun | None:

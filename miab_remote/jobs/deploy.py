@@ -16,13 +16,16 @@ from miab_remote.errors import MiabError
 from miab_remote.fleet.model import Host
 from miab_remote.fleet.store import Inventory
 from miab_remote.jobs.parallel import in_parallel
+from miab_remote.transport.ssh import route
 
 __all__ = ["DeployOptions", "HostRun", "check_builds", "deploy"]
 
 
 def check_builds(inventory: Inventory, host: Host) -> Build:
     """Load every recipe and render every template of a box on the laptop, so that a failed recipe or
-    template is bad input (exit 2, one line naming the file) before any box is contacted."""
+    template is bad input (exit 2, one line naming the file) before any box is contacted; and so is a way
+    to the box that cannot be pinned (a jump host without jump_host_keys, a ProxyCommand)."""
+    route(host.target)
     return prepare(host, inventory.root)
 
 
@@ -30,6 +33,8 @@ def deploy(inventory: Inventory, names: Sequence[str], opts: DeployOptions, repo
     """Deploy the named boxes (in the given order in the result). Raises InputError before any box is
     contacted when a name, an inventory file, a recipe or a template is bad."""
     hosts = {n: inventory.load(n) for n in names}
+    # Built before any connection opens: a box that does not build is bad input, and no box is even
+    # contacted (its auth log stays quiet), although connecting meanwhile would save a few milliseconds.
     builds = {n: check_builds(inventory, host) for n, host in hosts.items()}
     return in_parallel(names, lambda n: _deploy_one(inventory, hosts[n], builds[n], opts, report))
 

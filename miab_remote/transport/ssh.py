@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paramiko
-from fabric import Connection
 
-from miab_remote.errors import HostError, HostKeyMismatch
-from miab_remote.fleet.model import Host
+from miab_remote.errors import HostError, HostKeyMismatch, InputError
 from miab_remote.remote import BOOTSTRAP, script_input
 from miab_remote.transport.sshkeys import fingerprint, parse_public_line
+from miab_remote.transport.target import SSHTarget
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 CONNECT_TIMEOUT = 10.0
 # Exit codes the bootstrap uses to tell the laptop what is missing on the box.
@@ -43,8 +47,9 @@ _ALGOS = {
 class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     """Accepts exactly the pinned keys; anything else is refused before authentication starts."""
 
-    def __init__(self, host: str, pinned: list[str]) -> None:
+    def __init__(self, host: str, pinned: list[str], hint: str | None = None) -> None:
         self.host = host
+        self.hint = hint
         self.pinned = {parse_public_line(line)[1]: line for line in pinned}
         self.seen: paramiko.PKey | None = None
 
@@ -53,7 +58,123 @@ class PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         if key.asbytes() in self.pinned:
             return
         offered = fingerprint(key.get_name(), key.asbytes())
-        raise HostKeyMismatch(self.host, offered, [fingerprint(*parse_public_line(p)) for p in self.pinned.values()])
+        raise HostKeyMismatch(
+            self.host, offered, [fingerprint(*parse_public_line(p)) for p in self.pinned.values()], self.hint
+        )
+
+
+def pinned_client(policy: PinnedKeyPolicy) -> paramiko.SSHClient:
+    """An SSH client that knows no host key but the pinned ones (~/.ssh/known_hosts is never loaded)."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(policy)
+    return client
+
+
+def tcp_connect(address: str, port: int, timeout: float) -> socket.socket:
+    """The TCP connection handed to paramiko, with Nagle's algorithm off (TCP_NODELAY) and quick ACKs.
+
+    SSH sends small packets and waits for the answer: with Nagle on (paramiko sets nothing), a second small
+    write waits for the ACK of the first, which the other side delays up to 40 ms. That cost two such stalls
+    per connect (userauth and the first channel open), measured in bench/startup.py."""
+    sock = socket.create_connection((address, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    quickack = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+    if quickack is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+    return sock
+
+
+# -- ~/.ssh/config: host aliases and jump hosts ---------------------------------------------------------------
+# What is honoured from ssh_config for a box's `address` (and for each jump host). Everything else in it
+# (ciphers, ControlMaster, ...) is OpenSSH's business and ignored here.
+HONOURED = ("hostname", "port", "user", "identityfile", "proxyjump")
+
+
+def ssh_config_path() -> Path | None:
+    """$MIAB_REMOTE_SSH_CONFIG (empty: none), else ~/.ssh/config when it exists."""
+    value = os.environ.get("MIAB_REMOTE_SSH_CONFIG")
+    if value is not None:
+        return Path(value).expanduser() if value.strip() else None
+    path = Path("~/.ssh/config").expanduser()
+    return path if path.is_file() else None
+
+
+def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
+    if path is None:
+        return paramiko.SSHConfig()
+    try:
+        return paramiko.SSHConfig.from_path(str(path))
+    except OSError as e:
+        raise InputError(
+            f"{path}: cannot read the SSH config ({e.strerror}); accepted: an ssh_config(5) file, set with "
+            "MIAB_REMOTE_SSH_CONFIG (empty for none)"
+        ) from None
+    except Exception as e:  # paramiko's parser: a malformed line
+        raise InputError(f"{path}: not a valid ssh_config(5) file: {e}") from None
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to reach a box: the first hop's TCP address, and the jump hosts (outermost first), if any."""
+
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...]
+    jumps: tuple[str, ...]
+    from_config: bool  # the ssh_config said something about this box
+
+    @property
+    def plain(self) -> bool:
+        """No jump: one TCP connection straight to the box, without Fabric."""
+        return not self.jumps
+
+
+def route(target: SSHTarget, config: paramiko.SSHConfig | None = None) -> Route:
+    """The box's address resolved through ssh_config, with the inventory's explicit [ssh] settings winning.
+
+    Precedence, per setting: the inventory's `[ssh]` value if it sets one (`user`, `port`, `identity_file`,
+    `jump`), else the ssh_config's (`User`, `Port`, `IdentityFile`, `ProxyJump` of the `Host` block(s)
+    matching `address`), else the default (root, 22, the SSH agent and ~/.ssh/id_*, no jump). `HostName`
+    comes from the ssh_config only: `address` is the alias. A jump host must have its key pinned in
+    `[ssh] jump_host_keys`, or the deploy is refused (exit 2) before anything is sent."""
+    if config is None:
+        config = load_ssh_config(ssh_config_path())
+    found = config.lookup(target.address)
+    renamed = found.get("hostname", target.address) != target.address
+    said = renamed or any(k in found for k in HONOURED if k != "hostname")
+    given = target.ssh.given
+    user = target.ssh.user if "user" in given or "user" not in found else str(found["user"])
+    port = target.ssh.port if "port" in given or "port" not in found else int(found["port"])
+    identities: list[str] = [target.ssh.identity_file] if target.ssh.identity_file else []
+    identities += [str(Path(p).expanduser()) for p in found.get("identityfile", [])]
+    if target.ssh.jump is not None:
+        jumps = tuple(j.strip() for j in target.ssh.jump.split(",") if j.strip())
+    elif "proxyjump" in found and str(found["proxyjump"]).lower() != "none":
+        jumps = tuple(j.strip() for j in str(found["proxyjump"]).split(",") if j.strip())
+    else:
+        jumps = ()
+    if "proxycommand" in found and not jumps:
+        raise InputError(
+            f"{target.path}: address: {target.address!r} has a ProxyCommand in {ssh_config_path()}, which miab-remote "
+            "cannot pin a key for; accepted: a ProxyJump (or [ssh] jump) with the jump host's key in "
+            "[ssh] jump_host_keys"
+        )
+    if jumps and not target.ssh.jump_host_keys:
+        source = "[ssh] jump" if target.ssh.jump is not None else f"ProxyJump in {ssh_config_path()}"
+        raise InputError(
+            f"{target.path}: ssh.jump_host_keys: {target.name} is reached through the jump host {', '.join(jumps)} "
+            f"({source}), whose host key is not pinned; nothing was sent. Accepted: the jump host's public key "
+            "lines, e.g. jump_host_keys = [\"ssh-ed25519 AAAAC3Nza... bastion\"] (check them out of band)"
+        )
+    return Route(
+        hostname=str(found.get("hostname", target.address)),
+        port=port,
+        user=user,
+        identity_files=tuple(dict.fromkeys(identities)),
+        jumps=jumps,
+        from_config=said,
+    )
 
 
 def disabled_host_key_algorithms(pinned: list[str]) -> list[str]:
@@ -77,74 +198,148 @@ class Result:
 
 
 class Transport:
-    """One SSH connection to one host. Not thread-safe; use one per host."""
+    """One SSH connection to one box. Not thread-safe; use one per box."""
 
-    def __init__(self, host: Host, connect_timeout: float = CONNECT_TIMEOUT) -> None:
-        if not host.host_keys:
+    def __init__(self, target: SSHTarget, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        if not target.host_keys:
             raise HostError(
-                f"{host.name}: no pinned host key in {host.path}; pin one with `miab-remote trust {host.name}`"
+                f"{target.name}: no pinned host key in {target.path}; pin one with `miab-remote trust {target.name}`"
             )
-        self.host = host
+        self.target = target
         self.round_trips = 0
         self.connect_timeout = connect_timeout
-        self.policy = PinnedKeyPolicy(host.name, list(host.host_keys))
-        self._conn: Connection | None = None
+        self.policy = PinnedKeyPolicy(target.name, list(target.host_keys))
+        self.route = route(target)
+        self._client: paramiko.SSHClient | None = None
+        self._gateway: Connection | None = None
+        self._connecting: threading.Thread | None = None
+        self._connect_error: BaseException | None = None
 
     # -- connection ---------------------------------------------------------------------------------
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _connect_kwargs(self, pinned: list[str]) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "allow_agent": True,
-            "look_for_keys": self.host.ssh.identity_file is None,
+            "look_for_keys": self.target.ssh.identity_file is None,
             "banner_timeout": self.connect_timeout,
             "auth_timeout": self.connect_timeout,
             "channel_timeout": self.connect_timeout,
-            "disabled_algorithms": {"keys": disabled_host_key_algorithms(list(self.host.host_keys))},
+            "disabled_algorithms": {"keys": disabled_host_key_algorithms(pinned)},
         }
-        if self.host.ssh.identity_file:
-            kw["key_filename"] = [str(Path(self.host.ssh.identity_file).expanduser())]
+        if self.route.identity_files:
+            kw["key_filename"] = list(self.route.identity_files)
         return kw
 
-    def connect(self) -> None:
-        if self._conn is not None:
+    def start_connecting(self) -> None:
+        """Connect in a thread, so that work on the laptop (a password's bcrypt, building the box) overlaps
+        the handshakes; the first use (connect, exec, sftp) waits for it and raises what it raised."""
+        if self._client is not None or self._connecting is not None:
             return
-        conn = Connection(
-            host=self.host.address,
-            user=self.host.ssh.user,
-            port=self.host.ssh.port,
-            connect_timeout=int(self.connect_timeout),
-            connect_kwargs=self._connect_kwargs(),
-        )
-        # Fabric installs AutoAddPolicy and would accept any key: replace it with the pinned policy, and
-        # never load ~/.ssh/known_hosts.
-        conn.client = paramiko.SSHClient()
-        conn.client.set_missing_host_key_policy(self.policy)
+
+        def run() -> None:
+            try:
+                self.connect()
+            except BaseException as e:
+                self._connect_error = e
+
+        self._connecting = threading.Thread(target=run, name=f"connect {self.target.name}", daemon=True)
+        self._connecting.start()
+
+    def _join_connecting(self) -> None:
+        thread = self._connecting
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join()
+        self._connecting = None
+        error, self._connect_error = self._connect_error, None
+        if error is not None:
+            raise error
+
+    def connect(self) -> None:
+        self._join_connecting()
+        if self._client is not None:
+            return
+        r = self.route
+        where = f"{r.hostname}:{r.port}" + (f" through {', '.join(r.jumps)}" if r.jumps else "")
         try:
-            conn.open()
+            if r.plain:
+                client = pinned_client(self.policy)
+                client.connect(
+                    r.hostname,
+                    r.port,
+                    r.user,
+                    sock=tcp_connect(r.hostname, r.port, self.connect_timeout),
+                    timeout=self.connect_timeout,
+                    **self._connect_kwargs(list(self.target.host_keys)),
+                )
+            else:
+                client = self._connect_through_jumps()
         except HostKeyMismatch:
             raise
         except paramiko.AuthenticationException as e:
             raise HostError(
-                f"{self.host.name}: SSH login as {self.host.ssh.user} refused ({e}); check [ssh] identity_file "
-                f"in {self.host.path}"
+                f"{self.target.name}: SSH login as {r.user} refused ({e}); "
+                f"check [ssh] identity_file in {self.target.path}"
             ) from None
         except TimeoutError:
-            raise HostError(
-                f"{self.host.name}: no answer from {self.host.address}:{self.host.ssh.port} within "
-                f"{self.connect_timeout:.0f} s"
-            ) from None
+            raise HostError(f"{self.target.name}: no answer from {where} within {self.connect_timeout:.0f} s") from None
         except (OSError, paramiko.SSHException) as e:
-            raise HostError(
-                f"{self.host.name}: cannot connect to {self.host.address}:{self.host.ssh.port}: {e}"
-            ) from None
-        transport = conn.client.get_transport()
+            raise HostError(f"{self.target.name}: cannot connect to {where}: {e}") from None
+        transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
-        self._conn = conn
+        self._client = client
+
+    def _connect_through_jumps(self) -> paramiko.SSHClient:
+        """Fabric's gateway: a Connection per jump host (ProxyJump's order), the box over a direct-tcpip
+        channel of the last one. Every hop's client is replaced by one that accepts only pinned keys (Fabric
+        would install AutoAddPolicy): the jump hosts' keys from [ssh] jump_host_keys, the box's from host_keys.
+        Fabric is imported here only, so a plain deploy does not pay for it (and for invoke)."""
+        import fabric
+
+        cfg = fabric.Config(ssh_config=load_ssh_config(ssh_config_path()), lazy=True)
+        jump_keys = list(self.target.ssh.jump_host_keys)
+        gateway: fabric.Connection | None = None
+        for hop in self.route.jumps:
+            conn = fabric.Connection(
+                hop,
+                config=cfg,
+                gateway=gateway if gateway is not None else False,
+                connect_timeout=int(self.connect_timeout),
+                connect_kwargs=self._connect_kwargs(jump_keys),
+            )
+            label = f"{self.target.name}'s jump host {conn.host}"
+            conn.client = pinned_client(
+                PinnedKeyPolicy(label, jump_keys, f"re-pin it in [ssh] jump_host_keys of {self.target.path}")
+            )
+            if gateway is None:  # the first hop is a TCP connection of ours (TCP_NODELAY)
+                conn.connect_kwargs["sock"] = tcp_connect(conn.host, int(conn.port), self.connect_timeout)
+            gateway = conn
+        self._gateway = gateway
+        box = fabric.Connection(
+            self.route.hostname,
+            user=self.route.user,
+            port=self.route.port,
+            config=cfg,
+            gateway=gateway,
+            connect_timeout=int(self.connect_timeout),
+            connect_kwargs=self._connect_kwargs(list(self.target.host_keys)),
+        )
+        box.client = pinned_client(self.policy)
+        box.open()
+        client: paramiko.SSHClient = box.client
+        return client
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with contextlib.suppress(Exception):
+            self._join_connecting()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        gateway = self._gateway
+        while gateway is not None:
+            gateway.close()
+            gateway = gateway.gateway or None
+        self._gateway = None
 
     def __enter__(self) -> Transport:
         return self
@@ -155,11 +350,11 @@ class Transport:
     @property
     def client(self) -> paramiko.SSHClient:
         self.connect()
-        assert self._conn is not None
-        return self._conn.client
+        assert self._client is not None
+        return self._client
 
     def as_root(self, command: str) -> str:
-        if self.host.ssh.user == "root":
+        if self.route.user == "root":
             return command
         return "sudo -n -H -- sh -c " + shlex.quote(command)
 
@@ -177,7 +372,7 @@ class Transport:
         `idle_timeout` seconds (the remote scripts send heartbeats) or runs past `deadline`."""
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise HostError(f"{self.host.name}: the SSH connection was lost")
+            raise HostError(f"{self.target.name}: the SSH connection was lost")
         self.round_trips += 1
         chan = transport.open_session(timeout=self.connect_timeout)
         try:
@@ -191,7 +386,7 @@ class Transport:
             start = time.monotonic()
             while True:
                 if time.monotonic() - start > deadline:
-                    raise HostError(f"{self.host.name}: command ran longer than {deadline:.0f} s; abandoned")
+                    raise HostError(f"{self.target.name}: command ran longer than {deadline:.0f} s; abandoned")
                 try:
                     if chan.recv_stderr_ready():
                         err += chan.recv_stderr(65536)
@@ -199,7 +394,7 @@ class Transport:
                     data = chan.recv(65536)
                 except TimeoutError:
                     raise HostError(
-                        f"{self.host.name}: no word from the box for {idle_timeout:.0f} s; it may have vanished"
+                        f"{self.target.name}: no word from the box for {idle_timeout:.0f} s; it may have vanished"
                     ) from None
                 if not data:
                     break
@@ -233,10 +428,10 @@ class Transport:
         stdin = script_input(name, body)
         res = self.exec(inner, stdin, idle_timeout=idle_timeout, on_line=on_line)
         if res.exit_code == NO_PYTHON:
-            raise HostError(f"{self.host.name}: python3 is missing on the box; install it (apt-get install python3)")
+            raise HostError(f"{self.target.name}: python3 is missing on the box; install it (apt-get install python3)")
         if res.exit_code != 0 and b"sudo:" in res.stderr:
             raise HostError(
-                f"{self.host.name}: {self.host.ssh.user} cannot become root without a password "
+                f"{self.target.name}: {self.route.user} cannot become root without a password "
                 f"({res.stderr.decode(errors='replace').strip()}); allow passwordless sudo for it"
             )
         return res
@@ -245,18 +440,10 @@ class Transport:
         res = self.run_script(name, payload, idle_timeout=idle_timeout)
         if res.exit_code != 0:
             raise HostError(
-                f"{self.host.name}: {name} failed (exit {res.exit_code}): {res.stderr.decode(errors='replace')[-2000:]}"
+                f"{self.target.name}: {name} failed (exit {res.exit_code}): "
+                f"{res.stderr.decode(errors='replace')[-2000:]}"
             )
         return json.loads(res.stdout)
-
-    @contextlib.contextmanager
-    def sftp(self) -> Iterator[paramiko.SFTPClient]:
-        self.round_trips += 1
-        client = self.client.open_sftp()
-        try:
-            yield client
-        finally:
-            client.close()
 
 
 def fetch_host_keys(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> list[paramiko.PKey]:

@@ -27,7 +27,7 @@ from miab_remote.fleet.model import DEFAULT_RECIPES
 from miab_remote.fleet.options import OPTION_SPECS
 from miab_remote.fleet.positions import line_map
 from miab_remote.fleet.problems import InventoryError
-from miab_remote.fleet.schema import TOP_KEYS, validate
+from miab_remote.fleet.schema import SSH_KEYS, TOP_KEYS, validate
 from miab_remote.fleet.store import Inventory, new_document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,7 +153,24 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ("ssh-type", HEAD + 'ssh = "root"\n',
      f"{P}:3: ssh: expected a table ([ssh] section), got a string 'root'"),
     ("ssh-unknown", HEAD + "[ssh]\nuser = 'root'\nprot = 22\n",
-     f"{P}:5: ssh.prot: unknown key in [ssh] (did you mean 'port'?); accepted: user, port, identity_file"),
+     f"{P}:5: ssh.prot: unknown key in [ssh] (did you mean 'port'?); accepted: user, port, identity_file, jump, "
+     "jump_host_keys"),
+    ("ssh-jump-option", HEAD + "[ssh]\njump = '-oProxyCommand=sh'\n",
+     f"{P}:4: ssh.jump: '-oProxyCommand=sh' is not a jump host; accepted: [user@]host[:port], several "
+     "separated by commas, like 'admin@bastion.example.org:22'"),
+    ("ssh-jump-port", HEAD + "[ssh]\njump = 'admin@bastion.example.org:70000'\n",
+     f"{P}:4: ssh.jump: port 70000 in 'admin@bastion.example.org:70000' is out of range 1..65535; accepted: "
+     "[user@]host[:port], several separated by commas, like 'admin@bastion.example.org:22'"),
+    ("ssh-jump-user", HEAD + "[ssh]\njump = 'Bad User@bastion'\n",
+     f"{P}:4: ssh.jump: 'Bad User@bastion' is not a jump host; accepted: [user@]host[:port], several "
+     "separated by commas, like 'admin@bastion.example.org:22'"),
+    ("ssh-jump-type", HEAD + "[ssh]\njump = 22\n",
+     f"{P}:4: ssh.jump: expected jump hosts like 'admin@bastion.example.org:22', got an integer 22"),
+    ("ssh-jump-key-one-word", HEAD + '[ssh]\njump_host_keys = ["AAAA"]\n',
+     f"{P}:4: ssh.jump_host_keys[0]: not an SSH public key: 'AAAA'; expected a line like 'ssh-ed25519 "
+     "AAAAC3Nza... root@box'"),
+    ("ssh-jump-key-twice", HEAD + f'[ssh]\njump_host_keys = ["{KEY}", "{KEY}"]\n',
+     f"{P}:4: ssh.jump_host_keys[1]: the same key as jump_host_keys[0]; pin each key once"),
     ("ssh-port-range", HEAD + "[ssh]\nport = 0\n",
      f"{P}:4: ssh.port: 0 is out of range; accepted: 1..65535"),
     ("ssh-port-type", HEAD + '[ssh]\nport = "22"\n',
@@ -1056,7 +1073,7 @@ def test_example_validates(tmp_path: Path) -> None:
 
 def test_example_documents_every_field() -> None:
     text = (REPO / "hosts" / "example.toml").read_text()
-    for name in (*TOP_KEYS, "user", "port", "identity_file", "email", "password_hash", "quota", "source",
+    for name in (*TOP_KEYS, *SSH_KEYS, "email", "password_hash", "quota", "source",
                  "destinations", *OPTION_SPECS):  # fmt: skip
         assert f"# {name}" in text or f"#   {name}" in text or f"[{name}]" in text, name
 

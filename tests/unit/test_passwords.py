@@ -227,3 +227,24 @@ def test_prompt_end_of_input() -> None:
     with pytest.raises(InputError) as info:
         passwords.prompt_password("alice@example.test", ask)
     assert str(info.value) == "no password entered; nothing was changed"
+
+
+def test_the_entry_point_hashes_a_piped_password_before_the_cli_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"early-password\nnext line\n"))
+    monkeypatch.setattr("sys.stdin", stdin)
+    passwords.hash_early(["--inventory", "hosts", "user", "add", "box1.example.test", "a@example.test", "-v"])
+    assert passwords.take_early() is None  # no --password-stdin: nothing read
+    passwords.hash_early(["user", "add", "box1.example.test", "a@example.test", "--password-stdin"])
+    early = passwords.take_early()
+    assert early is not None and passwords.take_early() is None  # taken once
+    assert passwords.verify_password("early-password", early.result(timeout=30))
+    assert stdin.buffer.read() == b"next line\n"  # exactly the one line was read
+
+
+def test_an_early_hash_of_a_bad_password_is_the_same_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"short\n")))
+    passwords.hash_early(["user", "password", "box1.example.test", "a@example.test", "--password-stdin"])
+    early = passwords.take_early()
+    assert early is not None
+    with pytest.raises(InputError, match="too short"):
+        early.result(timeout=30)
