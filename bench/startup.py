@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.noop_deploy import bench_box  # noqa: E402
-from miab_remote import layout  # noqa: E402
+from miab_remote.mail import layout  # noqa: E402
 from tests.e2e import helpers  # noqa: E402
 from tests.e2e.helpers import Box, edit_inventory  # noqa: E402
 from tests.e2e.mailclients import Mail  # noqa: E402
@@ -83,18 +83,14 @@ def timed(argv: list[str], env: dict[str, str], stdin: bytes | None = None, expe
 
 def floor_command(inv: Path, tmp: Path, address: str) -> tuple[list[str], bytes]:
     """The plain `ssh` command that runs the probe's work, and its stdin (the probe script and its spec)."""
-    from miab_remote.deploy import build
-    from miab_remote.inventory import Inventory
-    from miab_remote.planner import probe_spec
-    from miab_remote.ssh import _BOOTSTRAP
-
-    from miab_remote.profiles import DEBIAN_12, profile_by_id
-    from miab_remote.remote import script
+    from miab_remote.engine.converge import prepare
+    from miab_remote.engine.planner import probe_spec
+    from miab_remote.fleet.store import Inventory
+    from miab_remote.remote import BOOTSTRAP, script_input
 
     host = Inventory(inv).load(NAME)
-    resources, rendered = build(host, profile_by_id(host.os or "") or DEBIAN_12, inv)
-    code = script("probe")
-    stdin = str(len(code)).encode() + b"\n" + code + json.dumps(probe_spec(resources, rendered, False)).encode()
+    built = prepare(host, inv)
+    stdin = script_input("probe", json.dumps(probe_spec(built.resources, built.rendered, False)).encode())
     known = tmp / "known_hosts"
     known.write_text("".join(f"{address} {' '.join(k.split()[:2])}\n" for k in host.host_keys))
     argv = [
@@ -118,7 +114,7 @@ def floor_command(inv: Path, tmp: Path, address: str) -> tuple[list[str], bytes]
         "-p",
         str(host.ssh.port),
         f"{host.ssh.user}@{address}",
-        "python3 -c " + shlex.quote(_BOOTSTRAP),
+        "python3 -c " + shlex.quote(BOOTSTRAP),
     ]
     return argv, stdin
 
@@ -224,8 +220,7 @@ def the_box(keep: Path | None) -> Iterator[tuple[Path, Path, Box]]:
 @contextlib.contextmanager
 def _kept_box(folder: Path) -> Iterator[tuple[Path, Box]]:
     """Like bench_box, but the box stays (destroy it with `miab-remote destroy` and the same ENV)."""
-    from miab_remote.passwords import hash_password
-
+    from miab_remote.mail.passwords import hash_password
     from tests.e2e.helpers import cli, create_box, new_inventory, operator_key
 
     os.environ.update(ENV)

@@ -13,21 +13,20 @@ from rich.table import Table
 
 from miab_remote.cli.common import add_connect_timeout, inventory_of
 from miab_remote.cli.output import Progress, plural, stdout_console
-from miab_remote.jobs import bans as boxops
+from miab_remote.jobs import bans
 from miab_remote.jobs.parallel import in_parallel
 
 
 def cmd_bans(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
-    for name in args.names:  # every name is checked before any box is reached
-        inv.load(name)
+    hosts = {name: inv.load(name) for name in args.names}  # every name is checked before any box is reached
     progress = Progress(args.names, verbose=args.verbose)
     with progress.running():
-        results = in_parallel(args.names, lambda n: boxops.list_bans(inv, n, progress, args.connect_timeout))
+        results = in_parallel(args.names, lambda n: bans.list_bans(hosts[n], progress, args.connect_timeout))
     failed = any(r.run.error for r in results.values())
     if args.json:
-        hosts = {n: {"jails": r.jails if not r.run.error else None, "error": r.run.error} for n, r in results.items()}
-        print(json.dumps({"hosts": hosts}, indent=2))
+        shown = {n: {"jails": r.jails if not r.run.error else None, "error": r.run.error} for n, r in results.items()}
+        print(json.dumps({"hosts": shown}, indent=2))
         return 1 if failed else 0
     out = stdout_console()
     for name, r in results.items():
@@ -47,13 +46,13 @@ def cmd_bans(args: argparse.Namespace) -> int:
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
-    address = boxops.check_address(args.address)  # bad input: exit 2 before anything is reached
-    jail = boxops.check_jail(args.jail) if args.jail is not None else None
+    address = bans.check_address(args.address)  # bad input: exit 2 before anything is reached
+    jail = bans.check_jail(args.jail) if args.jail is not None else None
     inv = inventory_of(args)
-    inv.load(args.name)
+    host = inv.load(args.name)
     progress = Progress([args.name], verbose=args.verbose)
     with progress.running():
-        result = boxops.unban(inv, args.name, address, jail, progress, args.connect_timeout)
+        result = bans.unban(host, address, jail, progress, args.connect_timeout)
     run = result.run
     out = stdout_console()
     if run.error:

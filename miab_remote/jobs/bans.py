@@ -10,16 +10,12 @@ import ast
 import ipaddress
 import re
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from miab_remote.engine.converge import ActionReport, HostRun, with_transport
+from miab_remote.engine.converge import ActionReport, HostRun, Report, with_transport
 from miab_remote.errors import HostError, InputError
 from miab_remote.fleet.model import Host
-from miab_remote.fleet.store import Inventory
 from miab_remote.transport.ssh import Transport
-
-Progress = Callable[[str, str], None]
 
 _JAIL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
@@ -92,15 +88,16 @@ class BanList:
     jails: dict[str, list[str]] = field(default_factory=dict)
 
 
-def list_bans(inventory: Inventory, name: str, progress: Progress, connect_timeout: float = 10.0) -> BanList:
+def list_bans(host: Host, progress: Report, connect_timeout: float = 10.0) -> BanList:
     """The addresses each jail currently bans (one round trip)."""
+    name = host.name
     result = BanList(HostRun(name))
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
         progress(name, "reading fail2ban's bans")
         result.jails = parse_banned(_fail2ban(host, transport, "fail2ban-client banned"))
 
-    result.run = with_transport(inventory.load(name), job, connect_timeout)
+    result.run = with_transport(host, job, connect_timeout)
     return result
 
 
@@ -114,15 +111,15 @@ class Unban:
 
 
 def unban(
-    inventory: Inventory,
-    name: str,
+    host: Host,
     address: str,
     jail: str | None,
-    progress: Progress,
+    progress: Report,
     connect_timeout: float = 10.0,
 ) -> Unban:
     """Lift the ban of `address` in `jail` (default: every jail that bans it). An unknown jail is an
     InputError (exit 2, nothing changed); an address that is not banned is no error (nothing to do)."""
+    name = host.name
     address = check_address(address)
     jail = check_jail(jail) if jail is not None else None
     result = Unban(HostRun(name), address)
@@ -150,7 +147,7 @@ def unban(
         run.actions = [ActionReport(f"jail:{j}", f"unban {address}", "changed") for j in targets]
         run.changed = len(targets)
 
-    result.run = with_transport(inventory.load(name), job, connect_timeout)
+    result.run = with_transport(host, job, connect_timeout)
     if unknown:
         raise unknown[0]
     return result
