@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import socket
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from fabric import Connection
 
 CONNECT_TIMEOUT = 10.0
+# paramiko logs a failed handshake with its traceback; with no handler configured, Python would print it on
+# stderr beside the one clear error this module raises for it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # Exit codes the bootstrap uses to tell the laptop what is missing on the box.
 NO_PYTHON = 97
 
@@ -255,7 +259,15 @@ class Transport:
             raise error
 
     def connect(self) -> None:
-        self._join_connecting()
+        try:
+            self._join_connecting()
+        except HostKeyMismatch:
+            raise
+        except HostError:
+            # The connection opened ahead of time is a guess that it will be needed: when it failed (sshd
+            # drops unauthenticated connections beyond MaxStartups when many commands start at once), the
+            # real attempt is made now.
+            pass
         if self._client is not None:
             return
         r = self.route
