@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from miab_remote.engine.diffing import Masker, plan_diff
+from miab_remote.engine.diffing import plan_diff
 from miab_remote.engine.planner import Plan, command_action, plan, probe_spec, push_wire
 from miab_remote.engine.recipes import RecipeContext, load_resources, render_files
+from miab_remote.engine.redact import SecretMask, secret_mask_for
 from miab_remote.engine.resources import Resource
 from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import HostError, InputError, MiabError
@@ -85,10 +86,6 @@ class HostRun:
 Report = Callable[[str, str], None]
 
 
-def secrets_of(host: Host) -> Masker:
-    return Masker(u.password_hash for u in host.users)
-
-
 def build(host: Host, profile: OSProfile, inventory_root: Path) -> tuple[list[Resource], dict[str, bytes]]:
     resources = load_resources(host, profile, inventory_root)
     templates = TemplateSet(inventory_root / "templates", profile.template_variants)
@@ -120,7 +117,7 @@ def converge(host: Host, built: Build, inventory_root: Path, opts: DeployOptions
     name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
-        mask = secrets_of(host)
+        mask = secret_mask_for(host)
         report(name, "connecting")
         transport.connect()
         current = built
@@ -157,7 +154,7 @@ def _apply(
     opts: DeployOptions,
     run: HostRun,
     report: Report,
-    mask: Masker,
+    mask: SecretMask,
 ) -> bool:
     """Apply the plan, the changed files' content inline; False when the box changed since the probe
     (nothing was touched then)."""
@@ -192,7 +189,7 @@ def _run_apply(
     lock_timeout: float,
     run: HostRun,
     report: Report,
-    mask: Masker,
+    mask: SecretMask,
 ) -> bool:
     """Run the apply script over `actions` (with the content of the files they carry), following its
     events; False if the box was stale."""
@@ -284,7 +281,7 @@ def push_accounts(host: Host, inventory_root: Path, report: Report) -> HostRun:
             run.notes.append("no recipe of this box renders users or aliases: nothing to push")
             return
         report(name, "pushing users and aliases")
-        _run_apply(transport, actions, rendered, 300.0, run, report, secrets_of(host))
+        _run_apply(transport, actions, rendered, 300.0, run, report, secret_mask_for(host))
 
     return with_transport(host, job)
 
@@ -302,7 +299,7 @@ def purge_mailbox(host: Host, email: str, report: Report) -> HostRun:
             f"mailbox:{email}", f"delete {path}", f"rm -rf -- {quoted}", unless=f"! test -e {quoted}"
         )
         report(name, f"deleting {path}")
-        _run_apply(transport, [delete], {}, 300.0, run, report, secrets_of(host))
+        _run_apply(transport, [delete], {}, 300.0, run, report, secret_mask_for(host))
 
     return with_transport(host, job)
 
