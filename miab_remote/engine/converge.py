@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from miab_remote.engine.diffing import Masker, plan_diff
+from miab_remote.engine.diffing import plan_diff
 from miab_remote.engine.planner import Plan, command_action, plan, probe_spec, push_wire
 from miab_remote.engine.recipes import RecipeContext, load_resources, render_files
+from miab_remote.engine.redact import SecretMask, secret_mask_for
 from miab_remote.engine.resources import Resource
 from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import HostError, InputError, MiabError
@@ -86,10 +87,6 @@ class HostRun:
 Report = Callable[[str, str], None]
 
 
-def secrets_of(host: Host) -> Masker:
-    return Masker(u.password_hash for u in host.users)
-
-
 def build(
     host: Host, profile: OSProfile, inventory_root: Path, tag: str | None = None
 ) -> tuple[list[Resource], dict[str, bytes]]:
@@ -132,7 +129,7 @@ def converge(
     name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
-        mask = secrets_of(host)
+        mask = secret_mask_for(host)
         report(name, "connecting")
         transport.connect()
         current = built
@@ -169,7 +166,7 @@ def _apply(
     opts: DeployOptions,
     run: HostRun,
     report: Report,
-    mask: Masker,
+    mask: SecretMask,
 ) -> bool:
     """Apply the plan, the changed files' content inline; False when the box changed since the probe
     (nothing was touched then)."""
@@ -204,7 +201,7 @@ def _run_apply(
     lock_timeout: float,
     run: HostRun,
     report: Report,
-    mask: Masker,
+    mask: SecretMask,
 ) -> bool:
     """Run the apply script over `actions` (with the content of the files they carry), following its
     events; False if the box was stale."""
@@ -298,7 +295,7 @@ def push_accounts(host: Host, inventory_root: Path, report: Report, transport: T
             run.notes.append("no recipe of this box renders users or aliases: nothing to push")
             return
         report(name, "pushing users and aliases")
-        _run_apply(transport, actions, rendered, 300.0, run, report, secrets_of(host))
+        _run_apply(transport, actions, rendered, 300.0, run, report, secret_mask_for(host))
 
     return with_transport(host, job, transport=transport)
 
@@ -316,7 +313,7 @@ def purge_mailbox(host: Host, email: str, report: Report) -> HostRun:
             f"mailbox:{email}", f"delete {path}", f"rm -rf -- {quoted}", unless=f"! test -e {quoted}"
         )
         report(name, f"deleting {path}")
-        _run_apply(transport, [delete], {}, 300.0, run, report, secrets_of(host))
+        _run_apply(transport, [delete], {}, 300.0, run, report, secret_mask_for(host))
 
     return with_transport(host, job)
 

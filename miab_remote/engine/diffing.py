@@ -1,30 +1,17 @@
-"""Unified diffs of what a deploy would change, with secrets masked."""
+"""Unified diffs of what a deploy would change, masked (engine/redact.py); secret files never shown."""
 
 from __future__ import annotations
 
 import base64
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from miab_remote.engine.planner import Plan
-
-MASK = "********"
-
-
-class Masker:
-    """Replaces every known secret value in text shown to the operator."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, MASK)
-        return text
+from miab_remote.engine.redact import SecretMask
 
 
-def plan_diff(plan: Plan, facts: Mapping[str, Any], rendered: Mapping[str, bytes], mask: Masker) -> str:
+def plan_diff(plan: Plan, facts: Mapping[str, Any], rendered: Mapping[str, bytes], mask: SecretMask) -> str:
     chunks: list[str] = []
     for action in plan.actions:
         item = action.wire

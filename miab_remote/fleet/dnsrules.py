@@ -1,5 +1,6 @@
-"""The DNS rules the inventory checks: which zones a box serves, and what an operator's extra record
-([[dns.records]]) may be. mail/dnszones.py builds the zones from the same rules."""
+"""The DNS rules the inventory checks: which zones a box serves, the names its mail system publishes and
+needs, and what an operator's extra record ([[dns.records]]) may be. mail/dnszones.py builds the zones
+from the same rules."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ import dns.rdatatype
 import dns.tokenizer
 
 EXTRA_TYPES: tuple[str, ...] = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "CAA", "TLSA", "NS", "SSHFP")
+
+# The selector of the box's DKIM key: its file on the box (mail/layout.py) and its TXT name in DNS.
+DKIM_SELECTOR = "mail"
+# Names under each mail domain where mail clients fetch their settings from the box (webmail's nginx
+# answers them, and they are in the box's certificate).
+CLIENT_SETUP_LABELS: tuple[str, ...] = ("autoconfig", "autodiscover")
+# RFC 6186/8314 service records under each mail domain that lead mail clients to the box: (label, port);
+# port 0 publishes that the service is not offered (plain IMAP).
+MAIL_SERVICES: tuple[tuple[str, int], ...] = (
+    ("_submission._tcp", 587),
+    ("_submissions._tcp", 465),
+    ("_imaps._tcp", 993),
+    ("_imap._tcp", 0),
+)
 
 
 def zones_for(hostname: str, domains: tuple[str, ...]) -> list[str]:
@@ -27,16 +42,79 @@ def zone_for(name: str, zones: list[str]) -> str | None:
     return max(inside, key=len) if inside else None
 
 
+def nameserver_names(hostname: str) -> list[str]:
+    """ns1 and ns2 of the hostname: the zones' NS records and the glue the registrar holds point at them."""
+    return [f"ns{i}.{hostname.lower()}" for i in (1, 2)]
+
+
+def dkim_name(domain: str) -> str:
+    return f"{DKIM_SELECTOR}._domainkey.{domain.lower()}"
+
+
+def dmarc_name(domain: str) -> str:
+    return f"_dmarc.{domain.lower()}"
+
+
+def mail_names(hostname: str, domains: tuple[str, ...]) -> dict[str, str]:
+    """Every name the mail system publishes and needs, with what it is there for. A CNAME at one of them
+    would take the place of the box's own records there (a CNAME cannot live beside other data), so an
+    operator's CNAME is refused at these names and accepted elsewhere (like www)."""
+    hostname = hostname.lower()
+    out: dict[str, str] = {}
+    for domain in sorted({d.lower() for d in domains}):
+        out.setdefault(domain, "a mail domain (its MX, SPF and, as a zone's apex, SOA and NS)")
+    out.setdefault(hostname, "the box's hostname (its address, HELO name and the mail servers' name)")
+    for zone in zones_for(hostname, domains):
+        out.setdefault(zone, "a zone's apex (its SOA and NS)")
+    for ns in nameserver_names(hostname):
+        out.setdefault(ns, "a nameserver name (the glue the registrar holds points at it)")
+    for domain in sorted({d.lower() for d in domains}):
+        for label in CLIENT_SETUP_LABELS:
+            out.setdefault(f"{label}.{domain}", "mail clients' autoconfiguration (the box serves it)")
+        out.setdefault(dkim_name(domain), "the box's DKIM key")
+        out.setdefault(dmarc_name(domain), "the domain's DMARC policy")
+        for label, _port in MAIL_SERVICES:
+            out.setdefault(f"{label}.{domain}", "mail clients' server discovery (RFC 6186 SRV)")
+    return out
+
+
+def cname_problem(name: str, rtype: str, needed: dict[str, str] | None) -> str | None:
+    """Why an operator's record may not be a CNAME at `name` (None when it may). `needed`: mail_names()
+    (None when unknown because of a problem reported already)."""
+    name = name.lower().rstrip(".")
+    if rtype.upper() != "CNAME" or needed is None or name not in needed:
+        return None
+    return (
+        f"a CNAME is not accepted at {name!r}, {needed[name]}: it would replace every record the box "
+        "publishes there; accepted: a CNAME at a name the mail system does not use (like www.DOMAIN), or here "
+        "a record of another type (it replaces the generated record of its type)"
+    )
+
+
+def shared_name_problem(name: str, rtype: str, earlier: list[tuple[str, str]]) -> str | None:
+    """Why an operator's record clashes with the operator's earlier ones at the same name: a CNAME must be
+    the only record at its name. `earlier`: (where, type) of the earlier records at `name`."""
+    for where, other in earlier:
+        if "CNAME" in (rtype.upper(), other.upper()):
+            return (
+                f"{name.lower().rstrip('.')!r} already has a record in {where} ({other.upper()}); a CNAME cannot "
+                "share its name with any other record: keep the CNAME alone at its name, or drop it"
+            )
+    return None
+
+
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.*")
 
 
-def record_problem(name: str, rtype: str, value: str, zones: list[str] | None = None) -> tuple[str, str] | None:
+def record_problem(
+    name: str, rtype: str, value: str, zones: list[str] | None = None, needed: dict[str, str] | None = None
+) -> tuple[str, str] | None:
     """(field, problem) for an operator's extra record, or None when it is plain DNS data of a box's zone.
 
     The record goes into a zone file line by line, so a name or value is refused unless dnspython parses
     it whole and writes it back the same: no control characters or newlines (a second record, a
     `$ORIGIN`), no zone-file comments that would drop the rest, no escapes in names. `zones`: the box's
-    zones (None when they are unknown because of a problem reported already).
+    zones, `needed`: its mail_names() (None when they are unknown because of a problem reported already).
     """
     if rtype.upper() not in EXTRA_TYPES:
         return "type", f"{rtype!r} is not accepted; accepted: {', '.join(EXTRA_TYPES)}"
@@ -44,6 +122,8 @@ def record_problem(name: str, rtype: str, value: str, zones: list[str] | None = 
         return "name", problem
     if problem := _value_problem(rtype.upper(), value):
         return "value", problem
+    if problem := cname_problem(name, rtype, needed):
+        return "type", problem
     return None
 
 

@@ -216,6 +216,8 @@ class Checker:
         """[[dns.records]]: extra records, each checked with dnspython as data of one of the box's zones;
         types limited to what makes sense."""
         zones = dnsrules.zones_for(hostname, domains) if hostname is not None and domains is not None else None
+        needed = dnsrules.mail_names(hostname, domains) if hostname is not None and domains is not None else None
+        at_name: dict[str, list[tuple[str, str]]] = {}  # name -> (where, type) of the records so far
         table = self.typed(self.data, (), "dns", dict, "a table ([dns] section)")
         if table is None:
             return ()
@@ -236,11 +238,16 @@ class Checker:
                 self.fail((*at, "ttl"), f"{ttl} is out of range; expected 60 to 86400 seconds")
             if name is None or rtype is None or value is None:
                 continue
-            problem = dnsrules.record_problem(name, rtype, value, zones)
+            problem = dnsrules.record_problem(name, rtype, value, zones, needed)
             if problem:
                 self.fail((*at, problem[0]), problem[1])
                 continue
-            out.append(DNSRecord(name.lower().rstrip("."), rtype.upper(), value, ttl or 1800))
+            key = name.lower().rstrip(".")
+            if clash := dnsrules.shared_name_problem(name, rtype, at_name.get(key, [])):
+                self.fail((*at, "name"), clash)
+                continue
+            at_name.setdefault(key, []).append((field_name(at), rtype.upper()))
+            out.append(DNSRecord(key, rtype.upper(), value, ttl or 1800))
         return tuple(out)
 
     def check_hostname(self) -> str | None:

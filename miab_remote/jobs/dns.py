@@ -5,19 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from miab_remote.fleet.dnsrules import nameserver_names
 from miab_remote.fleet.model import Host
 from miab_remote.mail import dnszones
 
 
 def registrar(host: Host) -> dict[str, Any]:
     v4, v6 = dnszones.addresses(host)
-    glue = [
-        {"name": f"ns{i}.{host.hostname}", "type": t, "value": ip}
-        for i in (1, 2)
-        for t, ip in (("A", v4), ("AAAA", v6))
-        if ip
-    ]
-    ns = [f"ns1.{host.hostname}", f"ns2.{host.hostname}"]
+    ns = nameserver_names(host.hostname)
+    glue = [{"name": n, "type": t, "value": ip} for n in ns for t, ip in (("A", v4), ("AAAA", v6)) if ip]
     return {"glue": glue, "delegations": {zone: ns for zone in dnszones.zones_of(host)}}
 
 

@@ -3,7 +3,9 @@
 A box is authoritative for every mail domain it hosts and for its hostname's zone (when the hostname is
 not inside a hosted domain). Each zone gets what good delivery needs: NS, A/AAAA, MX, SPF, DKIM, DMARC,
 RFC 6186/8314 SRV records, a null MX and `v=spf1 -all` for the names that have an address but no mail,
-plus the operator's extra records, which replace a generated record of the same name and type.
+plus the operator's extra records, which replace a generated record of the same name and type; an
+operator's CNAME replaces every generated record at its name (a CNAME cannot live beside other data), and
+is accepted only where the mail system needs nothing (fleet/dnsrules.py: mail_names).
 
 The DKIM key is made on the box, so the laptop renders a zone *body* with a placeholder for it and without
 a serial; the box fills both in (miab_remote/remote/zone_build.py) and bumps the serial only when the
@@ -24,9 +26,18 @@ import dns.rdatatype
 import dns.zone
 
 from miab_remote.errors import InputError
-from miab_remote.fleet.dnsrules import zone_for, zones_for
+from miab_remote.fleet.dnsrules import (
+    CLIENT_SETUP_LABELS,
+    MAIL_SERVICES,
+    cname_problem,
+    dkim_name,
+    dmarc_name,
+    mail_names,
+    nameserver_names,
+    zone_for,
+    zones_for,
+)
 from miab_remote.fleet.model import Host
-from miab_remote.mail.layout import DKIM_SELECTOR
 
 TTL = 1800
 SOA_TIMERS = "7200 3600 1209600 1800"  # refresh, retry, expire, negative TTL
@@ -90,7 +101,7 @@ def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]
             f"{host.path}: the box's DNS needs its public address: `address` is a name, so set ipv4 (and ipv6)"
         )
     hostname = host.hostname.lower()
-    ns = [f"ns1.{hostname}.", f"ns2.{hostname}."]
+    nameservers = nameserver_names(hostname)
     zones = zones_of(host)
     out: dict[str, list[Record]] = {z: [] for z in zones}
 
@@ -100,10 +111,10 @@ def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]
         out[zone].append(rec)
 
     for zone in zones:
-        for n in ns:
-            add(Record(zone, "NS", n))
+        for n in nameservers:
+            add(Record(zone, "NS", f"{n}."))
     # The box itself and its nameserver names (the glue the registrar needs points at these).
-    for name in (hostname, f"ns1.{hostname}", f"ns2.{hostname}"):
+    for name in (hostname, *nameservers):
         for rec in _address_records(name, v4, v6):
             add(rec)
     domains = sorted({d.lower() for d in host.domains})
@@ -112,38 +123,45 @@ def records(host: Host, dkim: str = DKIM_PLACEHOLDER) -> dict[str, list[Record]]
         # root@hostname): let it send. It gets no null MX: it receives mail for its postmaster@ and abuse@
         # (RFC 5321 4.5.1), and receivers may refuse mail from a domain with a null MX (RFC 7505 4.2).
         add(Record(hostname, "TXT", SPF_HOSTNAME))
-    quiet = [f"ns1.{hostname}", f"ns2.{hostname}"]
+    quiet = list(nameservers)
     for domain in domains:
         if domain != hostname:
             for rec in _address_records(domain, v4, v6):
                 add(rec)
         add(Record(domain, "MX", f"10 {hostname}."))
         add(Record(domain, "TXT", SPF))
-        add(Record(f"{DKIM_SELECTOR}._domainkey.{domain}", "TXT", dkim))
-        add(Record(f"_dmarc.{domain}", "TXT", DMARC))
-        for sub in ("www", "autoconfig", "autodiscover"):
+        add(Record(dkim_name(domain), "TXT", dkim))
+        add(Record(dmarc_name(domain), "TXT", DMARC))
+        for sub in ("www", *CLIENT_SETUP_LABELS):
             for rec in _address_records(f"{sub}.{domain}", v4, v6):
                 add(rec)
             quiet.append(f"{sub}.{domain}")
-        add(Record(f"_submission._tcp.{domain}", "SRV", f"0 1 587 {hostname}."))
-        add(Record(f"_submissions._tcp.{domain}", "SRV", f"0 1 465 {hostname}."))
-        add(Record(f"_imaps._tcp.{domain}", "SRV", f"0 1 993 {hostname}."))
-        add(Record(f"_imap._tcp.{domain}", "SRV", "0 0 0 ."))  # RFC 6186: plain IMAP is not offered
+        for label, port in MAIL_SERVICES:  # RFC 6186: port 0 says the service (plain IMAP) is not offered
+            add(Record(f"{label}.{domain}", "SRV", f"0 1 {port} {hostname}." if port else "0 0 0 ."))
     for name in dict.fromkeys(quiet):  # in order, once each
         if name != hostname and name not in domains:
             add(Record(name, "TXT", SPF_NONE))
             add(Record(name, "MX", NULL_MX))
-    # The operator's records replace generated ones of the same name and type.
+    # The operator's records replace generated ones of the same name and type; a CNAME, every one at its
+    # name. The inventory refuses a CNAME where the mail system needs the name; a Host made otherwise too.
+    needed = mail_names(hostname, host.domains)
     for extra in host.dns_records:
         home = zone_for(extra.name, zones)
         if home is None:
             raise InputError(
                 f"{host.path}: dns record {extra.name!r} is in none of the box's zones ({', '.join(zones)})"
             )
-        out[home] = [r for r in out[home] if (r.name, r.type) != (extra.name, extra.type)]
+        if problem := cname_problem(extra.name, extra.type, needed):
+            raise InputError(f"{host.path}: dns record {extra.name!r}: {problem}")
+        out[home] = [r for r in out[home] if not _replaced_by(r, extra.name, extra.type)]
     for extra in host.dns_records:
         add(Record(extra.name, extra.type, normalized_rdata(extra.type, extra.value), extra.ttl))
     return out
+
+
+def _replaced_by(generated: Record, name: str, rtype: str) -> bool:
+    """Does an operator's record at (name, type) replace this generated one?"""
+    return generated.name == name and (rtype == "CNAME" or generated.type == rtype)
 
 
 def normalized_rdata(rtype: str, value: str) -> str:

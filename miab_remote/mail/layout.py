@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from miab_remote import names
 from miab_remote.errors import InputError
+from miab_remote.fleet.dnsrules import DKIM_SELECTOR as DKIM_SELECTOR  # the key file is named after it
 
 STATE = "/home/user-data"
 MAILBOXES = f"{STATE}/mail/mailboxes"
@@ -20,7 +21,6 @@ SSL = f"{STATE}/ssl"
 ROUNDCUBE = f"{STATE}/roundcube"
 TLS_CERT = f"{SSL}/ssl_certificate.pem"
 TLS_KEY = f"{SSL}/ssl_private_key.pem"
-DKIM_SELECTOR = "mail"
 DKIM_KEY = f"{DKIM}/{DKIM_SELECTOR}.private"
 DKIM_PUBLIC = f"{DKIM}/{DKIM_SELECTOR}.txt"
 

@@ -196,3 +196,29 @@ def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, box
     assert 'autoconfig.alpha-dns.test. 1800 IN TXT "v=spf1 -all"' in res.out
     data = cli(inv, "dns", A, "--json").json()
     assert {r["type"] for r in data["records"]["alpha-dns.test"]} >= {"A", "MX", "TXT", "SRV", "NS"}
+
+
+def test_an_operators_cname_takes_the_place_of_the_generated_records(inv: Path, boxes: dict[str, Box]) -> None:
+    """A CNAME like hosts/example.toml's (www to a web host): refused with exit 2 where mail needs the name,
+    and elsewhere accepted by the box's nsd-checkzone, answered by nsd where www's address, null MX and SPF
+    were, and what `check` expects."""
+    b, www = boxes[B], "www.second-beta.test"
+
+    def cname_at(name: str) -> dict[str, object]:
+        return {"records": [{"name": name, "type": "CNAME", "value": "pages.example.", "ttl": 3600}]}
+
+    edit_inventory(inv, B, dns=cname_at("autoconfig.second-beta.test"))
+    res = cli(inv, "deploy", B)
+    assert res.code == 2, res.err
+    assert f"{B}.toml:" in res.err and "dns.records[0].type: a CNAME is not accepted at 'autoconfig." in res.err
+    edit_inventory(inv, B, dns=cname_at(www))
+    res = cli(inv, "deploy", B, "--json")
+    assert res.code == 0, res.errors()
+    assert ask(b, www, "CNAME") == ["pages.example."]
+    assert ask(b, www, "A") == [] and ask(b, www, "MX") == [] and ask(b, www, "TXT") == []
+    assert ask(b, "www.beta-dns.test", "A") == [b.address]  # only that name
+    res = cli(inv, "check", B, "--json")
+    checks = res.json()["hosts"][B]["checks"]
+    assert res.code == 0, [c for c in checks if not c["ok"]]
+    names = {c["name"] for c in checks}
+    assert f"DNS CNAME {www}" in names and f"DNS A {www}" not in names and f"DNS MX {www}" not in names

@@ -101,8 +101,23 @@ def test_extra_records_replace_generated_ones_and_names_become_absolute() -> Non
     )
     r = by_key(h)
     assert r[("www.beta.test", "CNAME")] == ["elsewhere.example."]
-    assert ("www.beta.test", "A") in r, "a CNAME beside an A is the operator's choice; nsd-checkzone judges"
     assert r[("beta.test", "MX")] == ["20 backup.example."]
+
+
+def test_an_operators_cname_replaces_every_generated_record_at_its_name() -> None:
+    """A CNAME cannot live beside other data (RFC 1034 3.6.2): the operator's CNAME at www takes the place of
+    the generated A, AAAA, null MX and SPF there, as Mail-in-a-Box's custom records do; the zone parses, in
+    the zone file nsd serves and in the record set `miab-remote dns` prints for another DNS host."""
+    cname = DNSRecord("www.beta.test", "CNAME", "pages.example.", 3600)
+    for served_by in ("nsd", "external"):
+        h = box(ipv6="2001:db8::7", dns_records=(cname,), options={"dns": served_by})
+        at_www = [(r.type, r.value, r.ttl) for r in dnszones.records(h)["beta.test"] if r.name == "www.beta.test"]
+        assert at_www == [("CNAME", "pages.example.", 3600)]
+        body = dnszones.zone_body(h, "beta.test")
+        assert "www 3600 IN CNAME pages.example." in body
+        # Only www: the other names keep what they had, and other types still replace only their own type.
+        r = by_key(h)
+        assert r[("www.alpha.test", "A")] == ["203.0.113.7"] and r[("autoconfig.beta.test", "MX")] == ["0 ."]
 
 
 def test_record_outside_every_zone_is_refused() -> None:
@@ -212,3 +227,71 @@ def test_wildcards_and_service_names_are_plain_zone_data(tmp_path: Path) -> None
         "web.alpha.test",
     ]
     assert all(dnszones.zone_body(host, zone) for zone in dnszones.zones_of(host))
+
+
+MX = ("MX", "10 other.example.")
+MAIL_NAMES = [  # (name, what the message says it is for, a record of another type accepted there)
+    ("alpha.test", "a mail domain", MX),
+    ("beta.test", "a mail domain", MX),
+    ("mx.alpha.test", "the box's hostname", MX),
+    ("ns1.mx.alpha.test", "a nameserver name", ("A", "192.0.2.53")),
+    ("ns2.mx.alpha.test.", "a nameserver name", MX),
+    ("autoconfig.alpha.test", "mail clients' autoconfiguration", ("AAAA", "2001:db8::80")),
+    ("AutoDiscover.beta.test", "mail clients' autoconfiguration", MX),
+    ("_dmarc.alpha.test", "DMARC", ("TXT", '"v=DMARC1; p=reject;"')),
+    ("mail._domainkey.beta.test", "DKIM", ("TXT", '"v=DKIM1; k=rsa; p=OTHER"')),
+    ("_submission._tcp.alpha.test", "mail clients' server discovery", ("SRV", "0 1 587 other.example.")),
+    ("_imap._tcp.beta.test", "mail clients' server discovery", ("SRV", "0 1 143 other.example.")),
+]
+
+
+@pytest.mark.parametrize(("name", "what", "other"), MAIL_NAMES)
+def test_a_cname_at_a_name_the_mail_system_needs_is_refused_at_load_time(
+    tmp_path: Path, name: str, what: str, other: tuple[str, str]
+) -> None:
+    """A CNAME there would replace the box's own records and break mail, DNS or TLS: bad input, with the
+    file, line and field, what the name is for and what is accepted; another type there still replaces only
+    the generated record of its type."""
+    path = tmp_path / "mx.alpha.test.toml"
+    text = 'hostname = "mx.alpha.test"\naddress = "203.0.113.7"\ndomains = ["alpha.test", "beta.test"]\n\n'
+    text += f'[[dns.records]]\nname = "{name}"\ntype = "CNAME"\nvalue = "elsewhere.example."\n'
+    with pytest.raises(InputError) as e:
+        validate(text, path)
+    message = str(e.value)
+    shown = name.lower().rstrip(".")
+    assert f"mx.alpha.test.toml:7: dns.records[0].type: a CNAME is not accepted at {shown!r}" in message
+    assert what in message and "accepted:" in message
+    assert message.count("\n") == 0, "one problem, one line"
+    rtype, value = other
+    host = validate(text.replace('"CNAME"', f'"{rtype}"').replace('"elsewhere.example."', json.dumps(value)), path)
+    assert all(dnszones.zone_body(host, zone) for zone in dnszones.zones_of(host))
+    r = by_key(host)
+    assert dnszones.normalized_rdata(rtype, value) in r[(shown, rtype)]
+    assert ("mail._domainkey.beta.test", "TXT") in r and (shown, "CNAME") not in r
+
+
+def test_a_cname_at_the_apex_of_the_hostnames_own_zone_is_refused(tmp_path: Path) -> None:
+    text = 'hostname = "box.provider.test"\naddress = "203.0.113.7"\ndomains = ["alpha.test"]\n\n'
+    text += '[[dns.records]]\nname = "box.provider.test"\ntype = "CNAME"\nvalue = "elsewhere.example."\n'
+    refused = r":7: dns\.records\[0\]\.type: a CNAME is not accepted at 'box\.provider\.test', the box's hostname"
+    with pytest.raises(InputError, match=refused):
+        validate(text, tmp_path / "box.provider.test.toml")
+
+
+def test_a_cname_beside_the_operators_own_records_at_its_name_is_refused(tmp_path: Path) -> None:
+    """Two operator records at one name where one is a CNAME would not parse as a zone: refused at load time
+    (the later record is named, with the earlier one it clashes with); a CNAME at another DKIM selector (a
+    third-party sender's key) is the operator's business and accepted."""
+    head = 'hostname = "mx.alpha.test"\naddress = "203.0.113.7"\n'
+    for first, second in (("CNAME", "TXT"), ("TXT", "CNAME"), ("CNAME", "CNAME")):
+        text = head
+        for rtype in (first, second):
+            value = '"elsewhere.example."' if rtype == "CNAME" else '"\\"hello\\""'
+            text += f'\n[[dns.records]]\nname = "web.alpha.test"\ntype = "{rtype}"\nvalue = {value}\n'
+        with pytest.raises(InputError) as e:
+            validate(text, tmp_path / "mx.alpha.test.toml")
+        assert ":10: dns.records[1].name: 'web.alpha.test' already has a record in dns.records[0]" in str(e.value)
+        assert "a CNAME" in str(e.value)
+    text = head + '\n[[dns.records]]\nname = "s1._domainkey.alpha.test"\ntype = "CNAME"\nvalue = "s1.dkim.example."\n'
+    host = validate(text, tmp_path / "mx.alpha.test.toml")
+    assert "s1._domainkey 1800 IN CNAME s1.dkim.example." in dnszones.zone_body(host, "alpha.test")

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import tomlkit
 
+from miab_remote.engine.converge import build
 from miab_remote.errors import InputError
 from miab_remote.fleet.model import DEFAULT_RECIPES
 from miab_remote.fleet.options import OPTION_SPECS
@@ -29,6 +30,8 @@ from miab_remote.fleet.positions import line_map
 from miab_remote.fleet.problems import InventoryError
 from miab_remote.fleet.schema import SSH_KEYS, TOP_KEYS, validate
 from miab_remote.fleet.store import Inventory, new_document
+from miab_remote.mail import dnszones
+from miab_remote.profiles import PROFILES
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "box1.example.test"
@@ -1069,6 +1072,32 @@ def test_example_validates(tmp_path: Path) -> None:
     assert any(len(a.destinations) == 2 for a in host.aliases)
     assert any(a.source.startswith("@") for a in host.aliases)
     assert host.options != {name: spec.default for name, spec in OPTION_SPECS.items()}
+
+
+EXAMPLES = sorted((REPO / "hosts").glob("*.toml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("dns", ["nsd", "external"])
+def test_every_shipped_example_loads_and_builds(tmp_path: Path, example: Path, dns: str) -> None:
+    """A documented inventory an operator copies must work as it is: it loads under its box's name, every
+    recipe and template renders for every OS profile, and its zones parse (with the box's own nameserver,
+    and as the record set `miab-remote dns` prints for another DNS host)."""
+    assert EXAMPLES, "no shipped example inventory"
+    doc = tomlkit.parse(example.read_text())
+    doc.setdefault("options", {})["dns"] = dns
+    hostname = str(doc["hostname"])
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    (hosts / f"{hostname}.toml").write_text(tomlkit.dumps(doc))
+    inventory = Inventory(hosts)
+    host = inventory.load(hostname)
+    assert host.options["dns"] == dns
+    for profile in PROFILES.values():
+        resources, rendered = build(host, profile, inventory.root)
+        assert resources and rendered
+    for zone in dnszones.zones_of(host):
+        dnszones.zone_body(host, zone)  # raises InputError when the zone does not parse
 
 
 def test_example_documents_every_field() -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote.engine.diffing import MASK, Masker, plan_diff
+from miab_remote.engine.diffing import plan_diff
 from miab_remote.engine.planner import plan
+from miab_remote.engine.redact import MASK, SecretMask
 from miab_remote.engine.resources import File
 from miab_remote.engine.templates import TemplateSet
 from miab_remote.errors import InputError
@@ -87,7 +88,7 @@ def test_diff_masks_secrets_and_hides_secret_files() -> None:
         plan(files, rendered, facts),
         facts,
         rendered,
-        Masker(["{BLF-CRYPT}$2b$10$abcdefghijk", "{BLF-CRYPT}$2b$10$zyxwvutsrqp"]),
+        SecretMask(["{BLF-CRYPT}$2b$10$abcdefghijk", "{BLF-CRYPT}$2b$10$zyxwvutsrqp"]),
     )
     assert f"-hash = {MASK}" in text and f"+hash = {MASK}" in text
     assert "abcdefghijk" not in text and "zyxwvutsrqp" not in text
