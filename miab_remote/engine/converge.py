@@ -347,13 +347,3 @@ def with_transport(
         run.seconds = time.monotonic() - start
     return run
 
-
-def early_transport(host: Host, connect_timeout: float = 10.0) -> Transport | None:
-    """A connection to the box, opening in a thread so that it overlaps the laptop's own work (building the
-    box, a password's bcrypt); None if it cannot even be started (the job then fails with the reason)."""
-    try:
-        transport = Transport(host.target, connect_timeout=connect_timeout)
-    except MiabError:
-        return None
-    transport.start_connecting()
-    return transport

@@ -14,11 +14,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import tomlkit
 
-from miab_remote.engine.converge import HostRun, Report, early_transport, purge_mailbox, push_accounts
+from miab_remote.engine.converge import HostRun, Report, purge_mailbox, push_accounts
+from miab_remote.errors import MiabError
 from miab_remote.fleet.model import Alias, Host
 from miab_remote.fleet.store import Inventory
 from miab_remote.jobs.deploy import check_builds
 from miab_remote.mail import accounts, mailmaps, passwords
+from miab_remote.transport.ssh import Transport
 
 # Checks the change against the box as it is under the lock (InputError: nothing written) and edits `doc`.
 Edit = Callable[[Host, tomlkit.TOMLDocument], None]
@@ -35,7 +37,7 @@ def change(inv: Inventory, name: str, edit: Edit, push: bool, on_box: OnBox) -> 
     transport = None
     if push:
         host = inv.load(name)
-        transport = early_transport(host)
+        transport = _connection_ahead(host)
         try:  # a failed recipe or template is bad input, found before the inventory changes
             check_builds(inv, host)
         except BaseException:
@@ -63,6 +65,17 @@ def hashing(email: str, from_stdin: bool, pool: ThreadPoolExecutor) -> Future[st
         return early
     cost = passwords.bcrypt_cost()  # a bad setting is refused before the operator types anything
     return pool.submit(passwords.hash_password, passwords.read_new_password(email, from_stdin), cost)
+
+
+def _connection_ahead(host: Host, connect_timeout: float = 10.0) -> Transport | None:
+    """A connection to the box, opening in a thread so that it overlaps the build check and the password's
+    bcrypt; None if it cannot even be started (the push then fails with the reason)."""
+    try:
+        transport = Transport(host.target, connect_timeout=connect_timeout)
+    except MiabError:
+        return None
+    transport.start_connecting()
+    return transport
 
 
 def purge(inv: Inventory, name: str, email: str, on_box: OnBox) -> HostRun | None:
