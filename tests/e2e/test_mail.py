@@ -28,6 +28,7 @@ import pytest
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import (
+    E2E_IMAGE,
     HOST_ADDRESS,
     Box,
     cli,
@@ -481,6 +482,31 @@ def test_user_add_password_remove(inv: Path, mail: Mail, box: Box) -> None:
         mail.imap(dave, "dave-second-pass")
     kept = box.run(f"grep -rl 'Subject: for dave' {layout.mailbox_dir(dave)}", check=False)[1]
     assert kept.strip(), "the mail stays on the box"
+
+
+def test_a_users_quota_is_the_limit_imap_reports_on_either_releases_dovecot(inv: Path, mail: Mail, box: Box) -> None:
+    """The same users file on dovecot 2.3 (quota rules) and 2.4 (no rules, only a size, which its file
+    computes from the same field): a quota with a unit, one without (KiB), none (no limit)."""
+    version = box.run("dovecot --version")[1]
+    assert version.startswith({"debian-12": "2.3.", "debian-13": "2.4."}[E2E_IMAGE]), version
+    kib = {f"quota-big@{DOMAIN}": ("2G", 2 * 1024 * 1024), f"quota-kib@{DOMAIN}": ("500", 500)}
+    password = "quota-secret-55"
+    try:
+        for user, (quota, _) in kib.items():
+            res = cli(inv, "user", "add", NAME, user, "--quota", quota, "--password-stdin", stdin=password + "\n")
+            assert res.code == 0, res.err + res.out
+        for user, (_, limit) in kib.items():
+            conn = mail.imap(user, password)
+            _, data = conn.getquotaroot("INBOX")
+            conn.logout()
+            assert data[1] == [f'"User quota" (STORAGE 0 {limit})'.encode()], data
+        conn = mail.imap(alice := f"alice@{DOMAIN}", PASSWORDS[alice])
+        _, data = conn.getquotaroot("INBOX")
+        conn.logout()
+        assert data[1] == [None], data  # a quota root without limits: no QUOTA line
+    finally:
+        for user in kib:
+            cli(inv, "user", "remove", NAME, user)
 
 
 def test_second_deploy_changes_nothing_and_keeps_state(inv: Path, box: Box) -> None:
