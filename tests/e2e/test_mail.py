@@ -390,6 +390,19 @@ def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
     conn.logout()
 
 
+def test_a_users_own_sieve_script_from_managesieve_files_their_mail(mail: Mail) -> None:
+    """ManageSieve (4190, what roundcube's filters use) keeps a user's script where delivery runs it, after
+    the global one: mail it matches lands in the folder it names."""
+    alice, bob = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
+    script = 'require ["fileinto", "mailbox"];\nif header :contains "Subject" "sorted" { fileinto :create "Sorted"; }\n'
+    mail.sieve_activate(bob, PASSWORDS[bob], "e2e", script)
+    try:
+        mail.submit(alice, PASSWORDS[alice], message(alice, bob, "mail to be sorted"))
+        mail.wait_for(bob, PASSWORDS[bob], "Sorted", lambda m: m["Subject"] == "mail to be sorted")
+    finally:
+        mail.sieve_activate(bob, PASSWORDS[bob], "e2e", None)
+
+
 def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: Box) -> None:
     bob = (f"bob@{DOMAIN}", PASSWORDS[f"bob@{DOMAIN}"])
     mail.deliver_25(f"spammer@{OTHER}", [bob[0]], message(f"spammer@{OTHER}", bob[0], "gtube", GTUBE))
