@@ -28,7 +28,6 @@ import pytest
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import (
-    E2E_IMAGE,
     HOST_ADDRESS,
     Box,
     cli,
@@ -56,12 +55,12 @@ KEEP = [layout.DKIM_KEY, layout.TLS_CERT, layout.TLS_KEY]
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return new_inventory(tmp_path_factory.mktemp("mail") / "hosts")
+def inv(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    return new_inventory(tmp_path_factory.mktemp(f"mail-{image}") / "hosts")
 
 
 @pytest.fixture(scope="module")
-def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+def box(inv: Path, tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[Box]:
     inventory = {
         "domains": [DOMAIN, OTHER],
         "users": [{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
@@ -77,7 +76,7 @@ def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
             ]
         },
     }
-    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}, image=image) as made:
         yield made.box
 
 
@@ -497,11 +496,13 @@ def test_user_add_password_remove(inv: Path, mail: Mail, box: Box) -> None:
     assert kept.strip(), "the mail stays on the box"
 
 
-def test_a_users_quota_is_the_limit_imap_reports_on_either_releases_dovecot(inv: Path, mail: Mail, box: Box) -> None:
+def test_a_users_quota_is_the_limit_imap_reports_on_either_releases_dovecot(
+    inv: Path, mail: Mail, box: Box, image: str
+) -> None:
     """The same users file on dovecot 2.3 (quota rules) and 2.4 (no rules, only a size, which its file
     computes from the same field): a quota with a unit, one without (KiB), none (no limit)."""
     version = box.run("dovecot --version")[1]
-    assert version.startswith({"debian-12": "2.3.", "debian-13": "2.4."}[E2E_IMAGE]), version
+    assert version.startswith({"debian-12": "2.3.", "debian-13": "2.4."}[image]), version
     kib = {f"quota-big@{DOMAIN}": ("2G", 2 * 1024 * 1024), f"quota-kib@{DOMAIN}": ("500", 500)}
     password = "quota-secret-55"
     try:
