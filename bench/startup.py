@@ -14,7 +14,10 @@ Each figure is the median wall time of `--runs` runs of a fresh process (subproc
   hash, mode and owner, dpkg's and systemd's states, users, guards), so the floor is the cost of those facts
   in one SSH round trip, with nothing of miab-remote's on the laptop;
 - a no-op deploy of the whole box (default recipes), `miab-remote deploy NAME --json`, 0 changed;
-- `miab-remote user add NAME NEW --password-stdin` until the new user's first IMAPS login succeeded.
+- `miab-remote user add NAME NEW --password-stdin` until the new user's first IMAPS login succeeded;
+- one bcrypt pass at the cost the tool hashes with (12), in this process: `user add` holds two of them that
+  no code can remove (the laptop's hash of the new password, dovecot's check of it at the login), so its
+  figure is also given in bcrypt passes and as the time beyond those two.
 
 Then the same at `--rtt-ms` (default 50) of round-trip time. This machine's kernel has no netem (`tc qdisc
 ... netem` says "unknown qdisc"), so the delay comes from bench/delay_proxy.py, a relay on loopback
@@ -44,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.noop_deploy import bench_box  # noqa: E402
-from miab_remote.mail import layout  # noqa: E402
+from miab_remote.mail import layout, passwords  # noqa: E402
 from tests.e2e import helpers  # noqa: E402
 from tests.e2e.helpers import Box, edit_inventory  # noqa: E402
 from tests.e2e.mailclients import Mail  # noqa: E402
@@ -119,6 +122,13 @@ def floor_command(inv: Path, tmp: Path, address: str) -> tuple[list[str], bytes]
     return argv, stdin
 
 
+def one_bcrypt() -> float:
+    """One hash at the tool's own cost, as `user add` makes it (MIAB_REMOTE_BCRYPT_COST is not read here)."""
+    start = time.monotonic()
+    passwords.hash_password(PASSWORD.strip(), passwords.COST)
+    return time.monotonic() - start
+
+
 def measure(inv: Path, tmp: Path, box: Box, address: str, runs: int, label: str, tag: str) -> None:
     env = run_env(inv)
     py = [sys.executable]
@@ -143,6 +153,7 @@ def measure(inv: Path, tmp: Path, box: Box, address: str, runs: int, label: str,
         # As an operator runs it (its report printed, no --json), and it must be a no-op.
         "deploy": lambda: timed([*cli, "deploy", NAME], env, expect=b"(0 changed, 0 failed, 1 round trip,"),
         "user": user_add,
+        "bcrypt": one_bcrypt,
     }
     # Interleaved (one run of each, then again), so that a load that comes and goes on this shared machine
     # weighs on every figure alike rather than on whichever ran at the time.
@@ -153,13 +164,18 @@ def measure(inv: Path, tmp: Path, box: Box, address: str, runs: int, label: str,
     for _ in range(runs):
         for key, once in commands.items():
             times[key].append(once())
-    pass_s, help_s, floor_s, deploy_s, user_s = (statistics.median(times[k]) for k in commands)
+    pass_s, help_s, floor_s, deploy_s, user_s, bcrypt_s = (statistics.median(times[k]) for k in commands)
     print(f"{label} (median of {runs} runs, whole processes):")
     print(f"  python -c pass:                 {pass_s:.3f} s")
     print(f"  miab-remote --help:             {help_s:.3f} s = {help_s / pass_s:.2f}x python -c pass")
     print(f"  floor (one plain ssh, probe):   {floor_s:.3f} s")
     print(f"  no-op deploy:                   {deploy_s:.3f} s = {deploy_s / floor_s:.2f}x floor")
-    print(f"  user add to first IMAPS login:  {user_s:.3f} s = {user_s / floor_s:.2f}x floor", flush=True)
+    print(f"  {f'one bcrypt pass (cost {passwords.COST}):':<32}{bcrypt_s:.3f} s")
+    print(
+        f"  user add to first IMAPS login:  {user_s:.3f} s = {user_s / floor_s:.2f}x floor = "
+        f"{user_s / bcrypt_s:.2f}x one bcrypt pass; {user_s - 2 * bcrypt_s:.3f} s beyond its two",
+        flush=True,
+    )
 
 
 @contextlib.contextmanager
