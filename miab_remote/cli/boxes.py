@@ -21,14 +21,17 @@ def cmd_create(args: argparse.Namespace) -> int:
             f"--provider {args.provider} is not available yet; available: {', '.join(providers.names())}"
         )
     inv = inventory_of(args)
-    provider = create.check_new_boxes(inv, args.names, args.provider)  # every argument, before anything is made
+    # every argument, before anything is made
+    provider = create.check_new_boxes(inv, args.names, args.provider, args.image)
     key_path, key_line = operator_key.resolve(args.identity_file)
     provider.validate_config()
     provider.check_requirements()
     progress = Progress(args.names, verbose=True)
     return report_each(
         args.names,
-        lambda name: create.create_box(inv, provider, name, key_path, key_line, lambda msg: progress(name, msg)),
+        lambda name: create.create_box(
+            inv, provider, name, key_path, key_line, lambda msg: progress(name, msg), args.image
+        ),
         progress,
     )
 
@@ -82,6 +85,12 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("create", parents=[common], help="make a new box and write its inventory")
     p.add_argument("--provider", required=True, choices=providers.names() + providers.planned())
+    p.add_argument(
+        "--image",
+        metavar="OS",
+        help="the system the box runs, as an OS profile id such as debian-13 or debian-12 (default: the "
+        "newest the provider makes)",
+    )
     p.add_argument("--identity-file", metavar="PATH", help="operator SSH key to authorise (default: ~/.ssh/id_*)")
     p.add_argument("names", nargs="+", metavar="NAME", help="the box's FQDN, e.g. box1.example.org")
     p.set_defaults(func=cmd_create)

@@ -20,12 +20,17 @@ from miab_remote.providers.base import CreatedBox, Provider
 Say = Callable[[str], None]
 
 
-def check_new_boxes(inv: Inventory, names: Sequence[str], provider_name: str = "local") -> Provider:
-    """`create`'s arguments, all checked before anything is made: the provider exists and is set up, each
+def check_new_boxes(
+    inv: Inventory, names: Sequence[str], provider_name: str = "local", image: str | None = None
+) -> Provider:
+    """`create`'s arguments, all checked before anything is made: the provider exists and is set up, it
+    makes boxes of `image` (when one is asked for), each
     name is a box name as the inventory wants it (a lower-case FQDN: the inventory's hostname rule, and
     the provider's own, e.g. local's 64 characters), given once, and an existing inventory of that name is
     valid and is a box of the same provider's (create re-pins it). The provider to make them with."""
     provider = providers.get(provider_name)
+    if image is not None:
+        provider.check_image(image)
     seen: set[str] = set()
     for name in names:
         if problem := fqdn_problem(name, "a box name", "box1.example.org"):
@@ -71,9 +76,12 @@ def _write_inventory(inv: Inventory, name: str, box: CreatedBox, provider: str, 
     return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
 
 
-def create_box(inv: Inventory, provider: Provider, name: str, key_path: Path, key_line: str, say: Say) -> str:
-    """Make one box and record it; the line to show the operator. Raises MiabError on failure."""
-    box = provider.create(name, key_line, progress=say)
+def create_box(
+    inv: Inventory, provider: Provider, name: str, key_path: Path, key_line: str, say: Say, image: str | None = None
+) -> str:
+    """Make one box of `image` (default: the provider's) and record it; the line to show the operator.
+    Raises MiabError on failure."""
+    box = provider.create(name, key_line, progress=say, image=image or provider.default_image)
     try:
         return _write_inventory(inv, name, box, provider.name, key_path)
     except BaseException as e:

@@ -17,6 +17,7 @@ class OSProfile:
     description: str
     os_release_id: str
     version_id: str
+    codename: str  # the release's suite name, as apt sources and debootstrap spell it
     # Logical package name -> real package names on this system (absent key: same name).
     packages: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Logical service name -> systemd unit on this system (absent key: same name).
@@ -37,12 +38,24 @@ DEBIAN_12 = OSProfile(
     description="Debian 12 (bookworm)",
     os_release_id="debian",
     version_id="12",
+    codename="bookworm",
     packages={"spamd": ("spamd",)},
     paths={"php_fpm_socket": "/run/php/php8.2-fpm.sock"},
     template_variants=("debian-12", "dovecot-2.3"),
 )
 
-PROFILES: dict[str, OSProfile] = {p.id: p for p in (DEBIAN_12,)}
+DEBIAN_13 = OSProfile(
+    id="debian-13",
+    description="Debian 13 (trixie)",
+    os_release_id="debian",
+    version_id="13",
+    codename="trixie",
+    packages={"spamd": ("spamd",)},
+    paths={"php_fpm_socket": "/run/php/php8.4-fpm.sock"},
+    template_variants=("debian-13", "dovecot-2.4"),
+)
+
+PROFILES: dict[str, OSProfile] = {p.id: p for p in (DEBIAN_13, DEBIAN_12)}
 
 
 def supported_list() -> str:

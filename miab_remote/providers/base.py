@@ -35,9 +35,15 @@ class Provider(Protocol):
     `check_name` for each argument, then `validate_config` and `check_requirements` once."""
 
     name: str  # as written in an inventory's `provider = "..."` and after `--provider`
+    images: tuple[str, ...]  # the OS profile ids it can make boxes of (`create --image`)
+    default_image: str  # the one a create without --image makes
 
     def check_name(self, name: str) -> str:
         """The box name in its normal form, or InputError if this provider cannot make such a box."""
+        ...
+
+    def check_image(self, image: str) -> str:
+        """The image's OS profile id, or InputError naming the images this provider makes."""
         ...
 
     def validate_config(self) -> None:
@@ -48,8 +54,9 @@ class Provider(Protocol):
         """ProviderError naming everything this machine (or account) lacks to make boxes."""
         ...
 
-    def create(self, name: str, authorized_key: str, progress: Progress | None = None) -> CreatedBox:
-        """Make and boot a box that lets `authorized_key` in as root; a failed create leaves nothing behind."""
+    def create(self, name: str, authorized_key: str, progress: Progress | None = None, image: str = ...) -> CreatedBox:
+        """Make and boot a box of `image` (one of `images`; default `default_image`) that lets `authorized_key`
+        in as root; a failed create leaves nothing behind."""
         ...
 
     def destroy(self, name: str) -> list[str]:

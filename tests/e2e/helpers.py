@@ -19,6 +19,8 @@ from typing import Any
 
 import paramiko
 
+from miab_remote.providers.local.config import DEFAULT_IMAGE, IMAGES
+
 FIXTURES = Path(__file__).parent / "fixture_inventory"
 
 # The e2e boxes live on their own bridge, subnet and state folder, so a leftover of a developer's own
@@ -34,6 +36,11 @@ E2E_ENV = {
     "MIAB_REMOTE_LOCAL_SUBNET": f"{SUBNET_PREFIX}.0/24",
     "MIAB_REMOTE_LOCAL_BRIDGE": f"miabe2e{LANE}",
 }
+
+# The release the e2e boxes run: MIAB_E2E_IMAGE=debian-12 (or -13) picks one, else a local box's default.
+E2E_IMAGE = os.environ.get("MIAB_E2E_IMAGE") or DEFAULT_IMAGE
+if E2E_IMAGE not in IMAGES:
+    raise SystemExit(f"MIAB_E2E_IMAGE={E2E_IMAGE}: use one of {', '.join(IMAGES)}")
 
 
 @dataclass
@@ -178,12 +185,12 @@ def operator_key(folder: Path) -> Path:
     return key
 
 
-def create_box(inv: Path, identity: Path, name: str) -> Box:
-    """`miab-remote create --provider local` and a root SSH handle on the new box."""
+def create_box(inv: Path, identity: Path, name: str, image: str = E2E_IMAGE) -> Box:
+    """`miab-remote create --provider local --image IMAGE` and a root SSH handle on the new box."""
     import tomlkit
 
     cli(inv, "destroy", "--yes", name)  # what a killed earlier run may have left behind
-    res = cli(inv, "create", "--provider", "local", "--identity-file", str(identity), name)
+    res = cli(inv, "create", "--provider", "local", "--image", image, "--identity-file", str(identity), name)
     assert res.code == 0, res.err + res.out
     doc = tomlkit.parse((inv / f"{name}.toml").read_text())
     return Box(str(doc["address"]), str(doc["host_keys"][0]), identity)
@@ -227,9 +234,13 @@ class Deployed:
 
 @contextlib.contextmanager
 def deployed_box(
-    inv: Path, identity: Path, inventories: Mapping[str, Mapping[str, Any]], deploy: bool = True
+    inv: Path,
+    identity: Path,
+    inventories: Mapping[str, Mapping[str, Any]],
+    deploy: bool = True,
+    image: str = E2E_IMAGE,
 ) -> Iterator[Deployed]:
-    """Local boxes for a test module: create each (in parallel), set their inventories' keys (as
+    """Local boxes of release `image` for a test module: create each (in parallel), set their inventories' keys (as
     edit_inventory), deploy them all in one `deploy --json` (unless deploy=False), yield, and destroy them.
 
     `inventories` maps each box name to the top-level keys to set, e.g. {NAME: {"users": [...]}}. The
@@ -240,7 +251,7 @@ def deployed_box(
     names = list(inventories)
     failed = True
     try:
-        boxes = _create_boxes(inv, identity, names)
+        boxes = _create_boxes(inv, identity, names, image)
         for name, top in inventories.items():
             if top:
                 edit_inventory(inv, name, **top)
@@ -266,16 +277,16 @@ def deployed_box(
             assert gone.code == 0, gone.err + gone.out
 
 
-def _create_boxes(inv: Path, identity: Path, names: list[str]) -> dict[str, Box]:
+def _create_boxes(inv: Path, identity: Path, names: list[str], image: str) -> dict[str, Box]:
     """create_box for each name, at once; the first failure is raised once all have ended."""
     if len(names) == 1:
-        return {names[0]: create_box(inv, identity, names[0])}
+        return {names[0]: create_box(inv, identity, names[0], image)}
     made: dict[str, Box] = {}
     errors: list[BaseException] = []
 
     def make(name: str) -> None:
         try:
-            made[name] = create_box(inv, identity, name)
+            made[name] = create_box(inv, identity, name, image)
         except BaseException as e:  # re-raised below, in the caller's thread
             errors.append(e)
 

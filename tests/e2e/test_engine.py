@@ -17,6 +17,7 @@ import tomlkit
 
 from miab_remote.transport.sshkeys import fingerprint_line, generate_ed25519
 from tests.e2e.helpers import (
+    E2E_IMAGE,
     SUBNET_PREFIX,
     Box,
     CLIResult,
@@ -50,7 +51,7 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def box(inv: Path, identity: Path) -> Iterator[Box]:
     # The test recipe joins the built-in base recipe; each test deploys for itself.
     with deployed_box(inv, identity, {NAME: {"recipes": ["base", "testbox"]}}, deploy=False) as made:
-        assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == "debian-12"  # create wrote it
+        assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == E2E_IMAGE  # create wrote it
         yield made.box
 
 
@@ -391,6 +392,7 @@ def test_unsupported_os_is_refused_before_anything_changes(inv: Path, box: Box) 
         assert res.code == 1
         error = res.json()["hosts"][NAME]["error"]
         assert "unsupported OS 'CentOS Linux 7'" in error and "Debian 12 (bookworm) [debian-12]" in error
+        assert "Debian 13 (trixie) [debian-13]" in error
         assert box.sha256(NGINX_CONF) == before
     finally:
         box.run("rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release")

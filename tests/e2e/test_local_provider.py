@@ -31,6 +31,7 @@ import pytest
 from miab_remote import providers
 from miab_remote.errors import ProviderError
 from miab_remote.fleet.model import Host
+from miab_remote.profiles import DEBIAN_12, DEBIAN_13
 from miab_remote.providers.base import CreatedBox
 from miab_remote.providers.local import LocalConfig, LocalProvider, machine, network
 from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
@@ -51,6 +52,7 @@ OTHER_BRIDGE = LANE_BRIDGE + "q"
 COLLIDE_BRIDGE = LANE_BRIDGE + "c"  # a bridge that must never be made
 BOX_A = "tpa.example.test"
 BOX_B = "tpb.example.test"
+IMAGE_OF = {BOX_A: DEBIAN_13, BOX_B: DEBIAN_12}  # one box of each release a local box can run
 BOX_DEAD = "tpdead.example.test"
 
 
@@ -169,7 +171,7 @@ def boxes(config: LocalConfig, operator: KeyPair) -> Iterator[dict[str, CreatedB
     def make(name: str) -> tuple[CreatedBox, float]:
         start = time.monotonic()
         box = LocalProvider(config).create(
-            name, operator.public_line, progress=lambda line: lines.append(f"{name}: {line}")
+            name, operator.public_line, progress=lambda line: lines.append(f"{name}: {line}"), image=IMAGE_OF[name].id
         )
         return box, time.monotonic() - start
 
@@ -194,7 +196,7 @@ def test_parallel_create(config: LocalConfig, boxes: dict[str, CreatedBox]) -> N
     for box in (a, b):
         assert ipaddress.IPv4Address(box.address) in SUBNET
         assert box.address != str(config.gateway)
-        assert box.os == "debian-12"
+        assert box.os == IMAGE_OF[box.name].id
         assert box.host_key_public.startswith("ssh-ed25519 ")
         assert box.host_key_public.endswith(f" root@{box.name}")
         assert LocalProvider(config).status(box.name) == "running"
@@ -231,6 +233,9 @@ def test_ssh_pinned_host_key_and_system_running(boxes: dict[str, CreatedBox], op
             assert run(client, "systemctl is-enabled ssh")[1].strip() == "enabled"
             assert run(client, "stat -c %a /root/.ssh /root/.ssh/authorized_keys")[1].split() == ["700", "600"]
             assert run(client, "systemd-detect-virt --container")[1].strip() == "systemd-nspawn"
+            release = run(client, ". /etc/os-release && echo $ID $VERSION_ID $VERSION_CODENAME")[1].split()
+            profile = IMAGE_OF[box.name]
+            assert release == [profile.os_release_id, profile.version_id, profile.codename], release
         finally:
             client.close()
 
@@ -262,17 +267,19 @@ def test_boxes_reach_each_other(boxes: dict[str, CreatedBox], operator: KeyPair)
             client.close()
 
 
-def test_apt_update_through_nat(boxes: dict[str, CreatedBox], operator: KeyPair) -> None:
-    box = boxes[BOX_A]
+@pytest.mark.parametrize("name", [BOX_A, BOX_B])
+def test_apt_update_through_nat(boxes: dict[str, CreatedBox], operator: KeyPair, name: str) -> None:
+    box = boxes[name]
+    suite = IMAGE_OF[name].codename
     client = connect(box.address, box.host_key_public, operator)
     try:
         sources = run(client, "cat /etc/apt/sources.list")[1]
-        for suite in ("bookworm main", "bookworm-updates main", "bookworm-security main"):
-            assert suite in sources
-        assert "/debian-security bookworm-security" in sources
+        for line in (f"{suite} main", f"{suite}-updates main", f"{suite}-security main"):
+            assert line in sources
+        assert f"/debian-security {suite}-security" in sources
         rc, out, err = run(client, "apt-get update", timeout=180)
         assert rc == 0, out + err
-        assert "bookworm-security" in out
+        assert f"{suite}-security" in out
     finally:
         client.close()
 

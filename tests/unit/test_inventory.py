@@ -139,7 +139,7 @@ ERROR_CASES: list[tuple[str, str, str]] = [
      f'{P}:3: provider: \'aws\' is not a provider; accepted: "local", "digitalocean", "linode", "vultr", '
      '"ec2" or "manual"'),
     ("os", HEAD + 'os = "ubuntu-22.04"\n',
-     f"{P}:3: os: 'ubuntu-22.04' is not a supported OS profile; supported: debian-12"),
+     f"{P}:3: os: 'ubuntu-22.04' is not a supported OS profile; supported: debian-13, debian-12"),
     ("os-type", HEAD + "os = 12\n",
      f"{P}:3: os: expected an OS profile id, got an integer 12"),
     # -- unknown keys

@@ -15,6 +15,7 @@ import pytest
 from miab_remote import cli
 from miab_remote.errors import InputError, ProviderError
 from miab_remote.fleet.store import new_document
+from miab_remote.profiles import DEBIAN_12, DEBIAN_13, OSProfile
 from miab_remote.providers.local import LocalConfig, LocalProvider, rootfs
 from miab_remote.transport.sshkeys import generate_ed25519
 
@@ -43,7 +44,8 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIAB_REMOTE_DEBIAN_MIRROR", "http://10.77.0.1:3142/deb.debian.org/debian")
     cfg = LocalConfig.from_env()
     assert cfg.state_dir == Path("/var/lib/miab-remote/local")
-    assert cfg.rootfs_cache == Path("/var/cache/miab-remote/rootfs/debian-12")
+    assert cfg.rootfs_cache("debian-12") == Path("/var/cache/miab-remote/rootfs/debian-12")
+    assert cfg.rootfs_cache("debian-13") == Path("/var/cache/miab-remote/rootfs/debian-13")
     assert cfg.subnet == ipaddress.IPv4Network("10.77.0.0/24")
     assert str(cfg.gateway) == "10.77.0.1"
     assert cfg.bridge == "miabx0"
@@ -64,7 +66,8 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
                 LocalConfig.from_env()
 
 
-def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", [DEBIAN_13, DEBIAN_12], ids=lambda p: p.id)
+def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: Path, profile: OSProfile) -> None:
     """What goes into the tree, checked on a small fake tree (the boxes below check it live)."""
     root = tmp_path / "rootfs"
     for folder in ("etc/ssh/sshd_config.d", "usr/lib/systemd/system", "var/lib/dbus", "root"):
@@ -78,7 +81,7 @@ def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: 
     cfg = dataclasses.replace(config, apt_proxy="http://10.79.0.1:3142")
     key = generate_ed25519("root@fake.example.test")
     operator_line = generate_ed25519("op").public_line
-    rootfs.prepare(cfg, root, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
+    rootfs.prepare(cfg, profile, root, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
 
     assert (root / "etc/hostname").read_text() == "fake.example.test\n"
     assert "10.79.0.9\tfake.example.test fake\n" in (root / "etc/hosts").read_text()
@@ -89,6 +92,11 @@ def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: 
     resolv = root / "etc/resolv.conf"
     assert not resolv.is_symlink()
     assert resolv.read_text() == f"nameserver {cfg.gateway}\n", "boxes use the local resolver on the bridge"
+    suite = profile.codename
+    assert (root / "etc/apt/sources.list").read_text() == (
+        f"deb {cfg.mirror} {suite} main\ndeb {cfg.mirror} {suite}-updates main\n"
+        f"deb http://deb.debian.org/debian-security {suite}-security main\n"
+    ), "the box's apt follows its own release"
     assert (
         'Acquire::http::Proxy "http://10.79.0.1:3142";' in (root / "etc/apt/apt.conf.d/90miab-remote-proxy").read_text()
     )
@@ -113,8 +121,26 @@ def test_root_filesystem_is_prepared_before_boot(config: LocalConfig, tmp_path: 
     (evil / "etc").mkdir(parents=True)
     (evil / "root").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ProviderError, match="symlink"):
-        rootfs.prepare(cfg, evil, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
+        rootfs.prepare(cfg, profile, evil, "fake.example.test", "10.79.0.9", operator_line, key, lambda _l: None)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_image_the_provider_cannot_make_is_refused_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`create --image` takes the provider's OS profiles only: anything else is exit 2, naming them, with no
+    box, no cache and no inventory made (the check runs before the operator's key is even looked for)."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MIAB_REMOTE_CACHE_DIR", str(tmp_path / "cache"))
+    inv = tmp_path / "hosts"
+    for bad in ("ubuntu-24.04", "debian-11", "bookworm"):
+        code = cli.main(["--inventory", str(inv), "create", "--provider", "local", "--image", bad, CLI_BOX])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"--image {bad!r}" in err and "debian-13, debian-12" in err, err
+    assert not any(tmp_path.iterdir()), "nothing made"
+    assert LocalProvider().images == ("debian-13", "debian-12")
 
 
 @pytest.mark.parametrize("provider", [None, "manual", "digitalocean"])

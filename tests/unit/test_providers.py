@@ -19,9 +19,10 @@ from miab_remote.providers.base import CreatedBox, Provider
 # The members every provider has, and a call each must accept (by keyword where the protocol names it).
 PROTOCOL_CALLS: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {
     "check_name": (("box1.example.test",), {}),
+    "check_image": (("debian-13",), {}),
     "validate_config": ((), {}),
     "check_requirements": ((), {}),
-    "create": (("box1.example.test", "ssh-ed25519 AAAA op"), {"progress": print}),
+    "create": (("box1.example.test", "ssh-ed25519 AAAA op"), {"progress": print, "image": "debian-13"}),
     "destroy": (("box1.example.test",), {}),
     "status": (("box1.example.test",), {}),
     "after_deploy": ((Host("b.example.test", Path("b.toml"), "b.example.test", "192.0.2.1"),), {}),
@@ -51,7 +52,12 @@ def test_registry_knows_local_and_the_planned_clouds() -> None:
 def test_each_provider_has_the_protocol(name: str) -> None:
     provider = providers.get(name)
     members = {m for m in dir(Provider) if not m.startswith("_")} | set(Provider.__annotations__)
-    assert members == {"name", *PROTOCOL_CALLS}, "PROTOCOL_CALLS must list every member of the protocol"
+    assert members == {"name", "images", "default_image", *PROTOCOL_CALLS}, (
+        "PROTOCOL_CALLS must list every member of the protocol"
+    )
+    assert provider.default_image in provider.images
+    for image in provider.images:
+        assert provider.check_image(image) == image
     for member, (args, kwargs) in PROTOCOL_CALLS.items():
         method = getattr(provider, member)
         assert callable(method), member

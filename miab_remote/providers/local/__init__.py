@@ -1,4 +1,4 @@
-"""The local provider: a real Debian 12 box on this Linux machine, for trying and testing the tool.
+"""The local provider: a real Debian box (13 or 12) on this Linux machine, for trying and testing the tool.
 
 A box is systemd (PID 1) inside systemd-nspawn, in a network namespace of its own, joined to the
 other boxes by a bridge, reaching only the Debian mirror (and DNS) through NAT. Its SSH host key is
@@ -22,10 +22,17 @@ from miab_remote.fleet.model import Host
 from miab_remote.mail import dnszones
 from miab_remote.providers.base import BoxStatus, CreatedBox, Progress
 from miab_remote.providers.local import machine, network, resolver, rootfs, system
-from miab_remote.providers.local.config import OS_NAME, LocalConfig, check_authorized_key, check_name
+from miab_remote.providers.local.config import (
+    DEFAULT_IMAGE,
+    IMAGES,
+    LocalConfig,
+    check_authorized_key,
+    check_image,
+    check_name,
+)
 from miab_remote.transport.sshkeys import generate_ed25519
 
-__all__ = ["OS_NAME", "LocalConfig", "LocalProvider"]
+__all__ = ["DEFAULT_IMAGE", "IMAGES", "LocalConfig", "LocalProvider"]
 
 
 def _quiet(_line: str) -> None:
@@ -37,6 +44,8 @@ class LocalProvider:
     (so a bad variable is reported when it is used, by `validate_config` first)."""
 
     name = "local"
+    images = tuple(IMAGES)
+    default_image = DEFAULT_IMAGE
 
     def __init__(self, config: LocalConfig | None = None) -> None:
         self._config = config
@@ -48,6 +57,9 @@ class LocalProvider:
     def check_name(self, name: str) -> str:
         return check_name(name)
 
+    def check_image(self, image: str) -> str:
+        return check_image(image).id
+
     def validate_config(self) -> None:
         self.config().validate()
 
@@ -55,12 +67,18 @@ class LocalProvider:
         system.check_requirements()
 
     def create(
-        self, name: str, authorized_key: str, progress: Progress | None = None, boot_timeout: float = 90.0
+        self,
+        name: str,
+        authorized_key: str,
+        progress: Progress | None = None,
+        image: str = DEFAULT_IMAGE,
+        boot_timeout: float = 90.0,
     ) -> CreatedBox:
-        """Build, network and boot a Debian 12 box; return once its sshd sends a banner."""
+        """Build, network and boot a Debian box of release `image`; return once its sshd sends a banner."""
         cfg = self.config()
         cfg.validate()
         name = check_name(name)
+        profile = check_image(image)
         authorized_key = check_authorized_key(authorized_key)
         say: Progress = progress or _quiet
         system.check_requirements()
@@ -86,7 +104,7 @@ class LocalProvider:
                     claimed = True
                     record = {
                         "name": name,
-                        "os": OS_NAME,
+                        "os": profile.id,
                         "address": str(address),
                         "prefixlen": cfg.subnet.prefixlen,
                         "gateway": str(cfg.gateway),
@@ -104,11 +122,11 @@ class LocalProvider:
                     network.ensure_host_network(cfg)
                     resolver.ensure(cfg)
 
-                cache = rootfs.ensure_cache(cfg, say)
+                cache = rootfs.ensure_cache(cfg, profile, say)
                 say("copying the root filesystem")
                 rootfs.copy_tree(cache, paths.rootfs)
                 say("writing hostname, keys and apt sources")
-                rootfs.prepare(cfg, paths.rootfs, name, str(address), authorized_key, host_key, say)
+                rootfs.prepare(cfg, profile, paths.rootfs, name, str(address), authorized_key, host_key, say)
                 say(f"connecting the box to {cfg.bridge} as {address}")
                 network.setup_box_network(cfg, netns, veth, address)
                 say("booting")
@@ -137,7 +155,7 @@ class LocalProvider:
             name=name,
             address=str(address),
             host_key_public=host_key.public_line,
-            os=OS_NAME,
+            os=profile.id,
             resolvers=(str(cfg.gateway),),
         )
 

@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 
 from miab_remote import names
 from miab_remote.errors import InputError
+from miab_remote.profiles import DEBIAN_12, DEBIAN_13, OSProfile
 from miab_remote.transport.sshkeys import parse_public_line
 
-OS_NAME = "debian-12"
-SUITE = "bookworm"
+# The systems a local box can run, by OS profile id (`create --image`); each has its own cached tree.
+IMAGES: dict[str, OSProfile] = {p.id: p for p in (DEBIAN_13, DEBIAN_12)}
+DEFAULT_IMAGE = DEBIAN_12.id
 
 DEFAULT_STATE_DIR = Path("/var/lib/miab-remote/local")
 DEFAULT_CACHE_DIR = Path("/var/cache/miab-remote")
@@ -80,9 +82,17 @@ class LocalConfig:
         """Our own nft table (family ip), one per bridge so that several configurations coexist."""
         return "miab_" + re.sub(r"[^A-Za-z0-9_]", "_", self.bridge)
 
-    @property
-    def rootfs_cache(self) -> Path:
-        return self.cache_dir / "rootfs" / OS_NAME
+    def rootfs_cache(self, image: str) -> Path:
+        """The cached root filesystem of one release (`image`: a key of IMAGES)."""
+        return self.cache_dir / "rootfs" / image
+
+
+def check_image(image: str) -> OSProfile:
+    """The OS profile a local box of `image` runs, or InputError saying which images there are."""
+    profile = IMAGES.get(image)
+    if profile is None:
+        raise InputError(f"--image {image!r}: a local box runs one of {', '.join(IMAGES)} (default {DEFAULT_IMAGE})")
+    return profile
 
 
 def check_name(name: str) -> str:

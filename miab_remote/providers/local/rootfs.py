@@ -1,4 +1,4 @@
-"""The root filesystem of a local box: one Debian 12 tree built by debootstrap and cached, copied per
+"""The root filesystem of a local box: one Debian tree per release built by debootstrap and cached, copied per
 box, then given the box's identity before its first boot (hostname, machine id, resolver, apt sources,
 the operator's key and the host key generated here, so the first connection is already pinned)."""
 
@@ -15,8 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from miab_remote.errors import MiabError, ProviderError
 from miab_remote.fsutil import atomic_write, file_lock
+from miab_remote.profiles import OSProfile
 from miab_remote.providers.base import Progress
-from miab_remote.providers.local.config import SUITE, LocalConfig
+from miab_remote.providers.local.config import LocalConfig
 from miab_remote.providers.local.system import locked, run
 from miab_remote.transport.sshkeys import KeyPair
 
@@ -52,9 +53,9 @@ def _rootfs_lock(lock: Path, say: Progress) -> Iterator[None]:
         yield
 
 
-def ensure_cache(cfg: LocalConfig, say: Progress) -> Path:
-    """The shared Debian 12 tree, built once under a lock into a temp dir then renamed (never half there)."""
-    target = cfg.rootfs_cache
+def ensure_cache(cfg: LocalConfig, profile: OSProfile, say: Progress) -> Path:
+    """The shared tree of one release, built once under a lock into a temp dir then renamed (never half there)."""
+    target = cfg.rootfs_cache(profile.id)
     if _rootfs_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def ensure_cache(cfg: LocalConfig, say: Progress) -> Path:
             raise ProviderError(f"{target}: the root filesystem cache is incomplete; remove it and retry")
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)  # a build that was killed
-        say("building the Debian 12 root filesystem (once, ~1 min)")
+        say(f"building the {profile.description} root filesystem (once, ~1 min)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             tmp.chmod(0o755)
@@ -78,7 +79,7 @@ def ensure_cache(cfg: LocalConfig, say: Progress) -> Path:
                     "debootstrap",
                     "--variant=minbase",
                     f"--include={','.join(ROOTFS_PACKAGES)}",
-                    SUITE,
+                    profile.codename,
                     str(tmp),
                     cfg.mirror,
                 ],
@@ -127,6 +128,7 @@ def security_mirror(mirror: str) -> str:
 
 def prepare(
     cfg: LocalConfig,
+    profile: OSProfile,
     root: Path,
     name: str,
     address: str,
@@ -155,10 +157,11 @@ def prepare(
     _put(root, "etc/resolv.conf", f"nameserver {cfg.gateway}\n", 0o644)
 
     security = security_mirror(cfg.mirror)
+    suite = profile.codename
     _put(
         root,
         "etc/apt/sources.list",
-        f"deb {cfg.mirror} {SUITE} main\ndeb {cfg.mirror} {SUITE}-updates main\ndeb {security} {SUITE}-security main\n",
+        f"deb {cfg.mirror} {suite} main\ndeb {cfg.mirror} {suite}-updates main\ndeb {security} {suite}-security main\n",
         0o644,
     )
     proxy_conf = "etc/apt/apt.conf.d/90miab-remote-proxy"
