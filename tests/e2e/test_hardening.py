@@ -35,7 +35,9 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
+from miab_remote.profiles import PROFILES
 from tests.e2e.helpers import (
+    E2E_IMAGE,
     HOST_ADDRESS,
     SUBNET_PREFIX,
     Box,
@@ -272,7 +274,8 @@ def test_unattended_security_upgrades_are_on(box: Box) -> None:
     origins = [line for line in dump if line.startswith("Unattended-Upgrade::Origins-Pattern:: ")]
     assert origins and all("label=Debian-Security" in line for line in origins), origins
     allowed = box.run("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins'")[1]
-    assert "bookworm-security" in allowed and "label=Debian," not in allowed, allowed
+    suite = f"{PROFILES[E2E_IMAGE].codename}-security"  # the box's own release's security suite
+    assert suite in allowed and "label=Debian," not in allowed, allowed
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         assert box.run(f"systemctl is-active {timer}")[1].strip() == "active"
         assert box.run(f"systemctl is-enabled {timer}")[1].strip() == "enabled"
