@@ -20,8 +20,10 @@ NGINX = "/etc/nginx/conf.d/miab-remote-webmail.conf"
 JAIL = "/etc/fail2ban/jail.d/miab-remote.local"
 
 # What fail2ban's dovecot filter leaves of a dovecot 2.4 login process's line (its prefix, "imap-login: Info: ",
-# is taken off by the filter's prefregex), as dovecot 2.4.1 writes them.
+# is taken off by the filter's prefregex), as dovecot 2.4.1 writes them (the first one seen on a Debian 13 box).
 DOVECOT_24_FAILED = (
+    "Login aborted: Connection closed (auth failed, 1 attempts in 2 secs) (auth_failed): user=<alice@example.org>, "
+    "method=PLAIN, rip=10.78.4.1, lip=10.78.4.2, TLS: Connection closed, session=<we0l/ZNhGtp/AAAB>",
     "Login aborted: Logged out (auth failed, 1 attempts in 2 secs) (auth_failed): user=<alice@example.org>, "
     "method=PLAIN, rip=10.78.4.1, lip=10.78.4.2, TLS, session=<Dp8j1Ho3suQYdo+k>",
     "Login aborted: Connection closed: read(size=1003) failed: Connection reset by peer (auth failed, 3 attempts "
