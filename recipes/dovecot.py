@@ -31,6 +31,8 @@ PROGRAMS = ("spamc-filter", "learn-spam", "learn-ham")
 # sievec does not load the plugins dovecot.conf names for the mail processes: name them here.
 SIEVEC_OPTIONS = "-P sieve_extprograms -P sieve_imapsieve -x '+vnd.dovecot.pipe +vnd.dovecot.filter'"
 
+MASTER_PID = "/run/dovecot/master.pid"  # in dovecot's base_dir, /run/dovecot on Debian
+
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:
     for name in ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve", "dovecot-managesieved"):
@@ -67,4 +69,6 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     yield Service("dovecot", validator="doveconf -n >/dev/null")
     # dovecot re-reads a changed passwd-file at most once a second, and caches logins: after a change to
     # the users, restart its auth processes (a reload keeps open IMAP sessions) so the change is live now.
-    yield Command("dovecot-auth-reload", run="doveadm reload", on_notify=True)
+    # The signal `doveadm reload` sends, without doveadm's ~25 ms of reading the whole configuration first
+    # (in the wait of every `user add`).
+    yield Command("dovecot-auth-reload", run=f"kill -HUP \"$(cat {MASTER_PID})\"", on_notify=True)

@@ -7,15 +7,18 @@ Nothing in the package imports this; it imports the jobs.
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from collections.abc import Sequence
 
 from miab_remote import __version__
-from miab_remote.cli import accounts, bans, boxes, deploy, dns
-from miab_remote.cli.output import stderr_console
+from miab_remote.cli.commands import COMMANDS, command_word, summary
 from miab_remote.errors import MiabError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `argv`, only the group module of the command it names is imported, if any (the
+    other commands are listed, from cli/commands.py, but not built: `--help` imports none)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--inventory",
@@ -37,13 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"miab-remote {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (boxes, deploy, accounts, bans, dns):
-        group.add_parsers(sub, common)
+    wanted = None if argv is None else command_word(list(argv))
+    groups = {g for g, _ in COMMANDS.values()} if argv is None else {COMMANDS[wanted][0]} if wanted else set()
+    built: set[str] = set()
+    for command, (group, _help) in COMMANDS.items():
+        if group not in groups:
+            sub.add_parser(command, help=summary(command), add_help=False)  # listed in --help, never parsed
+        elif group not in built:
+            importlib.import_module(f"miab_remote.cli.{group}").add_parsers(sub, common)
+            built.add(group)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.inventory = getattr(args, "inventory", None)
     args.verbose = getattr(args, "verbose", False)
@@ -51,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except MiabError as e:
+        from miab_remote.cli.output import stderr_console
+
         stderr_console().print(f"miab-remote: {e}", markup=False, style="red")
         return e.exit_code
     except KeyboardInterrupt:

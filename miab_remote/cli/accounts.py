@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import tomlkit
 from rich.table import Table
 
+from miab_remote.cli.commands import summary
 from miab_remote.cli.common import inventory_of
 from miab_remote.cli.output import Progress, plural, stderr_console, stdout_console
 from miab_remote.engine.converge import HostRun, Report
@@ -250,7 +251,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
             help="read the password as one line from stdin instead of asking twice on the terminal",
         )
 
-    user = sub.add_parser("user", parents=[common], help="add, re-password, remove and list a box's mail users")
+    user = sub.add_parser("user", parents=[common], help=summary("user"))
     users = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
 
     p = action(users, "add", "add a mailbox (asks for its password twice, hidden)")
@@ -277,7 +278,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_user_list)
 
-    alias = sub.add_parser("alias", parents=[common], help="add, remove and list a box's mail aliases")
+    alias = sub.add_parser("alias", parents=[common], help=summary("alias"))
     aliases = alias.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
 
     p = action(aliases, "add", "forward an address (or '@domain', a catch-all) to one or more addresses")

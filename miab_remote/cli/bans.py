@@ -11,6 +11,7 @@ import json
 
 from rich.table import Table
 
+from miab_remote.cli.commands import summary
 from miab_remote.cli.common import add_connect_timeout, inventory_of
 from miab_remote.cli.output import Progress, plural, stdout_console
 from miab_remote.jobs import bans
@@ -69,14 +70,14 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    text = "list the addresses fail2ban bans on boxes, per jail"
+    text = summary("bans")
     p = sub.add_parser("bans", parents=[common], help=text, description=text)
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--json", action="store_true", help='print {"hosts": {NAME: {"jails": {JAIL: [ADDRESS...]}}}}')
     add_connect_timeout(p)
     p.set_defaults(func=cmd_bans)
 
-    text = "lift fail2ban's ban of an address on a box (in every jail, or one)"
+    text = summary("unban")
     p = sub.add_parser("unban", parents=[common], help=text, description=text)
     p.add_argument("name", metavar="NAME", help="the box")
     p.add_argument("address", metavar="ADDRESS", help="the banned IPv4 or IPv6 address")

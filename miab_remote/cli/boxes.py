@@ -8,6 +8,7 @@ import json
 from rich.table import Table
 
 from miab_remote import providers
+from miab_remote.cli.commands import summary
 from miab_remote.cli.common import confirm, inventory_of, report_each
 from miab_remote.cli.output import Progress, stdout_console
 from miab_remote.errors import InputError
@@ -83,7 +84,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("create", parents=[common], help="make a new box and write its inventory")
+    p = sub.add_parser("create", parents=[common], help=summary("create"))
     p.add_argument("--provider", required=True, choices=providers.names() + providers.planned())
     p.add_argument(
         "--image",
@@ -95,7 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("names", nargs="+", metavar="NAME", help="the box's FQDN, e.g. box1.example.org")
     p.set_defaults(func=cmd_create)
 
-    p = sub.add_parser("destroy", parents=[common], help="stop and remove boxes made by create")
+    p = sub.add_parser("destroy", parents=[common], help=summary("destroy"))
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
@@ -105,11 +106,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     )
     p.set_defaults(func=cmd_destroy)
 
-    p = sub.add_parser("hosts", parents=[common], help="list the boxes in the inventory")
+    p = sub.add_parser("hosts", parents=[common], help=summary("hosts"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_hosts)
 
-    p = sub.add_parser("trust", parents=[common], help="deliberately (re-)pin a box's SSH host key")
+    p = sub.add_parser("trust", parents=[common], help=summary("trust"))
     p.add_argument("name", metavar="NAME")
     p.add_argument("--fingerprint", metavar="SHA256:...", help="pin only the key with this fingerprint")
     p.add_argument("--yes", action="store_true", help="pin every offered key without asking")

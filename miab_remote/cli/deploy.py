@@ -7,6 +7,7 @@ import json
 
 from rich.markup import escape
 
+from miab_remote.cli.commands import summary
 from miab_remote.cli.common import add_connect_timeout, inventory_of
 from miab_remote.cli.output import Progress, plural, stdout_console
 from miab_remote.errors import InputError
@@ -59,7 +60,7 @@ def print_runs(runs: dict[str, HostRun], args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("deploy", parents=[common], help="converge boxes to their recipes (in parallel)")
+    p = sub.add_parser("deploy", parents=[common], help=summary("deploy"))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every box in the inventory")
     p.add_argument("--dry-run", action="store_true", help="plan and show, change nothing")

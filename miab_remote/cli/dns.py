@@ -9,6 +9,7 @@ import json
 from rich.markup import escape
 from rich.table import Table
 
+from miab_remote.cli.commands import summary
 from miab_remote.cli.common import inventory_of
 from miab_remote.cli.output import stdout_console
 from miab_remote.jobs.dns import dns_info
@@ -83,12 +84,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("dns", parents=[common], help="what to set at the registrar, or at another DNS host")
+    p = sub.add_parser("dns", parents=[common], help=summary("dns"))
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dns)
-    what = "DNS, ports, TLS, SSH, services, firewall, disk, updates"
-    p = sub.add_parser("check", parents=[common], help=f"verify that boxes work ({what})")
+    p = sub.add_parser("check", parents=[common], help=summary("check"))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every box in the inventory")
     p.add_argument("--json", action="store_true")

@@ -69,12 +69,13 @@ def hashing(email: str, from_stdin: bool, pool: ThreadPoolExecutor) -> Future[st
 
 def _connection_ahead(host: Host, connect_timeout: float = 10.0) -> Transport | None:
     """A connection to the box, opening in a thread so that it overlaps the build check and the password's
-    bcrypt; None if it cannot even be started (the push then fails with the reason)."""
+    bcrypt, with the apply script started on it (the box's python3 up and waiting for the push); None if
+    it cannot even be started (the push then fails with the reason)."""
     try:
         transport = Transport(host.target, connect_timeout=connect_timeout)
     except MiabError:
         return None
-    transport.start_connecting()
+    transport.start_connecting(warm=("apply",))
     return transport
 
 

@@ -1,7 +1,8 @@
 """OS profiles: what differs between supported systems, as data (package names, paths, template variants).
 
-Recipes speak of logical names; a profile maps them to the real ones. Adding Ubuntu 24.04 or Debian 13
-(dovecot 2.4) means adding a profile here plus template variants, never forking a recipe.
+Recipes speak of logical names; a profile maps them to the real ones. Debian 13 (dovecot 2.4, php 8.4,
+nginx 1.26) and Debian 12 are the two here; adding Ubuntu 24.04 means adding a profile plus template
+variants, never forking a recipe.
 """
 
 from __future__ import annotations
@@ -76,6 +77,6 @@ def profile_by_id(profile_id: str) -> OSProfile | None:
 
 
 def assumed_profile(host_os: str | None) -> OSProfile:
-    """The profile a box is built for before its probe says: the os its inventory records, else Debian 12
-    (the probe then corrects it: a box of another supported system is built again for its own profile)."""
-    return (profile_by_id(host_os) if host_os else None) or DEBIAN_12
+    """The profile a box is built for before its probe says: the os its inventory records, else the newest
+    supported (the probe then corrects it: a box of another supported system is built again for its own)."""
+    return (profile_by_id(host_os) if host_os else None) or DEBIAN_13

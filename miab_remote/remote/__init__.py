@@ -35,7 +35,12 @@ def script(name: str) -> bytes:
     return prelude.encode("utf-8") + code
 
 
-def script_input(name: str, body: bytes) -> bytes:
-    """What `python3 -c BOOTSTRAP` reads on stdin to run script `name` with `body` as its input."""
+def script_head(name: str) -> bytes:
+    """What `python3 -c BOOTSTRAP` reads on stdin first to run script `name`; the script's input follows."""
     code = script(name)
-    return str(len(code)).encode() + b"\n" + code + body
+    return str(len(code)).encode() + b"\n" + code
+
+
+def script_input(name: str, body: bytes) -> bytes:
+    """All that `python3 -c BOOTSTRAP` reads on stdin to run script `name` with `body` as its input."""
+    return script_head(name) + body

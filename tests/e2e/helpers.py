@@ -43,6 +43,12 @@ if E2E_IMAGE not in IMAGES:
     raise SystemExit(f"MIAB_E2E_IMAGE={E2E_IMAGE}: use one of {', '.join(IMAGES)}")
 
 
+def core_images() -> list[str]:
+    """The releases the core modules (mail, DNS, engine) run on, one box each in turn: every release a local
+    box can run, unless MIAB_E2E_IMAGE picks one. The other modules run on E2E_IMAGE only."""
+    return [E2E_IMAGE] if os.environ.get("MIAB_E2E_IMAGE") else list(IMAGES)
+
+
 @dataclass
 class CLIResult:
     code: int

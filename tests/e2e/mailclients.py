@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email
 import email.message
@@ -37,6 +38,27 @@ class _IMAPS(imaplib.IMAP4_SSL):
     def _create_socket(self, timeout: float | None) -> socket.socket:
         sock = imaplib.IMAP4._create_socket(self, timeout)
         return self.ssl_context.wrap_socket(sock, server_hostname=self.verify_name)
+
+
+class _ManageSieve:
+    """One ManageSieve connection (RFC 5804): a command, then its response up to the OK that ends it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file = sock.makefile("rb")
+
+    def command(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.response()
+
+    def response(self) -> bytes:
+        lines: list[bytes] = []
+        while line := self.file.readline():
+            lines.append(line)
+            if line.startswith((b"OK", b"NO", b"BYE")):
+                assert line.startswith(b"OK"), b"".join(lines).decode(errors="replace")
+                return b"".join(lines)
+        raise AssertionError("ManageSieve: connection closed after " + b"".join(lines).decode(errors="replace"))
 
 
 class Mail:
@@ -93,6 +115,27 @@ class Mail:
         conn = _IMAPS(self.box.address, self.hostname, self.tls)
         conn.login(user, password)
         return conn
+
+    def sieve_activate(self, user: str, password: str, name: str, script: str | None) -> None:
+        """Make `script` the user's active sieve script over ManageSieve (port 4190, STARTTLS, then PLAIN),
+        as a client such as roundcube's filters does; None: deactivate and delete `name`."""
+        conn = _ManageSieve(socket.create_connection((self.box.address, 4190), timeout=20))
+        conn.response()  # the greeting: capabilities, then OK
+        conn.command(b"STARTTLS")
+        conn = _ManageSieve(self.tls.wrap_socket(conn.sock, server_hostname=self.hostname))
+        conn.response()  # the capabilities again, now over TLS
+        plain = base64.b64encode(f"\0{user}\0{password}".encode())
+        conn.command(b'AUTHENTICATE "PLAIN" "' + plain + b'"')
+        quoted = f'"{name}"'.encode()
+        if script is None:
+            conn.command(b'SETACTIVE ""')
+            conn.command(b"DELETESCRIPT " + quoted)
+        else:
+            data = script.encode()
+            conn.command(b"PUTSCRIPT " + quoted + b" {%d+}\r\n" % len(data) + data)
+            conn.command(b"SETACTIVE " + quoted)
+        conn.command(b"LOGOUT")
+        conn.sock.close()
 
     def wait_for(
         self, user: str, password: str, folder: str, match: Callable[[email.message.Message], bool], timeout: float = 60

@@ -17,7 +17,6 @@ import tomlkit
 
 from miab_remote.transport.sshkeys import fingerprint_line, generate_ed25519
 from tests.e2e.helpers import (
-    E2E_IMAGE,
     SUBNET_PREFIX,
     Box,
     CLIResult,
@@ -38,8 +37,8 @@ LOCK = "/run/lock/miab-remote.lock"  # the box's deploy lock (remote/apply.py)
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return new_inventory(tmp_path_factory.mktemp("inventory") / "hosts")
+def inv(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    return new_inventory(tmp_path_factory.mktemp(f"inventory-{image}") / "hosts")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +47,10 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def box(inv: Path, identity: Path) -> Iterator[Box]:
+def box(inv: Path, identity: Path, image: str) -> Iterator[Box]:
     # The test recipe joins the built-in base recipe; each test deploys for itself.
-    with deployed_box(inv, identity, {NAME: {"recipes": ["base", "testbox"]}}, deploy=False) as made:
-        assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == E2E_IMAGE  # create wrote it
+    with deployed_box(inv, identity, {NAME: {"recipes": ["base", "testbox"]}}, deploy=False, image=image) as made:
+        assert tomlkit.parse((inv / f"{NAME}.toml").read_text())["os"] == image  # create wrote it
         yield made.box
 
 

@@ -55,12 +55,12 @@ KEEP = [layout.DKIM_KEY, layout.TLS_CERT, layout.TLS_KEY]
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return new_inventory(tmp_path_factory.mktemp("mail") / "hosts")
+def inv(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    return new_inventory(tmp_path_factory.mktemp(f"mail-{image}") / "hosts")
 
 
 @pytest.fixture(scope="module")
-def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+def box(inv: Path, tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[Box]:
     inventory = {
         "domains": [DOMAIN, OTHER],
         "users": [{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
@@ -76,7 +76,7 @@ def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
             ]
         },
     }
-    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}, image=image) as made:
         yield made.box
 
 
@@ -389,6 +389,19 @@ def test_imap_only_over_tls(mail: Mail, box: Box) -> None:
     conn.logout()
 
 
+def test_a_users_own_sieve_script_from_managesieve_files_their_mail(mail: Mail) -> None:
+    """ManageSieve (4190, what roundcube's filters use) keeps a user's script where delivery runs it, after
+    the global one: mail it matches lands in the folder it names."""
+    alice, bob = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
+    script = 'require ["fileinto", "mailbox"];\nif header :contains "Subject" "sorted" { fileinto :create "Sorted"; }\n'
+    mail.sieve_activate(bob, PASSWORDS[bob], "e2e", script)
+    try:
+        mail.submit(alice, PASSWORDS[alice], message(alice, bob, "mail to be sorted"))
+        mail.wait_for(bob, PASSWORDS[bob], "Sorted", lambda m: m["Subject"] == "mail to be sorted")
+    finally:
+        mail.sieve_activate(bob, PASSWORDS[bob], "e2e", None)
+
+
 def test_gtube_lands_in_spam_and_moving_into_spam_trains_bayes(mail: Mail, box: Box) -> None:
     bob = (f"bob@{DOMAIN}", PASSWORDS[f"bob@{DOMAIN}"])
     mail.deliver_25(f"spammer@{OTHER}", [bob[0]], message(f"spammer@{OTHER}", bob[0], "gtube", GTUBE))
@@ -481,6 +494,33 @@ def test_user_add_password_remove(inv: Path, mail: Mail, box: Box) -> None:
         mail.imap(dave, "dave-second-pass")
     kept = box.run(f"grep -rl 'Subject: for dave' {layout.mailbox_dir(dave)}", check=False)[1]
     assert kept.strip(), "the mail stays on the box"
+
+
+def test_a_users_quota_is_the_limit_imap_reports_on_either_releases_dovecot(
+    inv: Path, mail: Mail, box: Box, image: str
+) -> None:
+    """The same users file on dovecot 2.3 (quota rules) and 2.4 (no rules, only a size, which its file
+    computes from the same field): a quota with a unit, one without (KiB), none (no limit)."""
+    version = box.run("dovecot --version")[1]
+    assert version.startswith({"debian-12": "2.3.", "debian-13": "2.4."}[image]), version
+    kib = {f"quota-big@{DOMAIN}": ("2G", 2 * 1024 * 1024), f"quota-kib@{DOMAIN}": ("500", 500)}
+    password = "quota-secret-55"
+    try:
+        for user, (quota, _) in kib.items():
+            res = cli(inv, "user", "add", NAME, user, "--quota", quota, "--password-stdin", stdin=password + "\n")
+            assert res.code == 0, res.err + res.out
+        for user, (_, limit) in kib.items():
+            conn = mail.imap(user, password)
+            _, data = conn.getquotaroot("INBOX")
+            conn.logout()
+            assert data[1] == [f'"User quota" (STORAGE 0 {limit})'.encode()], data
+        conn = mail.imap(alice := f"alice@{DOMAIN}", PASSWORDS[alice])
+        _, data = conn.getquotaroot("INBOX")
+        conn.logout()
+        assert data[1] == [None], data  # a quota root without limits: no QUOTA line
+    finally:
+        for user in kib:
+            cli(inv, "user", "remove", NAME, user)
 
 
 def test_second_deploy_changes_nothing_and_keeps_state(inv: Path, box: Box) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.unit.sshbox import ssh_box as ssh_box  # a stand-in SSH server on loopback, for any unit test
+
 TEST_COST = "4"  # bcrypt's lowest
 
 

@@ -17,8 +17,9 @@ import pty
 import select
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import tomlkit
 from miab_remote.cli import main
 from miab_remote.fleet.store import Inventory, new_document
 from miab_remote.mail import passwords
+from miab_remote.remote import script_head
+from tests.unit.sshbox import SSHBox
 
 NAME = "box1.example.test"
 P = f"hosts/{NAME}.toml"  # as messages show it: the CLI runs from the folder holding hosts/
@@ -848,3 +851,77 @@ def test_hosts_shows_the_admin_and_hostmaster_is_automatic(root: Path) -> None:
     assert "bob@example.org" in cli(root, "hosts").out
     listed = json.loads(cli(root, "alias", "list", NAME, "--json").out)["aliases"]
     assert {"source": "root@box1.example.test", "destinations": ["bob@example.org"], "automatic": True} in listed
+
+
+
+def _pin_to(root: Path, box: SSHBox) -> None:
+    with Inventory(root / "hosts").edit(NAME) as doc:
+        doc["host_keys"] = [box.host_key.public_line]
+        doc["ssh"]["port"] = box.port
+        doc["ssh"]["identity_file"] = str(box.identity)
+
+
+@contextlib.contextmanager
+def _lock_held_until_exec(root: Path, box: SSHBox, then: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Another operator holds the box's inventory lock until the box is asked to run a command (at most
+    5 s), and does `then` under it: a command started only after the edit would find the lock held."""
+    held, asked = threading.Event(), threading.Event()
+    path = root / P
+
+    def on_exec() -> bool:
+        edited = "carol@example.test" in path.read_text()
+        asked.set()
+        return edited
+
+    def hold() -> None:
+        with Inventory(root / "hosts").lock(NAME):
+            held.set()
+            asked.wait(5)
+            then()
+
+    box.server.on_exec = on_exec
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        yield
+    finally:
+        holder.join()
+
+
+def test_the_push_script_is_started_on_the_box_before_the_edit(root: Path, ssh_box: SSHBox) -> None:
+    """The box's apply script is started (its source sent, the box's python3 starting up) as soon as the
+    connection is up, before the inventory changes, and the push then sends it only the spec: one command,
+    one round trip, the box's start-up off the operator's wait."""
+    _pin_to(root, ssh_box)
+    with _lock_held_until_exec(root, ssh_box):
+        result = cli(root, "user", "add", NAME, "carol@example.test", "--password-stdin")
+    assert result.code == 1 and "python3 is missing on the box" in result.err, result.err
+    assert len(ssh_box.server.commands) == 1, ssh_box.server.commands
+    assert ssh_box.server.seen == [False], "the script was started before the inventory was edited"
+    (sent,) = ssh_box.server.inputs
+    head = script_head("apply")
+    assert sent.startswith(head)
+    spec = json.loads(sent[len(head) :].split(b"\n", 1)[0])
+    assert next(a["path"] for a in spec["actions"] if a["op"] == "file") == "/etc/dovecot/users"
+    assert "carol@example.test" in Inventory(root / "hosts").load(NAME).users[-1].email
+
+
+def test_a_script_started_ahead_and_never_used_is_ended(root: Path, ssh_box: SSHBox, known_hash: str) -> None:
+    """A change refused under the lock (here: the user another operator added meanwhile) never sends the
+    started script its input: its input is ended, so the box's script reads nothing and exits."""
+    _pin_to(root, ssh_box)
+    path = root / P
+
+    def someone_else_adds_carol() -> None:
+        carol = f'\n[[users]]\nemail = "carol@example.test"\npassword_hash = "{known_hash}"\n'
+        path.write_text(path.read_text() + carol)
+
+    with _lock_held_until_exec(root, ssh_box, then=someone_else_adds_carol):
+        result = cli(root, "user", "add", NAME, "carol@example.test", "--password-stdin")
+    assert result.code == 2 and "carol@example.test is already a user" in result.err, result.err
+    assert ssh_box.server.seen == [False]
+    wait = time.monotonic() + 5
+    while not ssh_box.server.inputs and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert ssh_box.server.inputs == [script_head("apply")], "the script got its source, then the end of its input"

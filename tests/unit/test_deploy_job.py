@@ -6,20 +6,16 @@ key in and answers every command as a box without python3 does."""
 
 from __future__ import annotations
 
-import io
 import json
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from miab_remote import cli
 from miab_remote.fleet.store import new_document
-from miab_remote.transport.ssh import NO_PYTHON
-from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
+from miab_remote.transport.sshkeys import generate_ed25519
+from tests.unit.sshbox import SSHBox
 
 NAMES = ["one.example.test", "two.example.test"]
 # The operator's recipe notes each time it is asked for its resources (a build of the box).
@@ -94,78 +90,10 @@ def test_a_bad_template_of_one_box_stops_all_before_any_is_contacted(
         listener.accept()  # nobody called
 
 
-class NoPythonBox(paramiko.ServerInterface):  # type: ignore[misc]
-    """An SSH server that lets one key in and answers each command as `command -v python3 || exit 97`
-    does on a box without python3, after reading the command's input to its end."""
-
-    def __init__(self, operator: paramiko.PKey) -> None:
-        self.operator = operator
-        self.commands: list[str] = []
-
-    def get_allowed_auths(self, username: str) -> str:
-        return "publickey"
-
-    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        ok = key.asbytes() == self.operator.asbytes()
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
-
-    def check_channel_request(self, kind: str, chanid: int) -> int:
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-
-    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        self.commands.append(command.decode())
-
-        def answer() -> None:
-            while channel.recv(65536):
-                pass
-            channel.send_exit_status(NO_PYTHON)
-            channel.close()
-
-        threading.Thread(target=answer, daemon=True).start()
-        return True
-
-
-def load_key(pair: KeyPair) -> paramiko.PKey:
-    return paramiko.Ed25519Key.from_private_key(io.StringIO(pair.private_openssh.decode()))
-
-
-@pytest.fixture
-def ssh_box(tmp_path: Path) -> Iterator[tuple[int, KeyPair, Path, NoPythonBox]]:
-    """(port, host key, operator's identity file, server) of an SSH server on loopback."""
-    host, operator = generate_ed25519("root@box"), generate_ed25519("operator")
-    identity = tmp_path / "id_ed25519"
-    identity.write_bytes(operator.private_openssh)
-    identity.chmod(0o600)
-    server = NoPythonBox(load_key(operator))
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    transports: list[paramiko.Transport] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            t = paramiko.Transport(sock)
-            t.add_server_key(load_key(host))
-            t.start_server(server=server)
-            transports.append(t)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], host, identity, server
-    finally:
-        listener.close()
-        for t in transports:
-            t.close()
-
-
 def test_the_build_checked_first_is_the_one_deployed(
-    hosts: Path, capsys: pytest.CaptureFixture[str], ssh_box: tuple[int, KeyPair, Path, NoPythonBox]
+    hosts: Path, capsys: pytest.CaptureFixture[str], ssh_box: SSHBox
 ) -> None:
-    port, host_key, identity, server = ssh_box
+    port, host_key, identity, server = ssh_box.port, ssh_box.host_key, ssh_box.identity, ssh_box.server
     write_box(hosts, NAMES[0], port, host_key.public_line, str(identity))
     code = cli.main(["--inventory", "hosts", "deploy", NAMES[0], "--json", "--connect-timeout", "5"])
     assert code == 1

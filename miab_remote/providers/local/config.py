@@ -17,7 +17,7 @@ from miab_remote.transport.sshkeys import parse_public_line
 
 # The systems a local box can run, by OS profile id (`create --image`); each has its own cached tree.
 IMAGES: dict[str, OSProfile] = {p.id: p for p in (DEBIAN_13, DEBIAN_12)}
-DEFAULT_IMAGE = DEBIAN_12.id
+DEFAULT_IMAGE = DEBIAN_13.id
 
 DEFAULT_STATE_DIR = Path("/var/lib/miab-remote/local")
 DEFAULT_CACHE_DIR = Path("/var/cache/miab-remote")
