@@ -14,10 +14,11 @@ import dns.query
 import dns.rdatatype
 import pytest
 
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from miab_remote.profiles import PROFILES
-from tests.e2e.helpers import E2E_IMAGE, Box, cli, deployed_box, edit_inventory, new_inventory, operator_key
+from tests.e2e.helpers import Box, cli, deployed_box, edit_inventory, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +123,8 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     # The box's own state, read in the same run: every service its recipes run, LMTP, the firewall, ...
     by_name = {c["name"]: c for c in checks}
     inside = [f"service {u}" for u in ("postgrey", "spamd", "opendkim", "opendmarc", "dovecot", "postfix")]
-    php_fpm = PurePosixPath(PROFILES[E2E_IMAGE].paths["php_fpm_socket"]).stem  # php8.2-fpm on Debian 12
+    profile = PROFILES[str(Inventory(inv).load(B).os)]  # the release create recorded for the box
+    php_fpm = PurePosixPath(profile.paths["php_fpm_socket"]).stem  # php8.2-fpm on Debian 12
     inside += [f"service {u}" for u in (php_fpm, "fail2ban", "nginx", "nsd", "ufw", "ssh")]
     inside += ["LMTP delivery to dovecot", "firewall (ufw)", "port 80 HTTP (redirects to HTTPS)"]
     inside += ["port 4190 ManageSieve", "disk /", "memory", "reboot", "published ipv4"]
