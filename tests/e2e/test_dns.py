@@ -7,15 +7,17 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
 
+from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
+from miab_remote.profiles import PROFILES
 from tests.e2e.helpers import Box, cli, deployed_box, edit_inventory, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
 
@@ -121,7 +123,9 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     # The box's own state, read in the same run: every service its recipes run, LMTP, the firewall, ...
     by_name = {c["name"]: c for c in checks}
     inside = [f"service {u}" for u in ("postgrey", "spamd", "opendkim", "opendmarc", "dovecot", "postfix")]
-    inside += [f"service {u}" for u in ("php8.2-fpm", "fail2ban", "nginx", "nsd", "ufw", "ssh")]
+    profile = PROFILES[str(Inventory(inv).load(B).os)]  # the release create recorded for the box
+    php_fpm = PurePosixPath(profile.paths["php_fpm_socket"]).stem  # php8.2-fpm on Debian 12
+    inside += [f"service {u}" for u in (php_fpm, "fail2ban", "nginx", "nsd", "ufw", "ssh")]
     inside += ["LMTP delivery to dovecot", "firewall (ufw)", "port 80 HTTP (redirects to HTTPS)"]
     inside += ["port 4190 ManageSieve", "disk /", "memory", "reboot", "published ipv4"]
     for name in inside:

@@ -35,6 +35,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
+from miab_remote.profiles import PROFILES
 from tests.e2e.helpers import (
     HOST_ADDRESS,
     SUBNET_PREFIX,
@@ -264,7 +265,7 @@ def test_time_sync_is_not_applicable_in_a_container(first_deploy: tuple[Box, dic
     assert box.run("systemctl is-failed chrony", check=False)[1].strip() != "failed"
 
 
-def test_unattended_security_upgrades_are_on(box: Box) -> None:
+def test_unattended_security_upgrades_are_on(inv: Path, box: Box) -> None:
     box.run("test -s /etc/apt/apt.conf.d/20auto-upgrades && test -s /etc/apt/apt.conf.d/50unattended-upgrades")
     dump = box.run("apt-config dump | grep -E '^(APT::Periodic|Unattended-Upgrade)'")[1].splitlines()
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
@@ -272,7 +273,8 @@ def test_unattended_security_upgrades_are_on(box: Box) -> None:
     origins = [line for line in dump if line.startswith("Unattended-Upgrade::Origins-Pattern:: ")]
     assert origins and all("label=Debian-Security" in line for line in origins), origins
     allowed = box.run("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins'")[1]
-    assert "bookworm-security" in allowed and "label=Debian," not in allowed, allowed
+    suite = f"{PROFILES[str(Inventory(inv).load(NAME).os)].codename}-security"  # the box's own release's
+    assert suite in allowed and "label=Debian," not in allowed, allowed
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         assert box.run(f"systemctl is-active {timer}")[1].strip() == "active"
         assert box.run(f"systemctl is-enabled {timer}")[1].strip() == "enabled"

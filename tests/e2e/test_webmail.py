@@ -237,6 +237,10 @@ def test_browser_reads_a_message_and_replies(box: Box, mail: Mail, cert_pem: str
             page.wait_for_url(lambda url: "_action=compose" not in url)
             page.locator("#messagelist tbody tr", has_text=subject).wait_for()
             page.screenshot(path=str(ARTIFACTS / "webmail-after-send.png"))
+            # The filters (managesieve plugin) reach dovecot's ManageSieve: a failure is in roundcube's log.
+            page.goto(f"https://{NAME}/mail/?_task=settings&_action=plugin.managesieve")
+            page.locator("#filtersetslist").wait_for(state="attached")
+            page.screenshot(path=str(ARTIFACTS / "webmail-filters.png"))
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "webmail-failure.png"))
             raise
@@ -247,6 +251,8 @@ def test_browser_reads_a_message_and_replies(box: Box, mail: Mail, cert_pem: str
     assert ALICE in reply["From"]
     assert token in reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     mail.wait_for(ALICE, PASSWORDS[ALICE], "Sent", lambda m: m["Subject"] == f"Re: {subject}")
+    errors = box.run("cat /var/log/roundcube/errors.log", check=False)[1]
+    assert "managesieve" not in errors.lower(), errors
 
 
 def test_roundcube_state_in_the_state_tree_and_des_key_made_on_the_box(inv: Path, box: Box) -> None:

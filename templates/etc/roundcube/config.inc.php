@@ -22,8 +22,8 @@ $config['smtp_host'] = 'tls://localhost:587';
 $config['smtp_conn_options'] = $tls;
 $config['smtp_user'] = '%u';
 $config['smtp_pass'] = '%p';
-$config['managesieve_host'] = 'tls://localhost';
-$config['managesieve_port'] = 4190;
+// The port is part of the address: roundcube 1.6 reads no managesieve_port.
+$config['managesieve_host'] = 'tls://localhost:4190';
 $config['managesieve_conn_options'] = $tls;
 $config['managesieve_vacation'] = 1;
 
