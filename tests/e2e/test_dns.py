@@ -28,12 +28,12 @@ PW = {"alice@alpha-dns.test": "alice-dns-pass", "bob@beta-dns.test": "bob-dns-pa
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return new_inventory(tmp_path_factory.mktemp("dns") / "hosts")
+def inv(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    return new_inventory(tmp_path_factory.mktemp(f"dns-{image}") / "hosts")
 
 
 @pytest.fixture(scope="module")
-def boxes(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Box]]:
+def boxes(inv: Path, tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[dict[str, Box]]:
     inventories = {
         A: {
             "users": [{"email": "alice@alpha-dns.test", "password_hash": hash_password(PW["alice@alpha-dns.test"])}],
@@ -46,7 +46,7 @@ def boxes(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         },
     }
     # Both made at once, and deployed in one `deploy A B` (in parallel).
-    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), inventories) as made:
+    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), inventories, image=image) as made:
         assert set(made.boxes) == {A, B}
         yield made.boxes
 
