@@ -11,16 +11,11 @@ from miab_remote import providers
 from miab_remote.cli.commands import summary
 from miab_remote.cli.common import confirm, inventory_of, report_each
 from miab_remote.cli.output import Progress, stdout_console
-from miab_remote.errors import InputError
 from miab_remote.fleet import operator_key
 from miab_remote.jobs import create, destroy, hosts, trust
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    if args.provider in providers.planned():
-        raise InputError(
-            f"--provider {args.provider} is not available yet; available: {', '.join(providers.names())}"
-        )
     inv = inventory_of(args)
     # every argument, before anything is made
     provider = create.check_new_boxes(inv, args.names, args.provider, args.image)

@@ -143,6 +143,17 @@ def test_an_image_the_provider_cannot_make_is_refused_before_anything(
     assert LocalProvider().images == ("debian-13", "debian-12")
 
 
+@pytest.mark.parametrize("cloud", ["digitalocean", "ec2"])
+def test_a_planned_provider_is_refused_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cloud: str
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    code = cli.main(["--inventory", str(tmp_path / "hosts"), "create", "--provider", cloud, CLI_BOX])
+    assert code == 2
+    assert capsys.readouterr().err == f"miab-remote: {cloud} is not available yet; available: local\n"
+    assert not any(tmp_path.iterdir()), "nothing made"
+
+
 @pytest.mark.parametrize("provider", [None, "manual", "digitalocean"])
 def test_destroy_refuses_a_box_it_cannot_destroy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, provider: str | None
