@@ -12,6 +12,7 @@ import multiprocessing.context
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,15 @@ def listener() -> Iterator[socket.socket]:
         s.listen()
         s.setblocking(False)
         yield s
+
+
+@pytest.fixture(scope="session")
+def files_by_profile() -> dict[str, dict[str, bytes]]:
+    """The golden box's files (tests/unit/golden/mail.example.org.toml) as each OS profile renders them."""
+    from miab_remote.engine.converge import build
+    from miab_remote.fleet.store import Inventory
+    from miab_remote.profiles import PROFILES
+
+    inventory = Inventory(Path(__file__).parent / "golden")
+    host = inventory.load("mail.example.org")
+    return {profile.id: build(host, profile, inventory.root)[1] for profile in PROFILES.values()}

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from miab_remote.engine.converge import build
 from miab_remote.fleet.model import MailUser
 from miab_remote.fleet.store import Inventory
 from miab_remote.mail import layout, mailmaps
@@ -27,17 +25,9 @@ CONF = "/etc/dovecot/dovecot.conf"
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, bytes]]:
+def rendered(files_by_profile: dict[str, dict[str, bytes]]) -> dict[str, dict[str, bytes]]:
     """The golden box's files as each release's profile renders them."""
-    hosts = tmp_path_factory.mktemp("dovecot") / "hosts"
-    hosts.mkdir()
-    shutil.copy(GOLDEN / f"{NAME}.toml", hosts / f"{NAME}.toml")
-    inventory = Inventory(hosts)
-    out = {}
-    for profile in (DEBIAN_12, DEBIAN_13):
-        _resources, files = build(inventory.load(NAME), profile, inventory.root)
-        out[profile.id] = files
-    return out
+    return {p.id: files_by_profile[p.id] for p in (DEBIAN_12, DEBIAN_13)}
 
 
 def settings(conf: bytes) -> list[str]:
