@@ -40,7 +40,6 @@ DEBIAN_12 = OSProfile(
     os_release_id="debian",
     version_id="12",
     codename="bookworm",
-    packages={"spamd": ("spamd",)},
     paths={"php_fpm_socket": "/run/php/php8.2-fpm.sock"},
     template_variants=("debian-12", "dovecot-2.3"),
 )
@@ -51,7 +50,6 @@ DEBIAN_13 = OSProfile(
     os_release_id="debian",
     version_id="13",
     codename="trixie",
-    packages={"spamd": ("spamd",)},
     paths={"php_fpm_socket": "/run/php/php8.4-fpm.sock"},
     template_variants=("debian-13", "dovecot-2.4"),
 )
