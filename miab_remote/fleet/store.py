@@ -12,7 +12,7 @@ import errno
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,24 +123,44 @@ class Inventory:
         A hard link, then the unlink: at every moment the file exists under one name or both, and an
         archive of the same second is never overwritten."""
         path = self.path_for(name)
-        folder = self.root / ARCHIVE_DIR
         with fsutil.file_lock(self._lock_path(name), what=display_path(path)):
             if not path.is_file():
                 raise self._unknown(name)
-            folder.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(folder, 0o700)
-            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-            for n in itertools.count(1):
-                target = folder / (f"{name}.{stamp}.toml" if n == 1 else f"{name}.{stamp}-{n}.toml")
-                try:
-                    _link_or_copy(path, target)
-                    break
-                except FileExistsError:
-                    continue
-            os.chmod(target, 0o600)
+            target = self._archive_slot(name, lambda target: _link_or_copy(path, target))
             path.unlink()
-            fsutil.fsync_dir(folder)
             fsutil.fsync_dir(self.root)
+        return target
+
+    def archive_record(self, name: str, document: tomlkit.TOMLDocument) -> Path:
+        """Write a record straight into the archive (never as `hosts/NAME.toml`): what is known of a server
+        that was made and destroyed again before it could be used, e.g. one that presented another host key."""
+        self._ensure_root()
+        data = document.as_string().encode()
+
+        def write(target: Path) -> None:
+            with open(target, "xb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        return self._archive_slot(name, write)
+
+    def _archive_slot(self, name: str, make: Callable[[Path], None]) -> Path:
+        """`make` the first free `.archive/NAME.TIMESTAMP[-N].toml` (an archive is never overwritten)."""
+        folder = self.root / ARCHIVE_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        for n in itertools.count(1):
+            target = folder / (f"{name}.{stamp}.toml" if n == 1 else f"{name}.{stamp}-{n}.toml")
+            try:
+                make(target)
+                break
+            except FileExistsError:
+                continue
+        os.chmod(target, 0o600)
+        fsutil.fsync_dir(folder)
         return target
 
     # -- helpers

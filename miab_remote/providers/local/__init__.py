@@ -15,6 +15,7 @@ teardown). This module puts them together as the `Provider` the CLI calls.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from miab_remote.errors import MiabError, ProviderError
@@ -65,6 +66,9 @@ class LocalProvider:
 
     def check_requirements(self) -> None:
         system.check_requirements()
+
+    def preflight(self, names: Sequence[str], image: str | None) -> None:
+        """Nothing to ask: check_requirements and each create's own checks cover this machine."""
 
     def create(
         self,
@@ -159,7 +163,7 @@ class LocalProvider:
             resolvers=(str(cfg.gateway),),
         )
 
-    def destroy(self, name: str) -> list[str]:
+    def destroy(self, name: str, node: Mapping[str, str] | None = None) -> list[str]:
         """Stop the box and remove all it owns; idempotent. Returns one human line per thing removed."""
         cfg = self.config()
         cfg.validate()
