@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from miab_remote.api import Command, File, Package, RecipeContext, Resource, Service
+from miab_remote.api import Command, File, Package, RecipeContext, Resource, Service, ports
 
-# The only ports open to the world. 53 is DNS (nsd), over UDP too; 80 and 443 serve the webmail. The SSH
-# port of the inventory ([ssh] port) is added when it is not 22, so a deploy never locks itself out.
-TCP_PORTS = (22, 25, 53, 80, 443, 465, 587, 993, 4190)
-UDP_PORTS = (53,)
+# The only ports open to the world (miab_remote/mail/ports.py says which is what; EC2's security group opens
+# the same). The SSH port of the inventory ([ssh] port) is added when it is not 22, so a deploy never locks
+# itself out.
+TCP_PORTS = ports.TCP_PORTS
+UDP_PORTS = ports.UDP_PORTS
 
 # What sshd must end up with. `sshd -T` spells prohibit-password as its older name, without-password.
 SSHD_EFFECTIVE = ("permitrootlogin without-password", "passwordauthentication no", "kbdinteractiveauthentication no")
