@@ -27,6 +27,7 @@ from miab_remote.transport.sshkeys import fingerprint_line, generate_ed25519
 
 ADAPTERS: dict[str, str] = {
     "digitalocean": "miab_remote.providers.cloud.digitalocean:DigitalOcean",
+    "linode": "miab_remote.providers.cloud.linode:Linode",
 }
 
 
@@ -71,6 +72,7 @@ class CloudProvider:
             raise InputError(
                 f"{name}: {self.adapter.label} takes server names of at most {self.adapter.label_limit} characters"
             )
+        self.adapter.check_label(name)
         return name
 
     def check_image(self, image: str) -> str:
@@ -267,13 +269,13 @@ class CloudProvider:
         if self._driver is None:
             calls.refuse_debug_log()
             ep = self._endpoint(recorded_endpoint)
-            region = self.options.region or self.adapter.default_region
+            region = self.adapter.region(self._credentials(), self.options.region)
             with self._call("connecting"):
                 self._driver = self.adapter.connect(self._credentials(), ep, region)
         return self._driver
 
     def _make_offer(self, driver: Any, image: str | None) -> Offer:
-        region = self.options.region or self.adapter.default_region
+        region = self.adapter.region(self._credentials(), self.options.region)
         size = self.options.size or self.adapter.default_size
         with self._call("checking the region, size and image"):
             if image is None:

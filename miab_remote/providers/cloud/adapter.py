@@ -48,6 +48,19 @@ def state_of(state: Any) -> NodeState:
     )  # type: ignore[return-value]
 
 
+def destroy_by_id(adapter: CloudAdapter, driver: Any, record: Mapping[str, str], what: str) -> list[str]:
+    """The destroy of a cloud whose driver deletes a server by its id alone (`what`: "droplet", ...);
+    a server already gone is no error, so a destroy can be run again."""
+    from libcloud.compute.base import Node
+    from libcloud.compute.types import NodeState
+
+    if adapter.node(driver, record).state == "gone":
+        return [f"{what} {record['id']} was already gone"]
+    size: Any = record.get("size")  # Vultr's driver picks its bare-metal route by the size's id
+    driver.destroy_node(Node(record["id"], "", NodeState.UNKNOWN, [], [], driver, size=size))
+    return [f"destroyed {what} {record['id']}"]
+
+
 def choose(what: str, wanted: str, offered: Iterable[str], label: str, flag: str) -> str:
     """`wanted` if the cloud offers it, else InputError listing what it offers (sorted, at most 30)."""
     ids = sorted(set(offered))
@@ -79,6 +92,13 @@ class CloudAdapter(ABC):
         """InputError for an option this cloud has no use for."""
         if options.elastic_ip:
             raise InputError(f"--elastic-ip is for the ec2 provider; {self.label} servers keep their address")
+
+    def check_label(self, name: str) -> None:  # noqa: B027 (most clouds take any name of label_limit)
+        """InputError for a server name this cloud would refuse (beyond `label_limit`), before anything is made."""
+
+    def region(self, creds: Credentials, chosen: str | None) -> str:
+        """The region a create asks for: --region, else this cloud's default (EC2: AWS_DEFAULT_REGION first)."""
+        return chosen or self.default_region
 
     @abstractmethod
     def connect(self, creds: Credentials, endpoint: Endpoint | None, region: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 
 from miab_remote.engine.redact import SecretMask
@@ -48,10 +49,14 @@ def api_call(label: str, doing: str, mask: SecretMask, url: str) -> Iterator[Non
             raise CloudRefused(text) from None
         raise ProviderError(text) from None
     except (LibcloudError, MalformedResponseError) as e:
+        if _refusal(e):
+            raise CloudRefused(mask(f"{label} refused {doing}: {_message(e)}")) from None
         raise ProviderError(mask(f"{label}: {doing} failed: {_message(e)}")) from None
     except OSError as e:
         raise ProviderError(mask(f"cannot reach the {label} API at {url} while {doing}: {e}")) from None
     except Exception as e:  # requests' errors and anything else a driver raises
+        if _refusal(e):
+            raise CloudRefused(mask(f"{label} refused {doing}: {_message(e)}")) from None
         name = type(e).__name__
         if "Connection" in name or "Timeout" in name or "SSL" in name:
             raise ProviderError(mask(f"cannot reach the {label} API at {url} while {doing}: {name}")) from None
@@ -61,3 +66,13 @@ def api_call(label: str, doing: str, mask: SecretMask, url: str) -> Iterator[Non
 def _message(e: Exception) -> str:
     value = getattr(e, "message", None) or getattr(e, "value", None) or str(e)
     return str(value).strip()
+
+
+def _refusal(e: Exception) -> bool:
+    """An HTTP 4xx answer the driver did not raise as BaseHTTPError: Vultr's VultrException carries it as
+    `code`, Linode's LibcloudError only in its text ("... Status code: 400.")."""
+    code = getattr(e, "code", None)
+    if not isinstance(code, int):
+        found = re.search(r"Status code: (\d{3})\.", _message(e))
+        code = int(found.group(1)) if found else None
+    return code is not None and 400 <= code < 500 and code != 429

@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from miab_remote.providers.base import CreateOptions
-from miab_remote.providers.cloud.adapter import MIN_MEMORY_MB, CloudAdapter, NodeView, Offer, choose, state_of
+from miab_remote.providers.cloud.adapter import (
+    MIN_MEMORY_MB,
+    CloudAdapter,
+    NodeView,
+    Offer,
+    choose,
+    destroy_by_id,
+    state_of,
+)
 from miab_remote.providers.cloud.credentials import Credentials, Field
 from miab_remote.providers.cloud.endpoint import Endpoint
 from miab_remote.providers.cloud.keys import md5_hex, same_key
@@ -108,10 +116,4 @@ class DigitalOcean(CloudAdapter):
         )
 
     def destroy_node(self, driver: Any, record: Mapping[str, str]) -> list[str]:
-        from libcloud.compute.base import Node
-        from libcloud.compute.types import NodeState
-
-        if self.node(driver, record).state == "gone":
-            return [f"droplet {record['id']} was already gone"]
-        driver.destroy_node(Node(record["id"], "", NodeState.UNKNOWN, [], [], driver))
-        return [f"destroyed droplet {record['id']}"]
+        return destroy_by_id(self, driver, record, "droplet")
