@@ -109,6 +109,33 @@ def serve(routes: Mapping[tuple[str, str], Route]) -> Iterator[RecordedAPI]:
         api.close()
 
 
+def serve_as(
+    cloud: str, routes: Mapping[tuple[str, str], Route], credentials: Mapping[str, str], config: Path, mp: Any
+) -> Iterator[RecordedAPI]:
+    """For a pytest fixture: the API, with the `cloud` provider pointed at it through its endpoint variable,
+    the credentials in the environment and an empty config folder (`mp`: the test's MonkeyPatch)."""
+    from miab_remote.providers.cloud import adapter_for
+
+    for api in serve(routes):
+        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(config))
+        for variable, value in credentials.items():
+            mp.setenv(variable, value)
+        mp.setenv(adapter_for(cloud).endpoint_variable, api.url)
+        mp.delenv("LIBCLOUD_DEBUG", raising=False)
+        yield api
+
+
+def make_provider(cloud: str, **options: Any) -> Any:
+    """The registry's provider for `cloud` with a create's options (a CloudProvider)."""
+    from miab_remote import providers
+    from miab_remote.providers.base import CreateOptions
+    from miab_remote.providers.cloud import CloudProvider
+
+    made = providers.get(cloud, CreateOptions(**options))
+    assert isinstance(made, CloudProvider)
+    return made
+
+
 @dataclass
 class Made:
     """What the first half of a create sent and got: everything before the first SSH contact."""

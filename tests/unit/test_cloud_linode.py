@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 
-from miab_remote import providers
 from miab_remote.errors import InputError, MiabError, ProviderError
-from miab_remote.providers.base import CreateOptions
 from miab_remote.providers.cloud import CloudProvider
 from miab_remote.providers.cloud.calls import CloudRefused
 from miab_remote.transport.sshkeys import generate_ed25519
-from tests.unit.cloudapi import RecordedAPI, Request, create_until_first_contact, fixture, serve
+from tests.unit.cloudapi import RecordedAPI, Request, create_until_first_contact, fixture, make_provider, serve_as
 
 TOKEN = "linode-token-7f3a9c1e5b2d4f6a8c0e"  # distinctive, to be looked for in everything printed
 NAME = "box.example.com"
@@ -89,18 +87,13 @@ class Linode:
 @pytest.fixture
 def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RecordedAPI, Linode]]:
     state = Linode()
-    for api in serve(state.routes()):
-        monkeypatch.setenv("MIAB_REMOTE_CONFIG_DIR", str(tmp_path / "config"))
-        monkeypatch.setenv("LINODE_TOKEN", TOKEN)
-        monkeypatch.setenv("MIAB_REMOTE_LINODE_ENDPOINT", api.url)
-        monkeypatch.delenv("LIBCLOUD_DEBUG", raising=False)
+    for api in serve_as("linode", state.routes(), {"LINODE_TOKEN": TOKEN}, tmp_path / "config", monkeypatch):
         yield api, state
 
 
 def linode(**options: Any) -> CloudProvider:
-    provider = providers.get("linode", CreateOptions(**options))
-    assert isinstance(provider, CloudProvider)
-    return provider
+    made: CloudProvider = make_provider("linode", **options)
+    return made
 
 
 def test_create_sends_the_user_data_key_label_size_region_and_image(

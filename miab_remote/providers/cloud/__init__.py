@@ -28,6 +28,7 @@ from miab_remote.transport.sshkeys import fingerprint_line, generate_ed25519
 ADAPTERS: dict[str, str] = {
     "digitalocean": "miab_remote.providers.cloud.digitalocean:DigitalOcean",
     "linode": "miab_remote.providers.cloud.linode:Linode",
+    "vultr": "miab_remote.providers.cloud.vultr:Vultr",
 }
 
 

@@ -48,6 +48,15 @@ def state_of(state: Any) -> NodeState:
     )  # type: ignore[return-value]
 
 
+def choose_size(wanted: str, sizes: Mapping[str, Any], label: str, where: str = "") -> str:
+    """`wanted` if the cloud offers it (`sizes`: id -> libcloud NodeSize) with enough memory for the box;
+    InputError listing the sizes that are big enough, or all of them, otherwise."""
+    big = [k for k, s in sizes.items() if int(s.ram or 0) >= MIN_MEMORY_MB]
+    if wanted in sizes and wanted not in big:
+        choose(f"size with at least {MIN_MEMORY_MB} MB of memory", wanted, big, label, "--size")
+    return choose(f"size{where}", wanted, sizes, label, "--size")
+
+
 def destroy_by_id(adapter: CloudAdapter, driver: Any, record: Mapping[str, str], what: str) -> list[str]:
     """The destroy of a cloud whose driver deletes a server by its id alone (`what`: "droplet", ...);
     a server already gone is no error, so a destroy can be run again."""

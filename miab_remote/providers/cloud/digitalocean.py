@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 
 from miab_remote.providers.base import CreateOptions
 from miab_remote.providers.cloud.adapter import (
-    MIN_MEMORY_MB,
     CloudAdapter,
     NodeView,
     Offer,
     choose,
+    choose_size,
     destroy_by_id,
     state_of,
 )
@@ -54,10 +54,7 @@ class DigitalOcean(CloudAdapter):
         locations = {loc.id: loc for loc in driver.list_locations()}
         region = choose("region", region, locations, self.label, "--region")
         sizes = {s.id: s for s in driver.list_sizes(location=locations[region])}
-        big = {k: s for k, s in sizes.items() if int(s.ram or 0) >= MIN_MEMORY_MB}
-        if size in sizes and size not in big:
-            choose(f"size with at least {MIN_MEMORY_MB} MB of memory", size, big, self.label, "--size")
-        size = choose(f"size in {region}", size, sizes, self.label, "--size")
+        size = choose_size(size, sizes, self.label, f" in {region}")
         images = {i.id: i for i in self._images(driver)}
         image = choose("image", image, images, self.label, "--image")
         return Offer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from miab_remote.errors import InputError
@@ -51,3 +52,9 @@ def parse(url: str, what: str) -> Endpoint:
     if not secure and not _loopback(parts.hostname):
         raise InputError(f"{what}: {url!r} would send the API credentials unencrypted across a network; {accepted}")
     return Endpoint(parts.hostname, port or (443 if secure else 80), secure)
+
+
+def driver_kwargs(endpoint: Endpoint | None) -> dict[str, Any]:
+    """The keywords that point a libcloud driver at `endpoint` (Linode, Vultr and EC2 take them;
+    DigitalOcean's drops them); none for the cloud's own API."""
+    return {} if endpoint is None else {"host": endpoint.host, "port": endpoint.port, "secure": endpoint.secure}

@@ -23,16 +23,16 @@ from typing import Any, ClassVar
 from miab_remote.errors import InputError
 from miab_remote.providers.base import CreateOptions
 from miab_remote.providers.cloud.adapter import (
-    MIN_MEMORY_MB,
     CloudAdapter,
     NodeView,
     Offer,
     choose,
+    choose_size,
     destroy_by_id,
     state_of,
 )
 from miab_remote.providers.cloud.credentials import Credentials, Field
-from miab_remote.providers.cloud.endpoint import Endpoint
+from miab_remote.providers.cloud.endpoint import Endpoint, driver_kwargs
 from miab_remote.providers.cloud.keys import same_key
 
 # The API's rule for a label (3 to 64 characters), as libcloud checks it before sending.
@@ -75,10 +75,7 @@ class Linode(CloudAdapter):
     def connect(self, creds: Credentials, endpoint: Endpoint | None, region: str) -> Any:
         from libcloud.compute.providers import Provider, get_driver
 
-        cls = get_driver(Provider.LINODE)
-        if endpoint is None:
-            return cls(creds["token"])
-        return cls(creds["token"], host=endpoint.host, port=endpoint.port, secure=endpoint.secure)
+        return get_driver(Provider.LINODE)(creds["token"], **driver_kwargs(endpoint))
 
     def offer(self, driver: Any, region: str, size: str, image: str, os_id: str) -> Offer:
         locations = {loc.id: loc for loc in driver.list_locations()}
@@ -88,10 +85,7 @@ class Linode(CloudAdapter):
             wanted = "region with the Metadata service (cloud-init user data)"
             choose(wanted, region, with_metadata, self.label, "--region")
         sizes = {s.id: s for s in driver.list_sizes()}
-        big = {k: s for k, s in sizes.items() if int(s.ram or 0) >= MIN_MEMORY_MB}
-        if size in sizes and size not in big:
-            choose(f"size with at least {MIN_MEMORY_MB} MB of memory", size, big, self.label, "--size")
-        size = choose("size", size, sizes, self.label, "--size")
+        size = choose_size(size, sizes, self.label)
         images = {i.id: i for i in driver.list_images()}
         image = choose("image", image, images, self.label, "--image")
         return Offer(
