@@ -15,7 +15,7 @@ from miab_remote.fleet.model import Host
 from miab_remote.providers.base import CreateOptions, Provider
 
 # The clouds with an adapter in providers/cloud/ (its ADAPTERS); an inventory may name any of fleet.rules.PROVIDERS.
-CLOUDS: tuple[str, ...] = ("digitalocean", "linode", "vultr")
+CLOUDS: tuple[str, ...] = ("digitalocean", "linode", "vultr", "ec2")
 
 
 def _local(options: CreateOptions) -> Provider:

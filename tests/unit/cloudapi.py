@@ -37,7 +37,7 @@ class Request:
         return json.dumps([self.method, self.path, self.query, self.body])
 
 
-Answer = tuple[int, Any]  # HTTP status, JSON body (None: empty)
+Answer = tuple[int, Any]  # HTTP status, JSON body (None: empty; bytes: sent as they are, as XML)
 Route = Answer | Callable[[Request, re.Match[str]], Answer]
 
 
@@ -65,9 +65,10 @@ class RecordedAPI:
                 )
                 api.requests.append(req)
                 status, body = api.answer(req)
-                data = b"" if body is None else json.dumps(body).encode()
+                raw = isinstance(body, bytes)  # an XML API's answer, as is
+                data = body if raw else b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/xml" if raw else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

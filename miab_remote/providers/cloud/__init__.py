@@ -29,6 +29,7 @@ ADAPTERS: dict[str, str] = {
     "digitalocean": "miab_remote.providers.cloud.digitalocean:DigitalOcean",
     "linode": "miab_remote.providers.cloud.linode:Linode",
     "vultr": "miab_remote.providers.cloud.vultr:Vultr",
+    "ec2": "miab_remote.providers.cloud.ec2:EC2",
 }
 
 
