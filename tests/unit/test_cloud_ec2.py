@@ -261,3 +261,12 @@ def test_create_options_check() -> None:
     EC2().check_options(CreateOptions(elastic_ip=True))
     with pytest.raises(InputError, match="--elastic-ip is for the ec2 provider"):
         make_provider("linode", elastic_ip=True).validate_config()
+
+
+def test_destroy_and_status_go_to_the_region_the_box_was_made_in(aws: Moto, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = create_until_first_contact(ec2(), NAME, OPERATOR_KEY)
+    record = made.record | {"region": "eu-west-3"}  # as the inventory records it
+    monkeypatch.delenv("AWS_DEFAULT_REGION")  # a later shell: the default region is another one
+    assert ec2().status(NAME, record) == "running", "not 'absent' because eu-central-1 has no such instance"
+    assert ec2().destroy(NAME, record)[0] == f"terminated instance {record['id']}"
+    assert ec2(region="eu-west-3").status(NAME, record) == "absent"

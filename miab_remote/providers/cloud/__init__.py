@@ -229,7 +229,7 @@ class CloudProvider:
             raise InputError(
                 f"{name}: its inventory records no {self.adapter.label} server ([node] id); nothing was touched"
             )
-        return self._destroy_record(self._connect(node.get("endpoint")), node)
+        return self._destroy_record(self._connect(node), node)
 
     def _destroy_record(self, driver: Any, node: Mapping[str, str]) -> list[str]:
         with self._call(f"destroying server {node['id']}"):
@@ -239,7 +239,7 @@ class CloudProvider:
         if not node or not node.get("id"):
             return "absent"
         with self._call("reading the server"):
-            state = self.adapter.node(self._connect(node.get("endpoint")), node).state
+            state = self.adapter.node(self._connect(node), node).state
         return {"running": "running", "gone": "absent"}.get(state, "stopped")  # type: ignore[return-value]
 
     def after_deploy(self, host: Host) -> list[str]:
@@ -267,11 +267,14 @@ class CloudProvider:
     def _call(self, doing: str) -> Any:
         return api_call(self.adapter.label, doing, self._credentials().mask, self._url(self._endpoint()))
 
-    def _connect(self, recorded_endpoint: str | None = None) -> Any:
+    def _connect(self, recorded: Mapping[str, str] | None = None) -> Any:
+        """The driver; for an existing server (`recorded`: its [node] table), the API and region it was made
+        through, whatever the environment says now (EC2's ids are regional)."""
         if self._driver is None:
             calls.refuse_debug_log()
-            ep = self._endpoint(recorded_endpoint)
-            region = self.adapter.region(self._credentials(), self.options.region)
+            recorded = recorded or {}
+            ep = self._endpoint(recorded.get("endpoint"))
+            region = recorded.get("region") or self.adapter.region(self._credentials(), self.options.region)
             with self._call("connecting"):
                 self._driver = self.adapter.connect(self._credentials(), ep, region)
         return self._driver
