@@ -270,3 +270,25 @@ def test_destroy_and_status_go_to_the_region_the_box_was_made_in(aws: Moto, monk
     assert ec2().status(NAME, record) == "running", "not 'absent' because eu-central-1 has no such instance"
     assert ec2().destroy(NAME, record)[0] == f"terminated instance {record['id']}"
     assert ec2(region="eu-west-3").status(NAME, record) == "absent"
+
+
+def test_a_create_that_fails_after_the_run_leaves_nothing_behind(aws: Moto) -> None:
+    """CloudProvider.create itself, made to fail at its first SSH contact: a timeout of 0 s gives up before
+    any connection is tried (and moto's Elastic IPs are loopback addresses: nothing leaves this machine).
+    The instance, its security group and its Elastic IP are all removed again."""
+    provider = ec2(elastic_ip=True, timeout=0.0)
+    provider.check_name(NAME)
+    provider.validate_config()
+    provider.preflight([NAME], None)
+    said: list[str] = []
+    with pytest.raises(ProviderError, match=r"did not answer SSH within 0 s") as e:
+        provider.create(NAME, OPERATOR_KEY, said.append)
+    assert "the create failed: destroying the new server" in said
+    assert "destroying" not in str(e.value), "the undo itself went through"
+    driver = provider._connect()
+    (instance,) = driver.list_nodes()
+    assert instance.state == "terminated"
+    assert driver.ex_describe_all_addresses() == []
+    assert [g.name for g in driver.ex_get_security_groups()] == ["default"]
+    assert len(aws.called("RunInstances")) == len(aws.called("AllocateAddress")) == 1
+    assert aws.called("TerminateInstances") and aws.called("DeleteSecurityGroup") and aws.called("ReleaseAddress")
