@@ -165,3 +165,20 @@ def create_until_first_contact(provider: Any, name: str, authorized_key: str) ->
     with provider._call("creating the server"):
         record = adapter.create_node(driver, name, provider._offer, data, key_ref, provider.options)
     return Made(record, data, key_ref, host_key.public_line)
+
+
+LOOPBACK = "127.0.0.2"  # the address a test's server reports, so that nothing could ever leave this machine
+
+
+def create_failing_at_first_contact(api: RecordedAPI, provider: Any, name: str, authorized_key: str) -> list[str]:
+    """`CloudProvider.create` itself (`provider` made with timeout 0), failing at its first SSH contact: it
+    gives up before any connection is tried, and the server's address is LOOPBACK anyway. The requests that
+    changed something, in order ("POST /path")."""
+    import pytest
+
+    from miab_remote.errors import ProviderError
+
+    provider.preflight([name], None)
+    with pytest.raises(ProviderError, match=re.escape(f"{LOOPBACK} did not answer SSH within 0 s")):
+        provider.create(name, authorized_key)
+    return [f"{r.method} {r.path}" for r in api.requests if r.method != "GET"]

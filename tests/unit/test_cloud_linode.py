@@ -16,7 +16,16 @@ from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.providers.cloud import CloudProvider
 from miab_remote.providers.cloud.calls import CloudRefused
 from miab_remote.transport.sshkeys import generate_ed25519
-from tests.unit.cloudapi import RecordedAPI, Request, create_until_first_contact, fixture, make_provider, serve_as
+from tests.unit.cloudapi import (
+    LOOPBACK,
+    RecordedAPI,
+    Request,
+    create_failing_at_first_contact,
+    create_until_first_contact,
+    fixture,
+    make_provider,
+    serve_as,
+)
 
 TOKEN = "linode-token-7f3a9c1e5b2d4f6a8c0e"  # distinctive, to be looked for in everything printed
 NAME = "box.example.com"
@@ -219,3 +228,19 @@ def test_the_token_never_shows_even_when_the_api_echoes_it(
     text = str(e.value)
     assert "bad request with Bearer ********" in text
     assert TOKEN not in text + repr(e.value.args) + "".join(capsys.readouterr())
+
+
+def test_a_create_that_fails_after_the_request_destroys_the_linode(cloud: tuple[RecordedAPI, Linode]) -> None:
+    api, state = cloud
+    get = state.get
+
+    def on_loopback(req: Request, m: re.Match[str]) -> tuple[int, Any]:
+        status, body = get(req, m)
+        return status, body | {"ipv4": [LOOPBACK]} if status == 200 else body
+
+    api.routes[("GET", INSTANCE)] = on_loopback
+    assert create_failing_at_first_contact(api, linode(timeout=0.0), NAME, OPERATOR_KEY) == [
+        "POST /v4/profile/sshkeys",
+        "POST /v4/linode/instances",
+        "DELETE /v4/linode/instances/45501392",
+    ]

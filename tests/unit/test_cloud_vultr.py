@@ -16,7 +16,16 @@ from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.providers.cloud import CloudProvider
 from miab_remote.providers.cloud.calls import CloudRefused
 from miab_remote.transport.sshkeys import generate_ed25519
-from tests.unit.cloudapi import RecordedAPI, Request, create_until_first_contact, fixture, make_provider, serve_as
+from tests.unit.cloudapi import (
+    LOOPBACK,
+    RecordedAPI,
+    Request,
+    create_failing_at_first_contact,
+    create_until_first_contact,
+    fixture,
+    make_provider,
+    serve_as,
+)
 
 TOKEN = "VULTRKEY4C7A1E9B3D5F7A9C1E3B5D7F9A"  # distinctive, to be looked for in everything printed
 NAME = "box.example.com"
@@ -218,3 +227,21 @@ def test_a_size_too_small_for_the_box_is_refused(cloud: tuple[RecordedAPI, Vultr
     with pytest.raises(InputError, match=r"no size with at least 1024 MB of memory 'vc2-1c-0.5gb'") as e:
         vultr(size="vc2-1c-0.5gb").preflight([NAME], None)
     assert e.value.exit_code == 2
+
+
+def test_a_create_that_fails_after_the_request_destroys_the_server(cloud: tuple[RecordedAPI, Vultr]) -> None:
+    api, state = cloud
+    get = state.get
+
+    def on_loopback(req: Request, m: re.Match[str]) -> tuple[int, Any]:
+        status, body = get(req, m)
+        if status == 200:
+            body["instance"]["main_ip"] = LOOPBACK
+        return status, body
+
+    api.routes[("GET", INSTANCE)] = on_loopback
+    assert create_failing_at_first_contact(api, vultr(timeout=0.0), NAME, OPERATOR_KEY) == [
+        "POST /v2/ssh-keys",
+        "POST /v2/instances",
+        "DELETE /v2/instances/123",
+    ]
