@@ -31,6 +31,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     key_path, key_line = operator_key.resolve(args.identity_file)
     provider.validate_config()
     provider.check_requirements()
+    out = stdout_console()
+    for line in create.finish_interrupted(inv, args.names):
+        out.print(line, markup=False)
     provider.preflight(args.names, args.image)
     progress = Progress(args.names, verbose=True)
     return report_each(

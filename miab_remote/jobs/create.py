@@ -4,7 +4,7 @@ written is destroyed again: without its pinned key nobody could reach it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +62,27 @@ def check_new_boxes(
     if inv.root.exists() and not inv.root.is_dir():
         raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
     return provider
+
+
+def finish_interrupted(inv: Inventory, names: Sequence[str]) -> list[str]:
+    """Remove the servers earlier creates of these names made and were killed before recording: the next
+    run finishes what the last one left. One line per server removed."""
+    lines = []
+    for name in names:
+        left = inv.creating(name)
+        if left is None:
+            continue
+        provider_name, node = left
+        if inv.path_for(name).exists() and inv.load(name).node.get("id") == node.get("id"):
+            inv.done_creating(name)  # it was recorded after all
+            continue
+        provider = providers.get(provider_name)
+        provider.validate_config()
+        removed = provider.destroy(name, node)
+        inv.done_creating(name)
+        what = f"{provider_name} server {node.get('id')}"
+        lines.append(f"{name}: an interrupted create had left {what}: {'; '.join(removed)}")
+    return lines
 
 
 def _record(doc: tomlkit.TOMLDocument, box: CreatedBox, provider: str) -> None:
@@ -134,18 +155,30 @@ def create_box(
 ) -> str:
     """Make one box of `image` (default: the provider's) and record it; the line to show the operator.
     Raises MiabError on failure."""
+
+    def journal(node: Mapping[str, str] | None) -> None:
+        if node is None:
+            inv.done_creating(name)
+        else:
+            inv.note_creating(name, provider.name, node)
+
     try:
-        box = provider.create(name, key_line, progress=say, image=image or provider.default_image)
+        box = provider.create(name, key_line, progress=say, image=image or provider.default_image, journal=journal)
     except NodeKeyMismatch as e:
-        raise _refused(inv, name, provider.name, e, key_path) from None
+        error = _refused(inv, name, provider.name, e, key_path)
+        if not e.destroyed:
+            inv.done_creating(name)  # the inventory records it now
+        raise error from None
     try:
         line = _write_inventory(inv, name, box, provider.name, key_path)
+        inv.done_creating(name)
         return "\n".join([line, *(f"    {note}" for note in box.notes)])
     except BaseException as e:
         say("the inventory could not be written: destroying the new box")
         why = str(e) or type(e).__name__
         try:
             provider.destroy(name, box.node)
+            inv.done_creating(name)
         except Exception as cleanup:
             raise ProviderError(
                 f"the inventory could not be written ({why}), and destroying the new box failed too "

@@ -21,7 +21,7 @@ from typing import Any
 from miab_remote.errors import MiabError, ProviderError
 from miab_remote.fleet.model import Host
 from miab_remote.mail import dnszones
-from miab_remote.providers.base import BoxStatus, CreatedBox, Progress
+from miab_remote.providers.base import BoxStatus, CreatedBox, Journal, Progress
 from miab_remote.providers.local import machine, network, resolver, rootfs, system
 from miab_remote.providers.local.config import (
     DEFAULT_IMAGE,
@@ -76,6 +76,7 @@ class LocalProvider:
         authorized_key: str,
         progress: Progress | None = None,
         image: str = DEFAULT_IMAGE,
+        journal: Journal | None = None,
         boot_timeout: float = 90.0,
     ) -> CreatedBox:
         """Build, network and boot a Debian box of release `image`; return once its sshd sends a banner."""
