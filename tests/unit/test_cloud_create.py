@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import socket
 import threading
@@ -31,6 +32,9 @@ NAME = "box1.example.org"
 TOKEN = "dop_v1_" + "5ecre7" * 10  # distinctive: must appear in no output
 
 
+_ADDRESSES = itertools.count(250 * (os.getpid() % 200))  # each box of the session its own loopback address
+
+
 class LoopbackBoxes:
     """Each server: paramiko's SSH server on 127.0.0.N:22 with the host key its user data carries."""
 
@@ -38,14 +42,13 @@ class LoopbackBoxes:
         self.answer = answer  # False: the address never answers SSH
         self.listeners: dict[str, socket.socket] = {}
         self.seen_user_data: dict[str, str] = {}
-        self._n = 10 + os.getpid() % 200
 
     def make(self, name: str, user_data: str, image: str) -> Booted:
-        self._n += 1
-        address = f"127.0.0.{self._n}"
+        n = next(_ADDRESSES)
+        address = f"127.0.{n // 250}.{n % 250 + 2}"
         self.seen_user_data[name] = user_data
-        if self.answer:
-            keys = yaml.safe_load(user_data)["ssh_keys"]
+        keys = (yaml.safe_load(user_data) or {}).get("ssh_keys")
+        if self.answer and keys:
             host_key = paramiko.Ed25519Key.from_private_key(io.StringIO(keys["ed25519_private"]))
             listener = socket.socket()
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -255,7 +258,10 @@ def _orphan(env: Path, standin: digitalocean.DigitalOceanStandIn) -> int:
     """A server an earlier create made and was killed (kill -9) before writing the inventory: only its note."""
     from miab_remote.fleet.store import Inventory
 
-    node = standin.cloud.create_node(NAME, "debian-13-x64", "fra1", "s-1vcpu-1gb", "#cloud-config\n{}\n")
+    node = standin.cloud.create_node(
+        NAME, "debian-13", "fra1", "s-1vcpu-1gb", "#cloud-config\n{}\n", slug="debian-13-x64", ssh_keys=[], ipv6=False,
+        tags=[],
+    )  # fmt: skip
     Inventory(env / "hosts").note_creating(NAME, "digitalocean", {"id": str(node.id), "endpoint": standin.url})
     return node.id
 
