@@ -194,7 +194,7 @@ def test_a_server_that_never_answers_ssh_is_destroyed(
     env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with digitalocean.start(LoopbackBoxes(answer=False), token=TOKEN) as standin:
-        code, text = create(env, capsys, standin.url, "--timeout", "4", NAME)
+        code, text = create(env, capsys, standin.url, "--timeout", "1.5", NAME)
         assert code == 1 and "did not answer SSH" in text, text
         assert standin.cloud.requests_to("DELETE", r"/v2/droplets/\d+") and not standin.cloud.nodes
     assert not (env / "hosts").exists() or not any((env / "hosts").glob("*.toml"))
@@ -305,7 +305,7 @@ def test_a_create_in_progress_is_noted_until_the_server_is_recorded_or_gone(
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            code, text = create(env, capsys, standin.url, "--timeout", "3", NAME)
+            code, text = create(env, capsys, standin.url, "--timeout", "1.5", NAME)
         finally:
             stop.set()
             watcher.join()
