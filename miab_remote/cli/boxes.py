@@ -48,7 +48,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_destroy(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     provider_of = {name: destroy.check_destroyable(inv, name) for name in args.names}  # all before any is touched
-    confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
+    confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes, expect=" ".join(args.names))
     return report_each(args.names, lambda name: destroy.destroy_box(inv, provider_of[name], name, args.keep_inventory))
 
 

@@ -19,13 +19,14 @@ def inventory_of(args: argparse.Namespace) -> Inventory:
     return Inventory(Path(root))
 
 
-def confirm(question: str, assume_yes: bool) -> None:
+def confirm(question: str, assume_yes: bool, expect: str = "yes") -> None:
+    """Ask on the terminal; go on only if the operator types `expect` (e.g. the names of what is destroyed)."""
     if assume_yes:
         return
     if not sys.stdin.isatty():
         raise InputError(f"{question} needs confirmation: pass --yes (no terminal to ask on)")
-    answer = input(f"{question} Type 'yes' to go on: ")
-    if answer.strip() != "yes":
+    answer = input(f"{question} Type {expect if expect != 'yes' else repr(expect)} to go on: ")
+    if answer.split() != expect.split():
         raise InputError("not confirmed; nothing was changed")
 
 

@@ -13,8 +13,10 @@ import tomlkit
 from miab_remote import providers
 from miab_remote.errors import InputError, ProviderError
 from miab_remote.fleet import store
+from miab_remote.fleet.model import Host
 from miab_remote.fleet.problems import display_path
 from miab_remote.fleet.store import Inventory
+from miab_remote.jobs.dns import registrar
 from miab_remote.names import fqdn_problem
 from miab_remote.providers.base import CreatedBox, CreateOptions, NodeKeyMismatch, Provider
 
@@ -135,6 +137,15 @@ def _new_document(name: str, box: CreatedBox, provider: str, key_path: Path) -> 
     return doc
 
 
+def _registrar_notes(host: Host) -> list[str]:
+    """A new cloud box's part at the registrar, once its first deploy made it its domains' DNS server."""
+    reg = registrar(host)
+    glue = ", ".join(f"{g['name']} {g['type']} {g['value']}" for g in reg["glue"])
+    lines = [f"at the registrar, after the first deploy: glue records {glue}"]
+    lines += [f"  nameservers of {zone}: {', '.join(ns)}" for zone, ns in reg["delegations"].items()]
+    return lines
+
+
 def _refused(inv: Inventory, name: str, provider: str, e: NodeKeyMismatch, key_path: Path) -> ProviderError:
     """A server that presented another host key: recorded in the archive when it was destroyed, as an
     unpinned inventory when the operator chose to keep it (deploy refuses it until `trust`)."""
@@ -172,7 +183,8 @@ def create_box(
     try:
         line = _write_inventory(inv, name, box, provider.name, key_path)
         inv.done_creating(name)
-        return "\n".join([line, *(f"    {note}" for note in box.notes)])
+        notes = [*box.notes, *_registrar_notes(inv.load(name))] if box.node else list(box.notes)
+        return "\n".join([line, *(f"    {note}" for note in notes)])
     except BaseException as e:
         say("the inventory could not be written: destroying the new box")
         why = str(e) or type(e).__name__

@@ -12,8 +12,12 @@ import contextlib
 import io
 import itertools
 import os
+import pty
+import select
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +136,9 @@ def test_create_pins_the_key_it_handed_over_and_destroy_removes_the_droplet(
         "id": str(node.id), "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-13-x64", "endpoint": standin.url,
     }  # fmt: skip
     assert f"next: miab-remote deploy {NAME}" in text and "port 25" in text
+    ip = node.booted.address
+    assert f"glue records ns1.{NAME} A {ip}, ns2.{NAME} A {ip}" in text
+    assert f"nameservers of example.org: ns1.{NAME}" in text
     assert len(cloud.requests_to("POST", "/v2/account/keys")) == 1
 
     code, text = create(env, capsys, standin.url, "box2.example.org")
@@ -314,3 +321,45 @@ def test_a_create_in_progress_is_noted_until_the_server_is_recorded_or_gone(
         assert seen, "the note was there while the create waited"
         assert tomlkit.parse(seen[-1]).unwrap()["node"]["id"] == delete.path.rsplit("/", 1)[1]
     assert not note.exists(), "the server is gone, and so is its note"
+
+
+def _destroy_in_terminal(env: Path, answer: str) -> tuple[int, str]:
+    """`destroy NAME` on a pseudo-terminal, answering its question with `answer`."""
+    argv = [sys.executable, "-m", "miab_remote", "--inventory", str(env / "hosts"), "destroy", NAME]
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(sys.executable, argv, {**os.environ, "TERM": "dumb", "COLUMNS": "1000"})
+        finally:
+            os._exit(127)
+    shown, answered = b"", False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if not answered and b"to go on:" in shown:
+                os.write(fd, answer.encode() + b"\n")
+                answered = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_destroy_asks_for_the_name_to_be_typed(
+    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn
+) -> None:
+    assert create(env, capsys, standin.url, NAME)[0] == 0
+    code, shown = _destroy_in_terminal(env, "yes")
+    assert code == 2 and f"Type {NAME} to go on:" in shown and "not confirmed; nothing was changed" in shown, shown
+    assert len(standin.cloud.nodes) == 1 and (env / "hosts" / f"{NAME}.toml").exists()
+    code, shown = _destroy_in_terminal(env, NAME)
+    assert code == 0 and "destroyed droplet" in shown, shown
+    assert not standin.cloud.nodes

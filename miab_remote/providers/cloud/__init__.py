@@ -220,7 +220,7 @@ class CloudProvider:
                 )
 
     def _notes(self, name: str) -> tuple[str, ...]:
-        notes = [f"next: miab-remote deploy {name}, then `miab-remote dns {name}` for the registrar's glue records"]
+        notes = [f"next: miab-remote deploy {name}"]
         if self.adapter.reverse_dns:
             notes.append(self.adapter.reverse_dns)
         if self.adapter.port25:
