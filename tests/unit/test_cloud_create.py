@@ -9,19 +9,15 @@ Runs as root (port 22), as the CI does."""
 from __future__ import annotations
 
 import contextlib
-import io
-import itertools
 import os
 import pty
 import select
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paramiko
 import pytest
 import tomlkit
 import yaml
@@ -29,54 +25,10 @@ import yaml
 from miab_remote import cli
 from miab_remote.transport.sshkeys import generate_ed25519
 from tests.standins import digitalocean
-from tests.standins.core import Booted
-from tests.unit.sshbox import NoPythonBox
+from tests.standins.loopback import LoopbackBoxes
 
 NAME = "box1.example.org"
 TOKEN = "dop_v1_" + "5ecre7" * 10  # distinctive: must appear in no output
-
-
-_ADDRESSES = itertools.count(250 * (os.getpid() % 200))  # each box of the session its own loopback address
-
-
-class LoopbackBoxes:
-    """Each server: paramiko's SSH server on 127.0.0.N:22 with the host key its user data carries."""
-
-    def __init__(self, answer: bool = True) -> None:
-        self.answer = answer  # False: the address never answers SSH
-        self.listeners: dict[str, socket.socket] = {}
-        self.seen_user_data: dict[str, str] = {}
-
-    def make(self, name: str, user_data: str, image: str) -> Booted:
-        n = next(_ADDRESSES)
-        address = f"127.0.{n // 250}.{n % 250 + 2}"
-        self.seen_user_data[name] = user_data
-        keys = (yaml.safe_load(user_data) or {}).get("ssh_keys")
-        if self.answer and keys:
-            host_key = paramiko.Ed25519Key.from_private_key(io.StringIO(keys["ed25519_private"]))
-            listener = socket.socket()
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((address, 22))
-            listener.listen()
-            self.listeners[name] = listener
-            threading.Thread(target=self._serve, args=(listener, host_key), daemon=True).start()
-        return Booted(address, 8, "127.0.0.1")
-
-    def _serve(self, listener: socket.socket, host_key: paramiko.PKey) -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            t = paramiko.Transport(sock)
-            t.add_server_key(host_key)
-            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-                t.start_server(server=NoPythonBox(host_key))  # no login happens: the handshake is all
-
-    def remove(self, name: str) -> None:
-        listener = self.listeners.pop(name, None)
-        if listener is not None:
-            listener.close()
 
 
 @pytest.fixture
