@@ -58,11 +58,23 @@ class SeededBox:
     os: str
 
 
+SSHD_GRACE = 15.0  # sshd is ordered after cloud-init's network stage: once cloud-init is done, it is up or broken
+
+
 def _wait_for_cloud_init(paths: machine.BoxPaths, name: str, address: str, pid: int, timeout: float) -> None:
     """sshd's banner, then cloud-init's result (read in the box's tree); either failing names cloud-init's logs."""
     deadline = time.monotonic() + timeout
+    finished: list[float] = []
+
+    def sshd_not_coming() -> str | None:
+        if not finished and rootfs.cloud_init_result(paths.rootfs) is not None:
+            finished.append(time.monotonic())
+        if finished and time.monotonic() - finished[0] > SSHD_GRACE:
+            return f"cloud-init has finished but sshd on {address}:22 did not answer within {SSHD_GRACE:.0f} s"
+        return None
+
     try:
-        machine.wait_for_ssh(paths, name, address, pid, timeout)
+        machine.wait_for_ssh(paths, name, address, pid, timeout, give_up=sshd_not_coming)
         while (errors := rootfs.cloud_init_result(paths.rootfs)) is None:
             if time.monotonic() >= deadline:
                 raise ProviderError(f"cloud-init did not finish within {timeout:.0f} s")
