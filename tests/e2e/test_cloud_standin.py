@@ -4,7 +4,8 @@ a real local box booted by Debian's cloud-init from exactly the user data sent, 
 The user data is built here as a client would: a host key pair made in the test, an authorized key, root login
 allowed. The box must then present exactly that host key (pinned by paramiko before authentication), have the
 FQDN as hostname, no other host key and no default user, and a `cloud-init status` of done; DELETE removes it.
-With the stand-in's wrong_host_key switch, a real sshd presents another key and the pinned connection is refused.
+With the stand-in's wrong_host_key switch, a real sshd presents another key and the pinned connection is refused;
+that droplet gets the operator's key as a registered account key (metadata) instead of in the user data.
 Boxes live in this lane's network (MIAB_E2E_LANE); traffic goes to 127.0.0.1 and to the boxes only.
 """
 
@@ -63,10 +64,13 @@ def operator(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeyPair, Path]:
     return KeyPair(identity.read_bytes(), (folder / "id_ed25519.pub").read_text().strip()), identity
 
 
-def cloud_config(name: str, host_key: KeyPair, authorized: str, **more: str) -> str:
-    """The user data a client sends: the host key made on its side, its key for root, the FQDN as hostname."""
+def cloud_config(name: str, host_key: KeyPair, authorized: str | None, **more: str) -> str:
+    """The user data a client sends: the host key made on its side, its key for root (or None: an account key
+    named in the create brings it), the FQDN as hostname."""
     private = "\n".join("    " + line for line in host_key.private_openssh.decode().splitlines())
     extra = "".join(f"{key}: {value}\n" for key, value in more.items())
+    if authorized is not None:
+        extra = f"ssh_authorized_keys:\n  - {authorized}\n" + extra
     return (
         "#cloud-config\n"
         f"hostname: {name}\n"
@@ -78,8 +82,6 @@ def cloud_config(name: str, host_key: KeyPair, authorized: str, **more: str) -> 
         "ssh_keys:\n"
         f"  ed25519_private: |\n{private}\n"
         f"  ed25519_public: {host_key.public_line}\n"
-        "ssh_authorized_keys:\n"
-        f"  - {authorized}\n"
         f"{extra}"
     )
 
@@ -90,13 +92,13 @@ def do_driver(standin: DigitalOceanStandIn) -> Any:
     return driver
 
 
-def create_droplet(driver: Any, name: str, image: str, user_data: str) -> Any:
+def create_droplet(driver: Any, name: str, image: str, user_data: str, **attrs: Any) -> Any:
     """create_node on the stand-in, the droplet image being the slug of the local release `image`."""
     (slug,) = [s for s, (local, _id, _name) in digitalocean.IMAGES.items() if local == image]
     size = next(s for s in driver.list_sizes() if s.id == "s-1vcpu-1gb")
     droplet_image = next(i for i in driver.list_images() if i.extra["slug"] == slug)
     region = next(r for r in driver.list_locations() if r.id == "fra1")
-    node = driver.create_node(name, size, droplet_image, region, ex_user_data=user_data)
+    node = driver.create_node(name, size, droplet_image, region, ex_user_data=user_data, ex_create_attr=attrs)
     assert node.state == NodeState.PENDING and node.public_ips == [], "a create answers at once, the box boots later"
     return node
 
@@ -149,12 +151,15 @@ def test_a_droplet_is_a_box_cloud_init_booted_with_the_injected_host_key(
 def test_with_wrong_host_key_the_box_presents_another_key_and_pinning_refuses_it(
     do: DigitalOceanStandIn, provider: LocalProvider, operator: tuple[KeyPair, Path], image: str
 ) -> None:
+    """The operator's key comes as an account key this time (DigitalOcean's ssh_keys), through the metadata."""
     name = box_name(image, "wrongkey")
     host_key = generate_ed25519(f"root@{name}")
     driver = do_driver(do)
+    account_key = driver.create_key_pair(f"operator-{image}", operator[0].public_line)
     do.cloud.wrong_host_key = True
     try:
-        node = create_droplet(driver, name, image, cloud_config(name, host_key, operator[0].public_line))
+        user_data = cloud_config(name, host_key, None)
+        node = create_droplet(driver, name, image, user_data, ssh_keys=[account_key.fingerprint])
     finally:
         do.cloud.wrong_host_key = False
     (address,) = wait_running(driver, do, node).public_ips
@@ -167,6 +172,8 @@ def test_with_wrong_host_key_the_box_presents_another_key_and_pinning_refuses_it
     assert other.run("cat /etc/ssh/ssh_host_ed25519_key.pub")[1].split()[:2] == presented.split()[:2], (
         "a real sshd serves the key the stand-in swapped in"
     )
+    assert other.run("cat /root/.ssh/authorized_keys")[1].strip() == operator[0].public_line, "from the metadata"
+    assert driver.delete_key_pair(account_key) is True
     assert driver.destroy_node(node) is True
     do.cloud.wait_removed()
     assert provider.status(name) == "absent"

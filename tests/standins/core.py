@@ -19,7 +19,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,7 +58,7 @@ class Booted:
 class BoxMaker(Protocol):
     """Makes and removes the box behind one server (the seam the unit tests fill with PaperBoxes)."""
 
-    def make(self, name: str, user_data: str, image: str) -> Booted: ...
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted: ...
 
     def remove(self, name: str) -> None: ...
 
@@ -82,8 +82,10 @@ class LocalBoxes:
         self.provider = LocalProvider(config or lane_config())
         self.boot_timeout = boot_timeout
 
-    def make(self, name: str, user_data: str, image: str) -> Booted:
-        box = self.provider.create_seeded(name, user_data, image=image, boot_timeout=self.boot_timeout)
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted:
+        box = self.provider.create_seeded(
+            name, user_data, image=image, boot_timeout=self.boot_timeout, public_keys=public_keys
+        )
         cfg = self.provider.config()
         return Booted(box.address, cfg.subnet.prefixlen, str(cfg.gateway))
 
@@ -96,12 +98,14 @@ class PaperBoxes:
 
     def __init__(self) -> None:
         self.made: dict[str, str] = {}  # name -> the user data it would have been seeded with
+        self.public_keys: dict[str, list[str]] = {}  # name -> the account's keys its metadata would hold
         self.removed: list[str] = []
         self._lock = threading.Lock()
 
-    def make(self, name: str, user_data: str, image: str) -> Booted:
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted:
         with self._lock:
             self.made[name] = user_data
+            self.public_keys[name] = list(public_keys)
             return Booted(f"192.0.2.{len(self.made)}", 24, "192.0.2.254")
 
     def remove(self, name: str) -> None:
@@ -133,6 +137,7 @@ class Node:
     user_data: str  # exactly what the client sent
     seeded_user_data: str  # what the box was seeded with (differs only with wrong_host_key)
     created: datetime
+    public_keys: list[str] = field(default_factory=list)  # the account's keys the create named (its metadata)
     extra: dict[str, Any] = field(default_factory=dict)  # what else the front keeps of the request
     state: NodeState = "new"
     booted: Booted | None = None
@@ -200,8 +205,18 @@ class StandInCloud:
 
     # ---- servers
 
-    def create_node(self, name: str, image: str, region: str, size: str, user_data: str, **extra: Any) -> Node:
-        """Record a server and start making its box; refuses a name in use or a create beyond the quota."""
+    def create_node(
+        self,
+        name: str,
+        image: str,
+        region: str,
+        size: str,
+        user_data: str,
+        public_keys: Sequence[str] = (),
+        **extra: Any,
+    ) -> Node:
+        """Record a server and start making its box; refuses a name in use or a create beyond the quota.
+        `public_keys`: the registered keys the create names, which the box gets as a cloud's metadata."""
         from miab_remote.providers.local.config import check_name
 
         with self._lock:
@@ -226,6 +241,7 @@ class StandInCloud:
                 user_data=user_data,
                 seeded_user_data=seeded,
                 created=datetime.now(UTC).replace(microsecond=0),
+                public_keys=list(public_keys),
                 extra=dict(extra),
                 presented_host_key=presented,
             )
@@ -237,7 +253,7 @@ class StandInCloud:
 
     def _make(self, node: Node) -> None:
         try:
-            booted = self.boxes.make(node.name, node.seeded_user_data, node.image)
+            booted = self.boxes.make(node.name, node.seeded_user_data, node.image, node.public_keys)
         except BaseException as exc:  # a failed box is the server's state, for the client to see
             node.error = f"{type(exc).__name__}: {exc}"
             node.state = "failed"

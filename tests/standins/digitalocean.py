@@ -10,9 +10,10 @@ boxes of a StandInCloud (core.py).
         do.cloud.requests_to("POST", "/v2/droplets")   # the request log (method, path, query, body)
         do.cloud.quota = 0; do.cloud.wrong_host_key = True; do.cloud.names_in_use.add(name)   # faults
 
-A droplet is "new" with no networks while its box boots, then "active" with the box's address as its public
-v4 (v6 stays empty); a box that failed to boot shows as "off". Query strings are ignored but on list routes,
-which answer everything on one page.
+The account keys a create names (`ssh_keys`, ids or fingerprints) reach the box as a cloud's metadata does: in
+the seed's meta-data, never in the user data. A droplet is "new" with no networks while its box boots, then
+"active" with the box's address as its public v4 (v6 stays empty); a box that failed to boot shows as "off".
+Query strings are ignored but on list routes, which answer everything on one page.
 """
 
 from __future__ import annotations
@@ -145,7 +146,10 @@ class DigitalOceanStandIn(JsonFront):
             raise Refused("invalid", "You specified an invalid size for Droplet creation.")
         if region not in REGIONS:
             raise Refused("invalid", "You specified an invalid region for Droplet creation.")
-        keys = [self.find_key(str(k)).id for k in body.get("ssh_keys") or []]
+        try:
+            keys = [self.find_key(str(k)) for k in body.get("ssh_keys") or []]
+        except Refused:
+            raise Refused("invalid", "You specified an invalid SSH key for Droplet creation.") from None
         user_data = body.get("user_data")
         if user_data is not None and not isinstance(user_data, str):
             raise Refused("invalid", "user_data must be a string")
@@ -155,8 +159,9 @@ class DigitalOceanStandIn(JsonFront):
             region,
             size,
             user_data or "",
+            [k.public_key for k in keys],
             slug=slug,
-            ssh_keys=keys,
+            ssh_keys=[k.id for k in keys],
             ipv6=bool(body.get("ipv6")),
             tags=list(body.get("tags") or []),
         )

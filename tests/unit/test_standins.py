@@ -110,9 +110,9 @@ def test_a_created_droplet_is_new_without_networks_until_its_box_is_up(paper: Pa
     release = threading.Event()
 
     class SlowPaper(PaperBoxes):
-        def make(self, name: str, user_data: str, image: str) -> Any:
+        def make(self, name: str, user_data: str, image: str, public_keys: Any = ()) -> Any:
             assert release.wait(10)
-            return super().make(name, user_data, image)
+            return super().make(name, user_data, image, public_keys)
 
     with digitalocean.start(SlowPaper()) as do:
         driver = do_driver(do)
@@ -153,6 +153,31 @@ def test_account_keys_carry_digitaloceans_md5_fingerprint_also_for_ed25519(do: D
         driver.create_key_pair("again", line)
     assert driver.delete_key_pair(made) is True
     assert driver.list_key_pairs() == []
+
+
+def test_the_account_keys_a_create_names_reach_the_box_as_metadata_not_user_data(
+    do: DigitalOceanStandIn, paper: PaperBoxes
+) -> None:
+    driver = do_driver(do)
+    by_id = driver.create_key_pair("by-id", generate_ed25519("a").public_line)
+    by_fingerprint = driver.create_key_pair("by-fingerprint", generate_ed25519("b").public_line)
+    data = user_data()
+    sizes, images, regions = driver.list_sizes(), driver.list_images(), driver.list_locations()
+    node = driver.create_node(
+        NAME,
+        sizes[0],
+        images[0],
+        regions[0],
+        ex_user_data=data,
+        ex_create_attr={"ssh_keys": [by_id.extra["id"], by_fingerprint.fingerprint]},
+    )
+    do.cloud.wait_state(int(node.id))
+    assert paper.public_keys[NAME] == [by_id.public_key, by_fingerprint.public_key]
+    assert paper.made[NAME] == data
+    with pytest.raises(BaseHTTPError, match=r"invalid SSH key.*422"):
+        driver.create_node(
+            "do2.cloudbox.test", sizes[0], images[0], regions[0], ex_create_attr={"ssh_keys": ["00:11"]}
+        )
 
 
 def test_sizes_images_and_regions(do: DigitalOceanStandIn) -> None:
@@ -244,7 +269,7 @@ def test_replace_host_key_adds_keys_to_user_data_without_any() -> None:
 
 def test_a_box_that_fails_shows_as_off_and_the_wait_names_its_error(paper: PaperBoxes) -> None:
     class Broken(PaperBoxes):
-        def make(self, name: str, user_data: str, image: str) -> Any:
+        def make(self, name: str, user_data: str, image: str, public_keys: Any = ()) -> Any:
             raise RuntimeError("cloud-init reported errors: boom")
 
     with digitalocean.start(Broken()) as do:

@@ -17,7 +17,7 @@ teardown). This module puts them together as the `Provider` the CLI calls.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,15 +144,18 @@ class LocalProvider:
         image: str = DEFAULT_IMAGE,
         progress: Progress | None = None,
         boot_timeout: float = 180.0,
+        public_keys: Sequence[str] = (),
     ) -> SeededBox:
         """A box booted by cloud-init from a NoCloud seed holding `user_data` byte for byte, as a cloud's server is:
         its hostname, host keys, users and authorized keys are what the user data asks. Returns once sshd sends
         a banner and cloud-init has finished; a cloud-init that fails (or never lets sshd start) is a
-        ProviderError with the tail of its logs, and leaves nothing behind."""
+        ProviderError with the tail of its logs, and leaves nothing behind. `public_keys`: the account's keys a
+        cloud's metadata would hand over (one public key line each)."""
+        keys = [check_authorized_key(key) for key in public_keys]
 
         def prepare(cfg: LocalConfig, profile: OSProfile, root: Path, box: str, _address: str, say: Progress) -> None:
             say("writing the NoCloud seed and apt sources")
-            rootfs.prepare_seeded(cfg, profile, root, box, user_data)
+            rootfs.prepare_seeded(cfg, profile, root, box, user_data, keys)
 
         return self._make(name, image, progress, boot_timeout, prepare, {"seeded": True}, cloud_init=True)
 
