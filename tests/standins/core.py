@@ -215,7 +215,8 @@ class StandInCloud:
         public_keys: Sequence[str] = (),
         **extra: Any,
     ) -> Node:
-        """Record a server and start making its box; refuses a name in use or a create beyond the quota.
+        """Record a server and start making its box (returned as it was created, still "new"); refuses a name in
+        use or a create beyond the quota.
         `public_keys`: the registered keys the create names, which the box gets as a cloud's metadata."""
         from miab_remote.providers.local.config import check_name
 
@@ -248,8 +249,9 @@ class StandInCloud:
             self.nodes[node.id] = node
             node._thread = threading.Thread(target=self._make, args=(node,), name=f"standin-{box_name}", daemon=True)
             self._made[box_name] = node._thread
+            as_created = dataclasses.replace(node)  # what the create answers: "new", however fast the box is
             node._thread.start()
-            return node
+            return as_created
 
     def _make(self, node: Node) -> None:
         try:
@@ -318,6 +320,11 @@ class StandInCloud:
     def key(self, key_id: int | str) -> SSHKey:
         return self._find(self.keys, key_id)
 
+    def delete_key(self, key_id: int | str) -> None:
+        key = self.key(key_id)
+        with self._lock:
+            self.keys.pop(key.id, None)
+
     def _find(self, table: Mapping[int, _T], ident: int | str) -> _T:
         """A record by its id (as the URL gives it), or the cloud's 404."""
         with self._lock:
@@ -355,6 +362,15 @@ def replace_host_key(user_data: str, name: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- the HTTP front
+
+# The statuses of a cloud that answers every refused request body with 400 (Linode, Vultr; DigitalOcean: 422).
+BAD_REQUEST_400: Mapping[str, int] = {
+    "unauthorized": 401,
+    "not_found": 404,
+    "invalid": 400,
+    "quota": 400,
+    "name_in_use": 400,
+}
 
 
 @dataclass
@@ -401,7 +417,16 @@ class JsonFront:
     def error_body(self, status: int, kind: str, message: str) -> Any:
         raise NotImplementedError
 
-    STATUS_OF: ClassVar[Mapping[str, int]] = {"unauthorized": 401, "not_found": 404, "invalid": 422, "quota": 422}
+    STATUS_OF: ClassVar[Mapping[str, int]] = {"unauthorized": 401, "not_found": 404}  # any other refusal: 422
+
+    def nodes(self) -> list[Node]:
+        """The cloud's servers, oldest first (what a list route shows)."""
+        with self.cloud._lock:
+            return sorted(self.cloud.nodes.values(), key=lambda n: n.id)
+
+    def keys(self) -> list[SSHKey]:
+        with self.cloud._lock:
+            return sorted(self.cloud.keys.values(), key=lambda k: k.id)
 
     # what a test uses
     @property
@@ -424,6 +449,12 @@ class JsonFront:
         self.server.shutdown()
         self.server.server_close()
         self.cloud.close()
+
+    @classmethod
+    def start(cls, boxes: BoxMaker | None = None, token: str | None = None, quota: int | None = None) -> Self:
+        """A running stand-in (close it, or use it in a with block): real boxes in the e2e lane unless `boxes`
+        is given (PaperBoxes: none)."""
+        return cls(StandInCloud(boxes if boxes is not None else LocalBoxes(), token=token, quota=quota))
 
     def __enter__(self) -> Self:
         return self

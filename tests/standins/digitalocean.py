@@ -24,15 +24,12 @@ from typing import Any
 
 from tests.standins.core import (
     NOT_FOUND,
-    BoxMaker,
     JsonFront,
-    LocalBoxes,
     Node,
     Refused,
     Reply,
     Route,
     SSHKey,
-    StandInCloud,
     require,
 )
 
@@ -113,10 +110,10 @@ class DigitalOceanStandIn(JsonFront):
         n = r"(?P<ident>[^/]+)"
         return [
             ("POST", "/v2/droplets", self.create_droplet),
-            ("GET", "/v2/droplets", lambda _b, _q: _listing("droplets", [self.droplet(x) for x in self._nodes()])),
+            ("GET", "/v2/droplets", lambda _b, _q: _listing("droplets", [self.droplet(x) for x in self.nodes()])),
             ("GET", f"/v2/droplets/{n}", lambda _b, _q, ident: Reply(200, {"droplet": self.droplet_of(ident)})),
             ("DELETE", f"/v2/droplets/{n}", self.delete_droplet),
-            ("GET", "/v2/account/keys", lambda _b, _q: _listing("ssh_keys", [_key(k) for k in self._keys()])),
+            ("GET", "/v2/account/keys", lambda _b, _q: _listing("ssh_keys", [_key(k) for k in self.keys()])),
             ("POST", "/v2/account/keys", self.create_key),
             ("GET", f"/v2/account/keys/{n}", lambda _b, _q, ident: Reply(200, {"ssh_key": _key(self.find_key(ident))})),
             ("DELETE", f"/v2/account/keys/{n}", self.delete_key),
@@ -130,12 +127,6 @@ class DigitalOceanStandIn(JsonFront):
         if kind == "quota":
             message = "creating this/these droplet(s) will exceed your droplet limit"
         return {"id": ids.get(status, "unprocessable_entity"), "message": message}
-
-    def _nodes(self) -> list[Node]:
-        return sorted(self.cloud.nodes.values(), key=lambda x: x.id)
-
-    def _keys(self) -> list[SSHKey]:
-        return sorted(self.cloud.keys.values(), key=lambda k: k.id)
 
     # ---- droplets
 
@@ -221,15 +212,13 @@ class DigitalOceanStandIn(JsonFront):
         """A key by id or by fingerprint, as DigitalOcean accepts both."""
         if ident.isdigit():
             return self.cloud.key(ident)
-        for key in self._keys():
+        for key in self.keys():
             if fingerprint(key.public_key) == ident:
                 return key
         raise Refused("not_found", NOT_FOUND)
 
     def delete_key(self, _body: object, _query: object, ident: str) -> Reply:
-        key = self.find_key(ident)
-        with self.cloud._lock:
-            self.cloud.keys.pop(key.id, None)
+        self.cloud.delete_key(self.find_key(ident).id)
         return Reply(204)
 
     # ---- for tests
@@ -243,6 +232,4 @@ class DigitalOceanStandIn(JsonFront):
         connection.connect()
 
 
-def start(boxes: BoxMaker | None = None, token: str | None = None, quota: int | None = None) -> DigitalOceanStandIn:
-    """A running stand-in (close it, or use it in a with block): real boxes in the e2e lane unless `boxes` is given."""
-    return DigitalOceanStandIn(StandInCloud(boxes if boxes is not None else LocalBoxes(), token=token, quota=quota))
+start = DigitalOceanStandIn.start
