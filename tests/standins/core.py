@@ -19,7 +19,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,7 +58,7 @@ class Booted:
 class BoxMaker(Protocol):
     """Makes and removes the box behind one server (the seam the unit tests fill with PaperBoxes)."""
 
-    def make(self, name: str, user_data: str, image: str) -> Booted: ...
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted: ...
 
     def remove(self, name: str) -> None: ...
 
@@ -82,8 +82,10 @@ class LocalBoxes:
         self.provider = LocalProvider(config or lane_config())
         self.boot_timeout = boot_timeout
 
-    def make(self, name: str, user_data: str, image: str) -> Booted:
-        box = self.provider.create_seeded(name, user_data, image=image, boot_timeout=self.boot_timeout)
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted:
+        box = self.provider.create_seeded(
+            name, user_data, image=image, boot_timeout=self.boot_timeout, public_keys=public_keys
+        )
         cfg = self.provider.config()
         return Booted(box.address, cfg.subnet.prefixlen, str(cfg.gateway))
 
@@ -96,12 +98,14 @@ class PaperBoxes:
 
     def __init__(self) -> None:
         self.made: dict[str, str] = {}  # name -> the user data it would have been seeded with
+        self.public_keys: dict[str, list[str]] = {}  # name -> the account's keys its metadata would hold
         self.removed: list[str] = []
         self._lock = threading.Lock()
 
-    def make(self, name: str, user_data: str, image: str) -> Booted:
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted:
         with self._lock:
             self.made[name] = user_data
+            self.public_keys[name] = list(public_keys)
             return Booted(f"192.0.2.{len(self.made)}", 24, "192.0.2.254")
 
     def remove(self, name: str) -> None:
@@ -133,6 +137,7 @@ class Node:
     user_data: str  # exactly what the client sent
     seeded_user_data: str  # what the box was seeded with (differs only with wrong_host_key)
     created: datetime
+    public_keys: list[str] = field(default_factory=list)  # the account's keys the create named (its metadata)
     extra: dict[str, Any] = field(default_factory=dict)  # what else the front keeps of the request
     state: NodeState = "new"
     booted: Booted | None = None
@@ -200,8 +205,19 @@ class StandInCloud:
 
     # ---- servers
 
-    def create_node(self, name: str, image: str, region: str, size: str, user_data: str, **extra: Any) -> Node:
-        """Record a server and start making its box; refuses a name in use or a create beyond the quota."""
+    def create_node(
+        self,
+        name: str,
+        image: str,
+        region: str,
+        size: str,
+        user_data: str,
+        public_keys: Sequence[str] = (),
+        **extra: Any,
+    ) -> Node:
+        """Record a server and start making its box (returned as it was created, still "new"); refuses a name in
+        use or a create beyond the quota.
+        `public_keys`: the registered keys the create names, which the box gets as a cloud's metadata."""
         from miab_remote.providers.local.config import check_name
 
         with self._lock:
@@ -226,18 +242,20 @@ class StandInCloud:
                 user_data=user_data,
                 seeded_user_data=seeded,
                 created=datetime.now(UTC).replace(microsecond=0),
+                public_keys=list(public_keys),
                 extra=dict(extra),
                 presented_host_key=presented,
             )
             self.nodes[node.id] = node
             node._thread = threading.Thread(target=self._make, args=(node,), name=f"standin-{box_name}", daemon=True)
             self._made[box_name] = node._thread
+            as_created = dataclasses.replace(node)  # what the create answers: "new", however fast the box is
             node._thread.start()
-            return node
+            return as_created
 
     def _make(self, node: Node) -> None:
         try:
-            booted = self.boxes.make(node.name, node.seeded_user_data, node.image)
+            booted = self.boxes.make(node.name, node.seeded_user_data, node.image, node.public_keys)
         except BaseException as exc:  # a failed box is the server's state, for the client to see
             node.error = f"{type(exc).__name__}: {exc}"
             node.state = "failed"
@@ -302,6 +320,11 @@ class StandInCloud:
     def key(self, key_id: int | str) -> SSHKey:
         return self._find(self.keys, key_id)
 
+    def delete_key(self, key_id: int | str) -> None:
+        key = self.key(key_id)
+        with self._lock:
+            self.keys.pop(key.id, None)
+
     def _find(self, table: Mapping[int, _T], ident: int | str) -> _T:
         """A record by its id (as the URL gives it), or the cloud's 404."""
         with self._lock:
@@ -339,6 +362,15 @@ def replace_host_key(user_data: str, name: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- the HTTP front
+
+# The statuses of a cloud that answers every refused request body with 400 (Linode, Vultr; DigitalOcean: 422).
+BAD_REQUEST_400: Mapping[str, int] = {
+    "unauthorized": 401,
+    "not_found": 404,
+    "invalid": 400,
+    "quota": 400,
+    "name_in_use": 400,
+}
 
 
 @dataclass
@@ -385,7 +417,16 @@ class JsonFront:
     def error_body(self, status: int, kind: str, message: str) -> Any:
         raise NotImplementedError
 
-    STATUS_OF: ClassVar[Mapping[str, int]] = {"unauthorized": 401, "not_found": 404, "invalid": 422, "quota": 422}
+    STATUS_OF: ClassVar[Mapping[str, int]] = {"unauthorized": 401, "not_found": 404}  # any other refusal: 422
+
+    def nodes(self) -> list[Node]:
+        """The cloud's servers, oldest first (what a list route shows)."""
+        with self.cloud._lock:
+            return sorted(self.cloud.nodes.values(), key=lambda n: n.id)
+
+    def keys(self) -> list[SSHKey]:
+        with self.cloud._lock:
+            return sorted(self.cloud.keys.values(), key=lambda k: k.id)
 
     # what a test uses
     @property
@@ -408,6 +449,12 @@ class JsonFront:
         self.server.shutdown()
         self.server.server_close()
         self.cloud.close()
+
+    @classmethod
+    def start(cls, boxes: BoxMaker | None = None, token: str | None = None, quota: int | None = None) -> Self:
+        """A running stand-in (close it, or use it in a with block): real boxes in the e2e lane unless `boxes`
+        is given (PaperBoxes: none)."""
+        return cls(StandInCloud(boxes if boxes is not None else LocalBoxes(), token=token, quota=quota))
 
     def __enter__(self) -> Self:
         return self

@@ -10,9 +10,10 @@ boxes of a StandInCloud (core.py).
         do.cloud.requests_to("POST", "/v2/droplets")   # the request log (method, path, query, body)
         do.cloud.quota = 0; do.cloud.wrong_host_key = True; do.cloud.names_in_use.add(name)   # faults
 
-A droplet is "new" with no networks while its box boots, then "active" with the box's address as its public
-v4 (v6 stays empty); a box that failed to boot shows as "off". Query strings are ignored but on list routes,
-which answer everything on one page.
+The account keys a create names (`ssh_keys`, ids or fingerprints) reach the box as a cloud's metadata does: in
+the seed's meta-data, never in the user data. A droplet is "new" with no networks while its box boots, then
+"active" with the box's address as its public v4 (v6 stays empty); a box that failed to boot shows as "off".
+Query strings are ignored but on list routes, which answer everything on one page.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ from typing import Any
 
 from tests.standins.core import (
     NOT_FOUND,
-    BoxMaker,
     JsonFront,
-    LocalBoxes,
     Node,
     Refused,
     Reply,
     Route,
     SSHKey,
-    StandInCloud,
     require,
 )
 
@@ -112,10 +110,10 @@ class DigitalOceanStandIn(JsonFront):
         n = r"(?P<ident>[^/]+)"
         return [
             ("POST", "/v2/droplets", self.create_droplet),
-            ("GET", "/v2/droplets", lambda _b, _q: _listing("droplets", [self.droplet(x) for x in self._nodes()])),
+            ("GET", "/v2/droplets", lambda _b, _q: _listing("droplets", [self.droplet(x) for x in self.nodes()])),
             ("GET", f"/v2/droplets/{n}", lambda _b, _q, ident: Reply(200, {"droplet": self.droplet_of(ident)})),
             ("DELETE", f"/v2/droplets/{n}", self.delete_droplet),
-            ("GET", "/v2/account/keys", lambda _b, _q: _listing("ssh_keys", [_key(k) for k in self._keys()])),
+            ("GET", "/v2/account/keys", lambda _b, _q: _listing("ssh_keys", [_key(k) for k in self.keys()])),
             ("POST", "/v2/account/keys", self.create_key),
             ("GET", f"/v2/account/keys/{n}", lambda _b, _q, ident: Reply(200, {"ssh_key": _key(self.find_key(ident))})),
             ("DELETE", f"/v2/account/keys/{n}", self.delete_key),
@@ -130,12 +128,6 @@ class DigitalOceanStandIn(JsonFront):
             message = "creating this/these droplet(s) will exceed your droplet limit"
         return {"id": ids.get(status, "unprocessable_entity"), "message": message}
 
-    def _nodes(self) -> list[Node]:
-        return sorted(self.cloud.nodes.values(), key=lambda x: x.id)
-
-    def _keys(self) -> list[SSHKey]:
-        return sorted(self.cloud.keys.values(), key=lambda k: k.id)
-
     # ---- droplets
 
     def create_droplet(self, body: dict[str, Any], _query: object) -> Reply:
@@ -145,7 +137,10 @@ class DigitalOceanStandIn(JsonFront):
             raise Refused("invalid", "You specified an invalid size for Droplet creation.")
         if region not in REGIONS:
             raise Refused("invalid", "You specified an invalid region for Droplet creation.")
-        keys = [self.find_key(str(k)).id for k in body.get("ssh_keys") or []]
+        try:
+            keys = [self.find_key(str(k)) for k in body.get("ssh_keys") or []]
+        except Refused:
+            raise Refused("invalid", "You specified an invalid SSH key for Droplet creation.") from None
         user_data = body.get("user_data")
         if user_data is not None and not isinstance(user_data, str):
             raise Refused("invalid", "user_data must be a string")
@@ -155,8 +150,9 @@ class DigitalOceanStandIn(JsonFront):
             region,
             size,
             user_data or "",
+            [k.public_key for k in keys],
             slug=slug,
-            ssh_keys=keys,
+            ssh_keys=[k.id for k in keys],
             ipv6=bool(body.get("ipv6")),
             tags=list(body.get("tags") or []),
         )
@@ -216,15 +212,13 @@ class DigitalOceanStandIn(JsonFront):
         """A key by id or by fingerprint, as DigitalOcean accepts both."""
         if ident.isdigit():
             return self.cloud.key(ident)
-        for key in self._keys():
+        for key in self.keys():
             if fingerprint(key.public_key) == ident:
                 return key
         raise Refused("not_found", NOT_FOUND)
 
     def delete_key(self, _body: object, _query: object, ident: str) -> Reply:
-        key = self.find_key(ident)
-        with self.cloud._lock:
-            self.cloud.keys.pop(key.id, None)
+        self.cloud.delete_key(self.find_key(ident).id)
         return Reply(204)
 
     # ---- for tests
@@ -238,6 +232,4 @@ class DigitalOceanStandIn(JsonFront):
         connection.connect()
 
 
-def start(boxes: BoxMaker | None = None, token: str | None = None, quota: int | None = None) -> DigitalOceanStandIn:
-    """A running stand-in (close it, or use it in a with block): real boxes in the e2e lane unless `boxes` is given."""
-    return DigitalOceanStandIn(StandInCloud(boxes if boxes is not None else LocalBoxes(), token=token, quota=quota))
+start = DigitalOceanStandIn.start

@@ -10,6 +10,7 @@ import itertools
 import os
 import socket
 import threading
+from collections.abc import Sequence
 
 import paramiko
 import yaml
@@ -28,7 +29,7 @@ class LoopbackBoxes:
         self.listeners: dict[str, socket.socket] = {}
         self.seen_user_data: dict[str, str] = {}
 
-    def make(self, name: str, user_data: str, image: str) -> Booted:
+    def make(self, name: str, user_data: str, image: str, public_keys: Sequence[str] = ()) -> Booted:
         n = next(_ADDRESSES)
         address = f"127.0.{n // 250}.{n % 250 + 2}"
         self.seen_user_data[name] = user_data

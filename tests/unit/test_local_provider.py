@@ -194,8 +194,11 @@ def test_a_seeded_tree_gets_the_seed_and_no_identity_of_ours(
     assert (seed / "user-data").read_bytes() == user_data.encode(), "byte for byte what the client sent"
     meta = (seed / "meta-data").read_text()
     assert re.fullmatch(r"instance-id: iid-[0-9a-f]{16}\nlocal-hostname: s\.example\.test\n", meta)
-    rootfs.prepare_seeded(config, profile, root, "s.example.test", user_data)
-    assert (seed / "meta-data").read_text() != meta, "every box is a new instance: cloud-init's first boot"
+    account_key = generate_ed25519("op: #1").public_line
+    rootfs.prepare_seeded(config, profile, root, "s.example.test", user_data, [account_key])
+    again = (seed / "meta-data").read_text()
+    assert again.split("\n")[0] != meta.split("\n")[0], "every box is a new instance: cloud-init's first boot"
+    assert again.endswith(f'public-keys:\n  - "{account_key}"\n'), "the account's keys, as a cloud's metadata"
     assert not (root / "var/lib/cloud/instance").is_symlink() and not (root / "var/lib/cloud/instances").exists()
     assert list((root / "etc/ssh").glob("ssh_host_*")) == [], "cloud-init writes the host keys"
     assert not (root / "root/.ssh").exists(), "and the authorized keys"

@@ -58,11 +58,23 @@ class SeededBox:
     os: str
 
 
+SSHD_GRACE = 15.0  # sshd is ordered after cloud-init's network stage: once cloud-init is done, it is up or broken
+
+
 def _wait_for_cloud_init(paths: machine.BoxPaths, name: str, address: str, pid: int, timeout: float) -> None:
     """sshd's banner, then cloud-init's result (read in the box's tree); either failing names cloud-init's logs."""
     deadline = time.monotonic() + timeout
+    finished: list[float] = []
+
+    def sshd_not_coming() -> str | None:
+        if not finished and rootfs.cloud_init_result(paths.rootfs) is not None:
+            finished.append(time.monotonic())
+        if finished and time.monotonic() - finished[0] > SSHD_GRACE:
+            return f"cloud-init has finished but sshd on {address}:22 did not answer within {SSHD_GRACE:.0f} s"
+        return None
+
     try:
-        machine.wait_for_ssh(paths, name, address, pid, timeout)
+        machine.wait_for_ssh(paths, name, address, pid, timeout, give_up=sshd_not_coming)
         while (errors := rootfs.cloud_init_result(paths.rootfs)) is None:
             if time.monotonic() >= deadline:
                 raise ProviderError(f"cloud-init did not finish within {timeout:.0f} s")
@@ -136,15 +148,18 @@ class LocalProvider:
         image: str = DEFAULT_IMAGE,
         progress: Progress | None = None,
         boot_timeout: float = 180.0,
+        public_keys: Sequence[str] = (),
     ) -> SeededBox:
         """A box booted by cloud-init from a NoCloud seed holding `user_data` byte for byte, as a cloud's server is:
         its hostname, host keys, users and authorized keys are what the user data asks. Returns once sshd sends
         a banner and cloud-init has finished; a cloud-init that fails (or never lets sshd start) is a
-        ProviderError with the tail of its logs, and leaves nothing behind."""
+        ProviderError with the tail of its logs, and leaves nothing behind. `public_keys`: the account's keys a
+        cloud's metadata would hand over (one public key line each)."""
+        keys = [check_authorized_key(key) for key in public_keys]
 
         def prepare(cfg: LocalConfig, profile: OSProfile, root: Path, box: str, _address: str, say: Progress) -> None:
             say("writing the NoCloud seed and apt sources")
-            rootfs.prepare_seeded(cfg, profile, root, box, user_data)
+            rootfs.prepare_seeded(cfg, profile, root, box, user_data, keys)
 
         return self._make(name, image, progress, boot_timeout, prepare, {"seeded": True}, cloud_init=True)
 

@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -187,9 +187,14 @@ def prepare(
     _enable_sshd(root)
 
 
-def prepare_seeded(cfg: LocalConfig, profile: OSProfile, root: Path, name: str, user_data: str) -> None:
+def prepare_seeded(
+    cfg: LocalConfig, profile: OSProfile, root: Path, name: str, user_data: str, public_keys: Sequence[str] = ()
+) -> None:
     """A seeded box before its first boot: the machine's part, and the NoCloud seed with `user_data` byte for
-    byte. No hostname, host key or authorized key: cloud-init makes those from the user data, as on a cloud."""
+    byte. No hostname, host key or authorized key: cloud-init makes those from the user data, as on a cloud.
+
+    `public_keys` go into the seed's meta-data, where a cloud's metadata service puts the keys registered with
+    the account that a create names (cloud-init adds them to the default user and root, as the user data says)."""
     _put(root, "etc/hosts", f"127.0.0.1\tlocalhost\n\n{_HOSTS_IPV6}", 0o644)
     _machine_part(cfg, profile, root)
     _remove_host_keys(root)
@@ -200,7 +205,10 @@ def prepare_seeded(cfg: LocalConfig, profile: OSProfile, root: Path, name: str, 
         elif path.exists():
             shutil.rmtree(path)
     _put(root, f"{NOCLOUD_SEED}/user-data", user_data.encode(), 0o600)
-    _put(root, f"{NOCLOUD_SEED}/meta-data", f"instance-id: iid-{secrets.token_hex(8)}\nlocal-hostname: {name}\n", 0o600)
+    meta = f"instance-id: iid-{secrets.token_hex(8)}\nlocal-hostname: {name}\n"
+    if public_keys:
+        meta += "public-keys:\n" + "".join(f"  - {json.dumps(key)}\n" for key in public_keys)  # JSON is YAML
+    _put(root, f"{NOCLOUD_SEED}/meta-data", meta, 0o600)
     _enable_sshd(root)
 
 
