@@ -4,7 +4,6 @@ would install it. Nothing logs in: the tool's first contact is a handshake, whic
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import os
@@ -16,7 +15,7 @@ import paramiko
 import yaml
 
 from tests.standins.core import Booted
-from tests.unit.sshbox import NoPythonBox
+from tests.unit.sshbox import NoPythonBox, accept_ssh
 
 _ADDRESSES = itertools.count(250 * (os.getpid() % 200))  # each box of the session its own loopback address
 
@@ -41,19 +40,9 @@ class LoopbackBoxes:
             listener.bind((address, 22))
             listener.listen()
             self.listeners[name] = listener
-            threading.Thread(target=self._serve, args=(listener, host_key), daemon=True).start()
+            # no login happens: the handshake is all
+            threading.Thread(target=accept_ssh, args=(listener, host_key, NoPythonBox(host_key)), daemon=True).start()
         return Booted(address, 8, "127.0.0.1")
-
-    def _serve(self, listener: socket.socket, host_key: paramiko.PKey) -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            t = paramiko.Transport(sock)
-            t.add_server_key(host_key)
-            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-                t.start_server(server=NoPythonBox(host_key))  # no login happens: the handshake is all
 
     def remove(self, name: str) -> None:
         listener = self.listeners.pop(name, None)
