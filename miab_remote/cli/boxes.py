@@ -31,6 +31,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     key_path, key_line = operator_key.resolve(args.identity_file)
     provider.validate_config()
     provider.check_requirements()
+    out = stdout_console()
+    for line in create.finish_interrupted(inv, args.names):
+        out.print(line, markup=False)
     provider.preflight(args.names, args.image)
     progress = Progress(args.names, verbose=True)
     return report_each(
@@ -45,7 +48,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_destroy(args: argparse.Namespace) -> int:
     inv = inventory_of(args)
     provider_of = {name: destroy.check_destroyable(inv, name) for name in args.names}  # all before any is touched
-    confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes)
+    confirm(f"Destroy {', '.join(args.names)} and everything on it?", args.yes, expect=" ".join(args.names))
     return report_each(args.names, lambda name: destroy.destroy_box(inv, provider_of[name], name, args.keep_inventory))
 
 

@@ -12,7 +12,7 @@ import errno
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from miab_remote.profiles import PROFILES
 EXAMPLE_STEM = "example"
 # Where `destroy` keeps the inventories of destroyed boxes (never listed as boxes).
 ARCHIVE_DIR = ".archive"
+CREATING_DIR = ".creating"  # the servers asked for whose inventory is not written yet (see note_creating)
 
 
 def _check_name(name: str) -> None:
@@ -174,6 +175,39 @@ class Inventory:
         with self._parsed_lock:
             self._parsed[path] = (text, host)
         return host
+
+    # -- servers being created
+
+    def note_creating(self, name: str, provider: str, node: Mapping[str, str]) -> None:
+        """Record, the moment a cloud has made a server, which one it is: if the create is killed before the
+        inventory is written, the next `create` or `destroy` of the name finds it here and removes it."""
+        self._ensure_root()
+        folder = self.root / CREATING_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        doc = tomlkit.document()
+        doc["provider"] = provider
+        doc["node"] = dict(node)
+        fsutil.atomic_write(folder / f"{name}.toml", doc.as_string().encode(), mode=0o600)
+
+    def creating(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """The provider and [node] of a server an interrupted create left, or None."""
+        _check_name(name)
+        try:
+            data = tomlkit.parse((self.root / CREATING_DIR / f"{name}.toml").read_text()).unwrap()
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+        node = data.get("node")
+        if not isinstance(data.get("provider"), str) or not isinstance(node, dict):
+            return None
+        return data["provider"], {str(k): str(v) for k, v in node.items()}
+
+    def done_creating(self, name: str) -> None:
+        """The server is recorded in the inventory, or gone again: forget the note."""
+        _check_name(name)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / CREATING_DIR / f"{name}.toml").unlink()
 
     def _lock_path(self, name: str) -> Path:
         return self.root / f".{name}.toml.lock"

@@ -4,7 +4,7 @@ written is destroyed again: without its pinned key nobody could reach it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +13,10 @@ import tomlkit
 from miab_remote import providers
 from miab_remote.errors import InputError, ProviderError
 from miab_remote.fleet import store
+from miab_remote.fleet.model import Host
 from miab_remote.fleet.problems import display_path
 from miab_remote.fleet.store import Inventory
+from miab_remote.jobs.dns import registrar
 from miab_remote.names import fqdn_problem
 from miab_remote.providers.base import CreatedBox, CreateOptions, NodeKeyMismatch, Provider
 
@@ -62,6 +64,27 @@ def check_new_boxes(
     if inv.root.exists() and not inv.root.is_dir():
         raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
     return provider
+
+
+def finish_interrupted(inv: Inventory, names: Sequence[str]) -> list[str]:
+    """Remove the servers earlier creates of these names made and were killed before recording: the next
+    run finishes what the last one left. One line per server removed."""
+    lines = []
+    for name in names:
+        left = inv.creating(name)
+        if left is None:
+            continue
+        provider_name, node = left
+        if inv.path_for(name).exists() and inv.load(name).node.get("id") == node.get("id"):
+            inv.done_creating(name)  # it was recorded after all
+            continue
+        provider = providers.get(provider_name)
+        provider.validate_config()
+        removed = provider.destroy(name, node)
+        inv.done_creating(name)
+        what = f"{provider_name} server {node.get('id')}"
+        lines.append(f"{name}: an interrupted create had left {what}: {'; '.join(removed)}")
+    return lines
 
 
 def _record(doc: tomlkit.TOMLDocument, box: CreatedBox, provider: str) -> None:
@@ -114,6 +137,15 @@ def _new_document(name: str, box: CreatedBox, provider: str, key_path: Path) -> 
     return doc
 
 
+def _registrar_notes(host: Host) -> list[str]:
+    """A new cloud box's part at the registrar, once its first deploy made it its domains' DNS server."""
+    reg = registrar(host)
+    glue = ", ".join(f"{g['name']} {g['type']} {g['value']}" for g in reg["glue"])
+    lines = [f"at the registrar, after the first deploy: glue records {glue}"]
+    lines += [f"  nameservers of {zone}: {', '.join(ns)}" for zone, ns in reg["delegations"].items()]
+    return lines
+
+
 def _refused(inv: Inventory, name: str, provider: str, e: NodeKeyMismatch, key_path: Path) -> ProviderError:
     """A server that presented another host key: recorded in the archive when it was destroyed, as an
     unpinned inventory when the operator chose to keep it (deploy refuses it until `trust`)."""
@@ -134,18 +166,31 @@ def create_box(
 ) -> str:
     """Make one box of `image` (default: the provider's) and record it; the line to show the operator.
     Raises MiabError on failure."""
+
+    def journal(node: Mapping[str, str] | None) -> None:
+        if node is None:
+            inv.done_creating(name)
+        else:
+            inv.note_creating(name, provider.name, node)
+
     try:
-        box = provider.create(name, key_line, progress=say, image=image or provider.default_image)
+        box = provider.create(name, key_line, progress=say, image=image or provider.default_image, journal=journal)
     except NodeKeyMismatch as e:
-        raise _refused(inv, name, provider.name, e, key_path) from None
+        error = _refused(inv, name, provider.name, e, key_path)
+        if not e.destroyed:
+            inv.done_creating(name)  # the inventory records it now
+        raise error from None
     try:
         line = _write_inventory(inv, name, box, provider.name, key_path)
-        return "\n".join([line, *(f"    {note}" for note in box.notes)])
+        inv.done_creating(name)
+        notes = [*box.notes, *_registrar_notes(inv.load(name))] if box.node else list(box.notes)
+        return "\n".join([line, *(f"    {note}" for note in notes)])
     except BaseException as e:
         say("the inventory could not be written: destroying the new box")
         why = str(e) or type(e).__name__
         try:
             provider.destroy(name, box.node)
+            inv.done_creating(name)
         except Exception as cleanup:
             raise ProviderError(
                 f"the inventory could not be written ({why}), and destroying the new box failed too "

@@ -15,7 +15,8 @@ def check_destroyable(inv: Inventory, name: str) -> Provider:
     Without an inventory, the local provider still cleans up what a box of that name left behind."""
     path = inv.path_for(name)
     if not path.exists():
-        return providers.get("local")
+        left = inv.creating(name)  # a server an interrupted create made and never recorded
+        return providers.get(left[0] if left else "local")
     host = inv.load(name)
     provider = host.provider
     if provider in providers.names():
@@ -42,8 +43,13 @@ def check_destroyable(inv: Inventory, name: str) -> Provider:
 
 def destroy_box(inv: Inventory, provider: Provider, name: str, keep_inventory: bool) -> str:
     """Destroy one box (with the provider check_destroyable gave) and archive its inventory; the line to show."""
-    node = inv.load(name).node if inv.path_for(name).exists() else {}
+    if inv.path_for(name).exists():
+        node = inv.load(name).node
+    else:
+        left = inv.creating(name)
+        node = left[1] if left else {}
     removed = provider.destroy(name, node)
+    inv.done_creating(name)
     if inv.path_for(name).exists():
         if keep_inventory:
             if node:

@@ -16,6 +16,9 @@ from miab_remote.fleet.model import Host
 Progress = Callable[[str], None]
 """Called with one short human line per step of a create (shown next to the box's name)."""
 
+Journal = Callable[[Mapping[str, str] | None], None]
+"""Told which server exists before the inventory records it (so a killed create is finished by the next run)."""
+
 BoxStatus = Literal["running", "stopped", "absent"]
 """running: the box is up; stopped: something of it is left, nothing runs; absent: nothing is left."""
 
@@ -98,9 +101,17 @@ class Provider(Protocol):
         of these names): InputError before any box is made."""
         ...
 
-    def create(self, name: str, authorized_key: str, progress: Progress | None = None, image: str = ...) -> CreatedBox:
+    def create(
+        self,
+        name: str,
+        authorized_key: str,
+        progress: Progress | None = None,
+        image: str = ...,
+        journal: Journal | None = None,
+    ) -> CreatedBox:
         """Make and boot a box of `image` (one of `images`; default `default_image`) that lets `authorized_key`
-        in as root; a failed create leaves nothing behind."""
+        in as root; a failed create leaves nothing behind. A cloud provider calls `journal` with the server's
+        [node] record as soon as the cloud made it, and with None once it removed it again."""
         ...
 
     def destroy(self, name: str, node: Mapping[str, str] | None = None) -> list[str]:

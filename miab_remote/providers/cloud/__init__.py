@@ -19,7 +19,7 @@ from typing import Any
 
 from miab_remote.errors import InputError, MiabError, ProviderError
 from miab_remote.fleet.model import Host
-from miab_remote.providers.base import BoxStatus, CreatedBox, CreateOptions, NodeKeyMismatch, Progress
+from miab_remote.providers.base import BoxStatus, CreatedBox, CreateOptions, Journal, NodeKeyMismatch, Progress
 from miab_remote.providers.cloud import calls, credentials, endpoint, firstcontact, userdata
 from miab_remote.providers.cloud.adapter import CloudAdapter, NodeView, Offer
 from miab_remote.providers.cloud.calls import api_call
@@ -110,9 +110,15 @@ class CloudProvider:
     # -- create
 
     def create(
-        self, name: str, authorized_key: str, progress: Progress | None = None, image: str | None = None
+        self,
+        name: str,
+        authorized_key: str,
+        progress: Progress | None = None,
+        image: str | None = None,
+        journal: Journal | None = None,
     ) -> CreatedBox:
         say = progress or _quiet
+        note: Journal = journal or (lambda _node: None)
         deadline = time.monotonic() + self.options.timeout
         driver = self._connect()
         offer = self._offer if self._offer is not None and image in (None, self._offer.os) else None
@@ -128,6 +134,7 @@ class CloudProvider:
         record.update(region=offer.region, size=offer.size, image=offer.image)
         if (ep := self._endpoint()) is not None:
             record["endpoint"] = ep.url
+        note(record)
         try:
             view = self._wait_running(driver, record, deadline, say)
             with self._call("finishing the server"):
@@ -145,16 +152,16 @@ class CloudProvider:
                 notes=self._notes(name),
             )
             say(f"waiting for SSH on {view.ipv4} to present the host key made here")
-            self._first_contact(box, driver, deadline, say)
+            self._first_contact(box, driver, deadline, say, note)
         except NodeKeyMismatch:
             raise
         except BaseException as exc:
-            self._undo(driver, record, exc, say)
+            self._undo(driver, record, exc, say, note)
             raise
         say(f"up at {box.address}")
         return box
 
-    def _first_contact(self, box: CreatedBox, driver: Any, deadline: float, say: Progress) -> None:
+    def _first_contact(self, box: CreatedBox, driver: Any, deadline: float, say: Progress, note: Journal) -> None:
         try:
             firstcontact.wait_for_key(box.address, box.host_key_public, deadline, say)
         except TimeoutError:
@@ -167,6 +174,7 @@ class CloudProvider:
             if self.options.on_key_mismatch == "destroy":
                 say("the server presented another host key: destroying it")
                 self._destroy_record(driver, box.node)
+                note(None)
                 fate = "it was destroyed"
             else:
                 fate = f"it is kept for you to look at: destroy it with `miab-remote destroy {box.name}`"
@@ -201,11 +209,12 @@ class CloudProvider:
             time.sleep(pause)
             pause = min(pause + 1.0, 5.0)
 
-    def _undo(self, driver: Any, record: Mapping[str, str], exc: BaseException, say: Progress) -> None:
+    def _undo(self, driver: Any, record: Mapping[str, str], exc: BaseException, say: Progress, note: Journal) -> None:
         """A create that failed after the server was asked for: destroy it (and say so in the error)."""
         say("the create failed: destroying the new server")
         try:
             self._destroy_record(driver, record)
+            note(None)
         except BaseException as cleanup:
             why = str(cleanup) or type(cleanup).__name__
             if isinstance(exc, MiabError):
@@ -215,7 +224,7 @@ class CloudProvider:
                 )
 
     def _notes(self, name: str) -> tuple[str, ...]:
-        notes = [f"next: miab-remote deploy {name}, then `miab-remote dns {name}` for the registrar's glue records"]
+        notes = [f"next: miab-remote deploy {name}"]
         if self.adapter.reverse_dns:
             notes.append(self.adapter.reverse_dns)
         if self.adapter.port25:

@@ -13,7 +13,7 @@ import paramiko
 
 from miab_remote.transport.sshkeys import fingerprint, parse_public_line
 
-POLL = 2.0  # seconds between tries while the server boots
+POLL = 1.0  # seconds between tries while the server boots
 
 
 class KeyRefused(Exception):

@@ -7,7 +7,8 @@ cc_users_groups), the same in Debian 12's cloud-init 22.4 and Debian 13's 25.1:
 - `ssh_deletekeys` removes the image's host keys and `ssh_keys` writes ours; with `ssh_keys` given, no other
   key type is generated, so sshd offers exactly the one pinned key;
 - `disable_root: false`, or Debian's cloud.cfg would wrap root's authorized key in "Please login as ...";
-- `ssh_pwauth: false`: no password logins, whatever password the cloud's API made the server take.
+- `ssh_pwauth: false`: no password logins, whatever password the cloud's API made the server take;
+- `fqdn` with `prefer_fqdn_over_hostname` and `manage_etc_hosts`: the box knows its own name from the start.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def render(fqdn: str, host_key: KeyPair, authorized_key: str, login_user: str = 
         "hostname": fqdn.split(".", 1)[0],
         "fqdn": fqdn,
         "prefer_fqdn_over_hostname": True,
+        "manage_etc_hosts": True,  # the FQDN in /etc/hosts, so `hostname -f` (and postfix's default) know it
         "ssh_deletekeys": True,
         "ssh_keys": {
             "ed25519_private": host_key.private_openssh.decode("ascii"),
