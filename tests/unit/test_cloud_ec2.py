@@ -292,3 +292,15 @@ def test_a_create_that_fails_after_the_run_leaves_nothing_behind(aws: Moto) -> N
     assert [g.name for g in driver.ex_get_security_groups()] == ["default"]
     assert len(aws.called("RunInstances")) == len(aws.called("AllocateAddress")) == 1
     assert aws.called("TerminateInstances") and aws.called("DeleteSecurityGroup") and aws.called("ReleaseAddress")
+
+
+def test_a_group_left_by_a_killed_create_is_replaced(aws: Moto) -> None:
+    """A create killed between making the security group and running the instance leaves the group (there
+    was no server to note yet): the next create deletes it and makes the box's own again."""
+    provider = ec2()
+    left = provider._connect().ex_create_security_group(f"miab-remote {NAME}", "left behind")["group_id"]
+    made = create_until_first_contact(provider, NAME, OPERATOR_KEY)
+    assert made.record["security_group"] != left
+    assert [
+        g.id for g in provider._connect().ex_get_security_groups(filters={"group-name": f"miab-remote {NAME}"})
+    ] == [made.record["security_group"]]

@@ -162,8 +162,7 @@ class EC2(CloudAdapter):
     def create_node(
         self, driver: Any, name: str, offer: Offer, user_data: str, key_ref: str, options: CreateOptions
     ) -> dict[str, str]:
-        group = GROUP_PREFIX + name
-        group_id = driver.ex_create_security_group(group, f"miab-remote: the ports {name} serves")["group_id"]
+        group_id = self._new_group(driver, GROUP_PREFIX + name, f"miab-remote: the ports {name} serves")
         try:
             for protocol, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS)):
                 for port in ports:
@@ -174,12 +173,26 @@ class EC2(CloudAdapter):
                 offer.objects["image"],
                 ex_keyname=key_ref,
                 ex_userdata=user_data,
-                ex_security_groups=[group],
+                ex_security_groups=[GROUP_PREFIX + name],
             )
         except BaseException:
             driver.ex_delete_security_group_by_id(group_id)  # nothing runs in it yet
             raise
         return {"id": str(node.id), "security_group": group_id, "key_name": key_ref}
+
+    def _new_group(self, driver: Any, group: str, description: str) -> str:
+        """The box's security group, made anew. One of that name is left only by a create killed before its
+        instance ran (the name is checked unused first): it is deleted, and refused by AWS if in use."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        try:
+            return str(driver.ex_create_security_group(group, description)["group_id"])
+        except BaseHTTPError as e:
+            if not _aws_code(e, "InvalidGroup.Duplicate"):
+                raise
+        for stale in driver.ex_get_security_groups(filters={"group-name": group}):
+            driver.ex_delete_security_group_by_id(stale.id)
+        return str(driver.ex_create_security_group(group, description)["group_id"])
 
     def finish_node(self, driver: Any, node: dict[str, str], view: NodeView, options: CreateOptions) -> NodeView:
         if not options.elastic_ip:
