@@ -18,6 +18,7 @@ with V2 in us-east-1 and eu-west-1 otherwise).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import time
 from collections.abc import Mapping
@@ -176,7 +177,10 @@ class EC2(CloudAdapter):
                 ex_security_groups=[GROUP_PREFIX + name],
             )
         except BaseException:
-            driver.ex_delete_security_group_by_id(group_id)  # nothing runs in it yet
+            # nothing runs in it yet; should this fail too, the run's error is the one to show (and the next
+            # create replaces the group)
+            with contextlib.suppress(Exception):
+                driver.ex_delete_security_group_by_id(group_id)
             raise
         return {"id": str(node.id), "security_group": group_id, "key_name": key_ref}
 
