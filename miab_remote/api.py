@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from miab_remote.engine.recipes import RecipeContext
 from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
-from miab_remote.mail import dnszones, layout, mailmaps
+from miab_remote.mail import dnszones, layout, mailmaps, relay
 from miab_remote.remote import script
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "dnszones",
     "layout",
     "mailmaps",
+    "relay",
     "script",
 ]

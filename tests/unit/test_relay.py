@@ -3,13 +3,28 @@ profile, the password kept in the secrets store and masked, and the `relay` comm
 
 from __future__ import annotations
 
+import datetime
+import socket
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from miab_remote import cli
+from miab_remote.engine.converge import build
+from miab_remote.engine.redact import MASK, secret_mask_for
+from miab_remote.engine.resources import Command, File, Resource
 from miab_remote.errors import InputError
-from miab_remote.fleet.model import Relay
+from miab_remote.fleet import secrets
+from miab_remote.fleet.model import Host, Relay
 from miab_remote.fleet.schema import validate
+from miab_remote.fleet.store import Inventory, new_document
+from miab_remote.mail import relay
+from miab_remote.profiles import DEBIAN_13, PROFILES, OSProfile
+from miab_remote.transport.sshkeys import generate_ed25519
 
 NAME = "box1.relay.test"
 P = f"hosts/{NAME}.toml"
@@ -82,3 +97,204 @@ def test_relay_is_read_and_normalised(tmp_path: Path, monkeypatch: pytest.Monkey
     assert relative is not None and relative.ca_file == tmp_path / "hosts" / "ca" / "relay.pem"
     home = validate(RELAY + 'ca_file = "~/relay.pem"\n', path).relay
     assert home is not None and home.ca_file == tmp_path / "home" / "relay.pem"
+
+
+# ------------------------------------------------------------------------------------- on the box: postfix
+PASSWORD = "Relay-Pa55word with spaces:and:colons"
+
+
+def postconf(main_cf: str) -> dict[str, str]:
+    """main.cf as postconf reads it: `name = value`, continuation lines start with white space."""
+    settings: dict[str, str] = {}
+    last = ""
+    for line in main_cf.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            settings[last] += " " + line.strip()
+            continue
+        last, _, value = (part.strip() for part in line.partition("="))
+        assert last not in settings, f"{last} is set twice"
+        settings[last] = value
+    return settings
+
+
+def relay_box(tmp_path: Path, table: str, password: str | None = PASSWORD) -> Host:
+    hosts = tmp_path / "hosts"
+    hosts.mkdir(exist_ok=True)
+    path = hosts / f"{NAME}.toml"
+    path.write_text(HEAD + table)
+    if password is not None:
+        secrets.put(NAME, secrets.RELAY_PASSWORD, password)
+    return Inventory(hosts).load(NAME)
+
+
+def built(host: Host, profile: OSProfile) -> tuple[dict[str, Resource], dict[str, bytes]]:
+    resources, rendered = build(host, profile, host.path.parent)
+    return {r.id: r for r in resources}, rendered
+
+
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=list(PROFILES))
+def test_postfix_sends_through_the_relay_on_587_verified_against_the_system_cas(
+    tmp_path: Path, profile: OSProfile
+) -> None:
+    host = relay_box(tmp_path, '[relay]\nhost = "smtp.example.net"\nport = 587\nuser = "apikey"\n')
+    resources, rendered = built(host, profile)
+    main = postconf(rendered["/etc/postfix/main.cf"].decode())
+    assert {k: main[k] for k in RELAY_SETTINGS} == {
+        "relayhost": "[smtp.example.net]:587",
+        "smtp_tls_security_level": "secure",
+        "smtp_tls_secure_cert_match": "nexthop",
+        "smtp_tls_CAfile": "/etc/ssl/certs/ca-certificates.crt",
+        "smtp_tls_wrappermode": "no",
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps": "texthash:/etc/postfix/relay_password",
+        "smtp_sasl_security_options": "noanonymous, noplaintext",
+        "smtp_sasl_tls_security_options": "noanonymous",
+    }
+    assert main["smtp_tls_mandatory_protocols"] == ">=TLSv1.2"
+    # The rules against smuggling and spoofing on the box's own ports are not touched by the relay.
+    assert main["smtpd_forbid_bare_newline"] == "normalize"
+    assert main["smtpd_data_restrictions"] == "reject_unauth_pipelining"
+    assert rendered["/etc/postfix/relay_password"].decode() == f"[smtp.example.net]:587 apikey:{PASSWORD}\n"
+    table = resources["file:/etc/postfix/relay_password"]
+    assert isinstance(table, File) and table.secret and table.mode == 0o600 and table.owner == "root"
+    assert {"package:libsasl2-modules", "package:ca-certificates"} <= resources.keys()
+    assert "file:/etc/postfix/relay_ca.pem" not in resources
+    forget = resources["command:forget-relay"]
+    assert isinstance(forget, Command) and forget.run == "rm -f -- /etc/postfix/relay_ca.pem"
+
+
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=list(PROFILES))
+def test_on_465_tls_wraps_the_connection_and_a_private_ca_is_the_only_one_trusted(
+    tmp_path: Path, profile: OSProfile
+) -> None:
+    (tmp_path / "hosts").mkdir()
+    ca = make_ca(tmp_path / "hosts" / "relay-ca.pem")
+    host = relay_box(tmp_path, '[relay]\nhost = "2001:db8::25"\nport = 465\nuser = "box1"\nca_file = "relay-ca.pem"\n')
+    resources, rendered = built(host, profile)
+    main = postconf(rendered["/etc/postfix/main.cf"].decode())
+    assert main["relayhost"] == "[ipv6:2001:db8::25]:465"
+    assert main["smtp_tls_wrappermode"] == "yes"
+    assert main["smtp_tls_security_level"] == "secure"
+    assert main["smtp_tls_CAfile"] == "/etc/postfix/relay_ca.pem"
+    assert rendered["/etc/postfix/relay_ca.pem"] == ca
+    assert rendered["/etc/postfix/relay_password"].decode() == f"[ipv6:2001:db8::25]:465 box1:{PASSWORD}\n"
+    assert "command:forget-relay" not in resources
+
+
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=list(PROFILES))
+def test_without_relay_postfix_delivers_directly_and_the_relay_files_go(tmp_path: Path, profile: OSProfile) -> None:
+    host = relay_box(tmp_path, "", password=None)
+    resources, rendered = built(host, profile)
+    main = postconf(rendered["/etc/postfix/main.cf"].decode())
+    assert main["smtp_tls_security_level"] == "may"
+    assert not set(RELAY_SETTINGS) - {"smtp_tls_security_level"} & main.keys()
+    assert "/etc/postfix/relay_password" not in rendered
+    forget = resources["command:forget-relay"]
+    assert isinstance(forget, Command)
+    assert forget.run == "rm -f -- /etc/postfix/relay_password /etc/postfix/relay_ca.pem"
+    assert forget.unless == "! test -e /etc/postfix/relay_password && ! test -e /etc/postfix/relay_ca.pem"
+    ids = list(resources)
+    assert ids.index("command:forget-relay") > ids.index("service:postfix"), "removed after postfix stopped using it"
+
+
+RELAY_SETTINGS = (
+    "relayhost",
+    "smtp_tls_security_level",
+    "smtp_tls_secure_cert_match",
+    "smtp_tls_CAfile",
+    "smtp_tls_wrappermode",
+    "smtp_sasl_auth_enable",
+    "smtp_sasl_password_maps",
+    "smtp_sasl_security_options",
+    "smtp_sasl_tls_security_options",
+)
+
+
+def test_ca_file_problems_are_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    host = relay_box(tmp_path, RELAY[len(HEAD) :] + 'ca_file = "ca.pem"\n')
+    accepted = "expected a PEM file with the certificate of the CA that signs the relay's certificate"
+    where = f"{P}: relay.ca_file: hosts/ca.pem"
+    with pytest.raises(InputError) as e:
+        built(host, DEBIAN_13)
+    assert str(e.value) == f"{where}: No such file or directory; {accepted}"
+    (tmp_path / "hosts" / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(InputError) as e:
+        built(host, DEBIAN_13)
+    assert str(e.value) == f"{where}: not a PEM certificate; {accepted}"
+    make_ca(tmp_path / "hosts" / "ca.pem", with_key=True)
+    with pytest.raises(InputError) as e:
+        built(host, DEBIAN_13)
+    assert str(e.value) == f"{where}: holds a private key, which is never copied to a box; {accepted} only"
+
+
+def test_a_relay_without_a_stored_password_is_bad_input_before_any_box_is_contacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], listener: socket.socket
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("MIAB_REMOTE_CONFIG_DIR", str(tmp_path / "config"))  # no secrets at all
+    port = listener.getsockname()[1]
+    key = generate_ed25519("root@nowhere").public_line
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    doc = new_document(NAME, "127.0.0.1", provider="manual", host_keys=[key], os="debian-13", ssh_port=port)
+    (hosts / f"{NAME}.toml").write_text(doc.as_string() + RELAY[len(HEAD) :])
+    assert cli.main(["deploy", NAME]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"miab-remote: {P}: [relay] is set but no relay password is stored for {NAME} (in config/secrets/{NAME}.toml); "
+        f"store it with `miab-remote relay set {NAME}`, or remove [relay] with `miab-remote relay remove`; "
+        "nothing was changed"
+    )
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody called
+
+
+def test_the_relay_password_is_masked_in_what_the_operator_sees(tmp_path: Path) -> None:
+    host = relay_box(tmp_path, RELAY[len(HEAD) :])
+    mask = secret_mask_for(host)
+    shown = mask(f"postmap: warning: [smtp.example.net]:587 apikey:{PASSWORD} is odd")
+    assert PASSWORD not in shown and MASK in shown
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("", "is empty"),
+        ("two\nlines-password", "a control character or a line break"),
+        ("tab\there-password", "a control character or a line break"),
+        ("trailing-space ", "ends with white space"),
+        ("x" * 513, "longer than 512 characters"),
+    ],
+)
+def test_relay_passwords_postfix_could_not_hold_are_refused(password: str, problem: str) -> None:
+    with pytest.raises(InputError) as e:
+        relay.check_password(password)
+    assert problem in str(e.value)
+    assert not password or password not in str(e.value)
+
+
+def make_ca(path: Path, with_key: bool = False) -> bytes:
+    """A self-signed CA certificate written to `path` (with its key after it when `with_key`); its PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem + (private if with_key else b""))
+    return pem
