@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -88,11 +89,16 @@ def password_table(host: Host) -> str:
 
 
 def ca_pem(host: Host) -> str:
-    """The certificates of `[relay] ca_file`, checked and written out again (the same bytes each time); bad
-    input when the file is missing, holds no certificate, or holds a private key (never sent to a box)."""
+    """The certificates of `[relay] ca_file` (see read_ca)."""
     assert host.relay is not None and host.relay.ca_file is not None
     path = host.relay.ca_file
-    where = f"{display_path(host.path)}: relay.ca_file: {display_path(path)}"
+    return read_ca(path, f"{display_path(host.path)}: relay.ca_file: {display_path(path)}")
+
+
+def read_ca(path: Path, where: str) -> str:
+    """The certificates of a CA file, checked and written out again (the same bytes each time); bad input,
+    named by `where`, when the file is missing, holds no certificate, or holds a private key (which is
+    never sent to a box)."""
     accepted = "expected a PEM file with the certificate of the CA that signs the relay's certificate"
     try:
         data = path.read_bytes()

@@ -3,8 +3,13 @@ profile, the password kept in the secrets store and masked, and the `relay` comm
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
+import json
 import socket
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -298,3 +303,145 @@ def make_ca(path: Path, with_key: bool = False) -> bytes:
     )
     path.write_bytes(pem + (private if with_key else b""))
     return pem
+
+
+# ------------------------------------------------------------------------------------------- the commands
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run(root: Path, *args: str, stdin: str | None = PASSWORD + "\n") -> Result:
+    """`miab-remote --inventory hosts ARGS` in `root`, in this process; stdin None: empty and not a terminal."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("NO_COLOR", "1")
+        mp.setenv("COLUMNS", "1000")
+        mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8"))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(["--inventory", "hosts", *args])
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+OTHER = "box2.relay.test"
+STYLED = "# my box; keep this comment\n" + HEAD + "\n[options]\nmessage_size_limit = 52428800  # 50 MB\n"
+
+
+@pytest.fixture
+def boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MIAB_REMOTE_CONFIG_DIR", str(tmp_path / "config"))
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    (hosts / f"{NAME}.toml").write_text(STYLED)
+    (hosts / f"{OTHER}.toml").write_text(HEAD.replace(NAME, OTHER))
+    return tmp_path
+
+
+def test_set_stores_the_password_in_the_secrets_store_only(boxes: Path) -> None:
+    res = run(boxes, "relay", "set", NAME, OTHER, "--host", "smtp.example.net", "--port", "587", "--user",
+              "apikey", "--password-stdin")  # fmt: skip
+    assert res.code == 0, res.err
+    assert res.out.splitlines() == [
+        f"{NAME}: relay [smtp.example.net]:587 (user apikey, STARTTLS) in hosts/{NAME}.toml; its password in "
+        f"config/secrets/{NAME}.toml",
+        f"{OTHER}: relay [smtp.example.net]:587 (user apikey, STARTTLS) in hosts/{OTHER}.toml; its password in "
+        f"config/secrets/{OTHER}.toml",
+        f"  note: run `miab-remote deploy {NAME} {OTHER}` to apply it: postfix's main.cf changes (and packages may "
+        "be installed), which only a deploy does",
+    ]
+    text = (boxes / "hosts" / f"{NAME}.toml").read_text()
+    assert text.startswith(STYLED), "the operator's comments and layout are kept"
+    assert PASSWORD not in text and PASSWORD not in res.out + res.err
+    host = Inventory(boxes / "hosts").load(NAME)
+    assert host.relay == Relay("smtp.example.net", 587, "apikey", None)
+    for name in (NAME, OTHER):
+        assert secrets.get(name, secrets.RELAY_PASSWORD) == PASSWORD
+    # A second set changes what it is given and keeps the rest; the password is asked again.
+    ca = make_ca(boxes / "relay-ca.pem")
+    res = run(boxes, "relay", "set", NAME, "--port", "465", "--ca-file", "relay-ca.pem", "--password-stdin",
+              stdin="Another-Pa55word\n")  # fmt: skip
+    assert res.code == 0, res.err
+    host = Inventory(boxes / "hosts").load(NAME)
+    assert host.relay == Relay("smtp.example.net", 465, "apikey", boxes / "relay-ca.pem")
+    assert secrets.get(NAME, secrets.RELAY_PASSWORD) == "Another-Pa55word"
+    assert secrets.get(OTHER, secrets.RELAY_PASSWORD) == PASSWORD
+    assert relay.ca_pem(host).encode() == ca
+
+
+def test_show_never_shows_the_password(boxes: Path) -> None:
+    assert run(boxes, "relay", "show", NAME).out == (
+        f"{NAME}: no relay; outgoing mail goes straight to each recipient's server\n"
+    )
+    run(boxes, "relay", "set", NAME, "--host", "10.0.0.25", "--port", "465", "--user", "u1", "--password-stdin")
+    res = run(boxes, "relay", "show", NAME)
+    assert res.out == (
+        f"{NAME}: all outgoing mail through [10.0.0.25]:465 (implicit TLS, certificate verified against the "
+        "system's CAs), user u1\n  password: stored\n"
+    )
+    shown = run(boxes, "relay", "show", NAME, "--json")
+    assert json.loads(shown.out)["password_stored"] is True
+    assert PASSWORD not in res.out + shown.out
+    secrets.remove(NAME, secrets.RELAY_PASSWORD)
+    assert f"password: NOT stored (`miab-remote relay set {NAME}`)" in run(boxes, "relay", "show", NAME).out
+
+
+def test_remove_drops_the_table_and_forgets_the_password(boxes: Path) -> None:
+    run(boxes, "relay", "set", NAME, "--host", "smtp.example.net", "--port", "587", "--user", "u", "--password-stdin")
+    res = run(boxes, "relay", "remove", NAME)
+    assert res.code == 0, res.err
+    assert res.out.splitlines()[0] == f"{NAME}: relay removed from hosts/{NAME}.toml; its password forgotten"
+    assert "postfix then delivers directly again" in res.out
+    # As it was, but for the blank line tomlkit put before the table (once: it does not pile up).
+    assert (boxes / "hosts" / f"{NAME}.toml").read_text() == STYLED + "\n"
+    assert secrets.get(NAME, secrets.RELAY_PASSWORD) is None
+    again = run(boxes, "relay", "remove", NAME)
+    assert (again.code, again.err.strip()) == (2, f"miab-remote: {NAME} has no relay to remove; nothing was changed")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--host", "smtp.example.net"),
+         f"{NAME} has no [relay] yet: give --port, --user (--port 587 for STARTTLS, 465 for implicit TLS); "
+         "nothing was changed"),
+        (("--host", "smtp.example.net", "--port", "25", "--user", "u"),
+         "--port: 25 is not a relay port; accepted: 587 (submission, STARTTLS) or 465 (submissions, implicit "
+         "TLS); port 25 is what clouds block, and it offers no login; nothing was changed"),
+        (("--host", "bad host", "--port", "587", "--user", "a:b"),
+         "--host: 'bad host' is not an IP address or DNS name; expected like '203.0.113.10', '2001:db8::10' or "
+         "'box1.example.org'; --user: 'a:b' is not a relay user name; accepted: up to 255 printable characters, "
+         "no ':' and no white space; nothing was changed"),
+        (("--host", "smtp.example.net", "--port", "587", "--user", "u", "--ca-file", "missing.pem"),
+         "--ca-file missing.pem: No such file or directory; expected a PEM file with the certificate of the CA "
+         "that signs the relay's certificate"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_refused_before_the_password_is_read(boxes: Path, args: tuple[str, ...], message: str) -> None:
+    before = (boxes / "hosts" / f"{NAME}.toml").read_text()
+    res = run(boxes, "relay", "set", NAME, *args, "--password-stdin")
+    assert (res.code, res.err.strip()) == (2, f"miab-remote: {message}")
+    assert (boxes / "hosts" / f"{NAME}.toml").read_text() == before
+    assert secrets.get(NAME, secrets.RELAY_PASSWORD) is None
+
+
+@pytest.mark.parametrize("argv", [["--password", PASSWORD], [f"--password={PASSWORD}"], ["--password"]])
+def test_the_password_is_never_taken_from_argv(boxes: Path, argv: list[str]) -> None:
+    res = run(boxes, "relay", "set", NAME, "--host", "smtp.example.net", "--port", "587", "--user", "u", *argv)
+    assert res.code == 2
+    assert "a password is never taken from the command line" in res.err
+    assert PASSWORD not in res.out + res.err
+    assert secrets.get(NAME, secrets.RELAY_PASSWORD) is None
+    assert Inventory(boxes / "hosts").load(NAME).relay is None
+
+
+def test_without_a_terminal_the_password_must_come_from_stdin(boxes: Path) -> None:
+    res = run(boxes, "relay", "set", NAME, "--host", "smtp.example.net", "--port", "587", "--user", "u", stdin=None)
+    assert res.code == 2
+    assert "no terminal to ask for the password on; pipe it in with --password-stdin" in res.err
+    assert Inventory(boxes / "hosts").load(NAME).relay is None
