@@ -19,24 +19,26 @@ def inventory_of(args: argparse.Namespace) -> Inventory:
     return Inventory(Path(root))
 
 
-def confirm(question: str, assume_yes: bool) -> None:
+def confirm(question: str, assume_yes: bool, expect: str = "yes") -> None:
+    """Ask on the terminal; go on only if the operator types `expect` (e.g. the names of what is destroyed)."""
     if assume_yes:
         return
     if not sys.stdin.isatty():
         raise InputError(f"{question} needs confirmation: pass --yes (no terminal to ask on)")
-    answer = input(f"{question} Type 'yes' to go on: ")
-    if answer.strip() != "yes":
+    answer = input(f"{question} Type {expect if expect != 'yes' else repr(expect)} to go on: ")
+    if answer.split() != expect.split():
         raise InputError("not confirmed; nothing was changed")
 
 
 def report_each(names: Sequence[str], job: Callable[[str], str], progress: Progress | None = None) -> int:
-    """Run `job` per box in parallel; print its line or its error; exit 1 if any failed."""
+    """Run `job` per box in parallel; print its line or its error. Exit 0 if all succeeded, 2 if every box
+    that failed was refused as bad input (nothing changed there, e.g. a cloud's quota), else 1."""
 
-    def safe(name: str) -> tuple[bool, str]:
+    def safe(name: str) -> tuple[int, str]:
         try:
-            return True, job(name)
+            return 0, job(name)
         except MiabError as e:
-            return False, f"{name}: FAILED: {e}"
+            return e.exit_code, f"{name}: FAILED: {e}"
 
     if progress is not None:
         with progress.running():
@@ -44,9 +46,10 @@ def report_each(names: Sequence[str], job: Callable[[str], str], progress: Progr
     else:
         results = in_parallel(names, safe)
     out = stdout_console()
-    for ok, line in results.values():
-        out.print(line, style=None if ok else "red", markup=False)
-    return 0 if all(ok for ok, _ in results.values()) else 1
+    for code, line in results.values():
+        out.print(line, style=None if code == 0 else "red", markup=False)
+    codes = {code for code, _ in results.values()} - {0}
+    return 0 if not codes else 2 if codes == {2} else 1
 
 
 def add_connect_timeout(p: argparse.ArgumentParser) -> None:

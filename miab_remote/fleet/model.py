@@ -80,6 +80,8 @@ class Host:
     ipv4: str | None = None
     ipv6: str | None = None
     dns_records: tuple[DNSRecord, ...] = ()
+    # The cloud server a provider made: id, region, size, image, and what else its destroy needs.
+    node: dict[str, str] = field(default_factory=dict)
     relay: Relay | None = None
 
     @property

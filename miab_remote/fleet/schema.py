@@ -54,11 +54,14 @@ TOP_KEYS: tuple[str, ...] = (
     "ipv4",
     "ipv6",
     "dns",
+    "node",
     "relay",
 )
 RELAY_KEYS: tuple[str, ...] = ("host", "port", "user", "ca_file")
 DNS_KEYS: tuple[str, ...] = ("records",)
 DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
+# The cloud server a provider made (what its destroy needs): provider-made, so checked for shape only.
+NODE_KEYS: tuple[str, ...] = ("id", "region", "size", "image", "endpoint", "security_group", "elastic_ip", "key_name")
 SSH_KEYS: tuple[str, ...] = ("user", "port", "identity_file", "jump", "jump_host_keys")
 USER_KEYS: tuple[str, ...] = ("email", "password_hash", "quota")
 ALIAS_KEYS: tuple[str, ...] = ("source", "destinations")
@@ -191,6 +194,7 @@ class Checker:
         ipv4 = self.check_ip("ipv4", 4)
         ipv6 = self.check_ip("ipv6", 6)
         dns_records = self.check_dns_records(hostname, domains)
+        node = self.check_node()
         relay = self.check_relay()
         if self.found or hostname is None or address is None:
             return None
@@ -211,8 +215,25 @@ class Checker:
             ipv4=ipv4,
             ipv6=ipv6,
             dns_records=dns_records,
+            node=node,
             relay=relay,
         )
+
+    def check_node(self) -> dict[str, str]:
+        table = self.typed(self.data, (), "node", dict, "a table ([node] section, written by create)")
+        if table is None:
+            return {}
+        self.unknown_keys(table, ("node",), NODE_KEYS, "key in [node]")
+        out: dict[str, str] = {}
+        for key in NODE_KEYS:
+            value = self.typed(table, ("node",), key, str, "a string (as create wrote it)")
+            if value is not None and (not value.strip() or any(c in value for c in "\0\n\r")):
+                self.fail(
+                    ("node", key), f"{value!r} is not a value create writes; expected a non-empty one-line string"
+                )
+            elif value is not None:
+                out[key] = value
+        return out
 
     def check_ip(self, name: str, version: int) -> str | None:
         value = self.typed(self.data, (), name, str, f"the box's public IPv{version} address")

@@ -12,7 +12,7 @@ import errno
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from miab_remote.profiles import PROFILES
 EXAMPLE_STEM = "example"
 # Where `destroy` keeps the inventories of destroyed boxes (never listed as boxes).
 ARCHIVE_DIR = ".archive"
+CREATING_DIR = ".creating"  # the servers asked for whose inventory is not written yet (see note_creating)
 
 
 def _check_name(name: str) -> None:
@@ -123,24 +124,44 @@ class Inventory:
         A hard link, then the unlink: at every moment the file exists under one name or both, and an
         archive of the same second is never overwritten."""
         path = self.path_for(name)
-        folder = self.root / ARCHIVE_DIR
         with fsutil.file_lock(self._lock_path(name), what=display_path(path)):
             if not path.is_file():
                 raise self._unknown(name)
-            folder.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(folder, 0o700)
-            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-            for n in itertools.count(1):
-                target = folder / (f"{name}.{stamp}.toml" if n == 1 else f"{name}.{stamp}-{n}.toml")
-                try:
-                    _link_or_copy(path, target)
-                    break
-                except FileExistsError:
-                    continue
-            os.chmod(target, 0o600)
+            target = self._archive_slot(name, lambda target: _link_or_copy(path, target))
             path.unlink()
-            fsutil.fsync_dir(folder)
             fsutil.fsync_dir(self.root)
+        return target
+
+    def archive_record(self, name: str, document: tomlkit.TOMLDocument) -> Path:
+        """Write a record straight into the archive (never as `hosts/NAME.toml`): what is known of a server
+        that was made and destroyed again before it could be used, e.g. one that presented another host key."""
+        self._ensure_root()
+        data = document.as_string().encode()
+
+        def write(target: Path) -> None:
+            with open(target, "xb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        return self._archive_slot(name, write)
+
+    def _archive_slot(self, name: str, make: Callable[[Path], None]) -> Path:
+        """`make` the first free `.archive/NAME.TIMESTAMP[-N].toml` (an archive is never overwritten)."""
+        folder = self.root / ARCHIVE_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        for n in itertools.count(1):
+            target = folder / (f"{name}.{stamp}.toml" if n == 1 else f"{name}.{stamp}-{n}.toml")
+            try:
+                make(target)
+                break
+            except FileExistsError:
+                continue
+        os.chmod(target, 0o600)
+        fsutil.fsync_dir(folder)
         return target
 
     # -- helpers
@@ -154,6 +175,39 @@ class Inventory:
         with self._parsed_lock:
             self._parsed[path] = (text, host)
         return host
+
+    # -- servers being created
+
+    def note_creating(self, name: str, provider: str, node: Mapping[str, str]) -> None:
+        """Record, the moment a cloud has made a server, which one it is: if the create is killed before the
+        inventory is written, the next `create` or `destroy` of the name finds it here and removes it."""
+        self._ensure_root()
+        folder = self.root / CREATING_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        doc = tomlkit.document()
+        doc["provider"] = provider
+        doc["node"] = dict(node)
+        fsutil.atomic_write(folder / f"{name}.toml", doc.as_string().encode(), mode=0o600)
+
+    def creating(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """The provider and [node] of a server an interrupted create left, or None."""
+        _check_name(name)
+        try:
+            data = tomlkit.parse((self.root / CREATING_DIR / f"{name}.toml").read_text()).unwrap()
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+        node = data.get("node")
+        if not isinstance(data.get("provider"), str) or not isinstance(node, dict):
+            return None
+        return data["provider"], {str(k): str(v) for k, v in node.items()}
+
+    def done_creating(self, name: str) -> None:
+        """The server is recorded in the inventory, or gone again: forget the note."""
+        _check_name(name)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / CREATING_DIR / f"{name}.toml").unlink()
 
     def _lock_path(self, name: str) -> Path:
         return self.root / f".{name}.toml.lock"

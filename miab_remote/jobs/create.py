@@ -4,7 +4,8 @@ written is destroyed again: without its pinned key nobody could reach it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import tomlkit
@@ -12,23 +13,30 @@ import tomlkit
 from miab_remote import providers
 from miab_remote.errors import InputError, ProviderError
 from miab_remote.fleet import store
+from miab_remote.fleet.model import Host
 from miab_remote.fleet.problems import display_path
 from miab_remote.fleet.store import Inventory
+from miab_remote.jobs.dns import registrar
 from miab_remote.names import fqdn_problem
-from miab_remote.providers.base import CreatedBox, Provider
+from miab_remote.providers.base import CreatedBox, CreateOptions, NodeKeyMismatch, Provider
 
 Say = Callable[[str], None]
 
 
 def check_new_boxes(
-    inv: Inventory, names: Sequence[str], provider_name: str = "local", image: str | None = None
+    inv: Inventory,
+    names: Sequence[str],
+    provider_name: str = "local",
+    image: str | None = None,
+    options: CreateOptions | None = None,
 ) -> Provider:
     """`create`'s arguments, all checked before anything is made: the provider exists and is set up, it
     makes boxes of `image` (when one is asked for), each
     name is a box name as the inventory wants it (a lower-case FQDN: the inventory's hostname rule, and
     the provider's own, e.g. local's 64 characters), given once, and an existing inventory of that name is
-    valid and is a box of the same provider's (create re-pins it). The provider to make them with."""
-    provider = providers.get(provider_name)
+    valid, is a box of the same provider's (create re-pins it) and records no cloud server (one kept with
+    `destroy --keep-inventory` is the start of a move onto a new server). The provider to make them with."""
+    provider = providers.get(provider_name, options)
     if image is not None:
         provider.check_image(image)
     seen: set[str] = set()
@@ -41,26 +49,69 @@ def check_new_boxes(
         seen.add(name)
         path = inv.path_for(name)
         if path.exists():
-            recorded = inv.load(name).provider
-            if recorded not in (None, provider.name):
+            old = inv.load(name)
+            if old.provider not in (None, provider.name):
                 raise InputError(
-                    f"{display_path(path)} is the inventory of a {recorded} box; a {provider.name} box of the same "
-                    "name would take over its record; nothing was made"
+                    f"{display_path(path)} is the inventory of a {old.provider} box; a {provider.name} box of the "
+                    "same name would take over its record; nothing was made"
+                )
+            if old.node.get("id"):
+                raise InputError(
+                    f"{display_path(path)} records {old.provider} server {old.node['id']}, which may still run; "
+                    f"destroy it first (`miab-remote destroy --keep-inventory {name}` keeps the inventory for the "
+                    "new server); nothing was made"
                 )
     if inv.root.exists() and not inv.root.is_dir():
         raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
     return provider
 
 
+def finish_interrupted(inv: Inventory, names: Sequence[str]) -> list[str]:
+    """Remove the servers earlier creates of these names made and were killed before recording: the next
+    run finishes what the last one left. One line per server removed."""
+    lines = []
+    for name in names:
+        left = inv.creating(name)
+        if left is None:
+            continue
+        provider_name, node = left
+        if inv.path_for(name).exists() and inv.load(name).node.get("id") == node.get("id"):
+            inv.done_creating(name)  # it was recorded after all
+            continue
+        provider = providers.get(provider_name)
+        provider.validate_config()
+        removed = provider.destroy(name, node)
+        inv.done_creating(name)
+        what = f"{provider_name} server {node.get('id')}"
+        lines.append(f"{name}: an interrupted create had left {what}: {'; '.join(removed)}")
+    return lines
+
+
 def _record(doc: tomlkit.TOMLDocument, box: CreatedBox, provider: str) -> None:
     doc["address"] = box.address
-    doc["host_keys"] = [box.host_key_public]
+    doc["host_keys"] = [box.host_key_public] if box.host_key_public else []
     doc["provider"] = provider
     doc["os"] = box.os
+    for key, value in (("ipv4", box.ipv4), ("ipv6", box.ipv6)):
+        if value:
+            doc[key] = value
+        elif key in doc:
+            del doc[key]
     if box.resolvers:
         if "options" not in doc:
             doc["options"] = tomlkit.table()
         doc["options"]["resolvers"] = list(box.resolvers)
+    if "ssh" not in doc:
+        doc["ssh"] = tomlkit.table()
+    doc["ssh"]["user"] = box.ssh_user
+    if box.node:
+        node = tomlkit.table()
+        node.comment("the cloud server create made; destroy removes it through the same API")
+        for key, value in box.node.items():
+            node[key] = value
+        doc["node"] = node
+    elif "node" in doc:
+        del doc["node"]
 
 
 def _write_inventory(inv: Inventory, name: str, box: CreatedBox, provider: str, key_path: Path) -> str:
@@ -68,12 +119,46 @@ def _write_inventory(inv: Inventory, name: str, box: CreatedBox, provider: str, 
         with inv.edit(name) as doc:
             _record(doc, box, provider)
         return f"{name}: created at {box.address}; kept the existing inventory {inv.path_for(name)} (re-pinned)"
+    inv.create(name, _new_document(name, box, provider, key_path))
+    return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
+
+
+def _new_document(name: str, box: CreatedBox, provider: str, key_path: Path) -> tomlkit.TOMLDocument:
     doc = store.new_document(
-        name, box.address, provider=provider, host_keys=[box.host_key_public], os=box.os, identity_file=str(key_path)
+        name,
+        box.address,
+        provider=provider,
+        host_keys=[box.host_key_public] if box.host_key_public else [],
+        os=box.os,
+        ssh_user=box.ssh_user,
+        identity_file=str(key_path),
     )
     _record(doc, box, provider)
-    inv.create(name, doc)
-    return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
+    return doc
+
+
+def _registrar_notes(host: Host) -> list[str]:
+    """A new cloud box's part at the registrar, once its first deploy made it its domains' DNS server."""
+    reg = registrar(host)
+    glue = ", ".join(f"{g['name']} {g['type']} {g['value']}" for g in reg["glue"])
+    lines = [f"at the registrar, after the first deploy: glue records {glue}"]
+    lines += [f"  nameservers of {zone}: {', '.join(ns)}" for zone, ns in reg["delegations"].items()]
+    return lines
+
+
+def _refused(inv: Inventory, name: str, provider: str, e: NodeKeyMismatch, key_path: Path) -> ProviderError:
+    """A server that presented another host key: recorded in the archive when it was destroyed, as an
+    unpinned inventory when the operator chose to keep it (deploy refuses it until `trust`)."""
+    box = replace(e.box, host_key_public="")
+    if e.destroyed:
+        where = inv.archive_record(name, _new_document(name, box, provider, key_path))
+        return ProviderError(f"{e}\nits record is kept as {display_path(where)}")
+    if inv.path_for(name).exists():
+        with inv.edit(name) as doc:
+            _record(doc, box, provider)
+    else:
+        inv.create(name, _new_document(name, box, provider, key_path))
+    return ProviderError(f"{e}\nit is recorded, with no key pinned, in {display_path(inv.path_for(name))}")
 
 
 def create_box(
@@ -81,14 +166,31 @@ def create_box(
 ) -> str:
     """Make one box of `image` (default: the provider's) and record it; the line to show the operator.
     Raises MiabError on failure."""
-    box = provider.create(name, key_line, progress=say, image=image or provider.default_image)
+
+    def journal(node: Mapping[str, str] | None) -> None:
+        if node is None:
+            inv.done_creating(name)
+        else:
+            inv.note_creating(name, provider.name, node)
+
     try:
-        return _write_inventory(inv, name, box, provider.name, key_path)
+        box = provider.create(name, key_line, progress=say, image=image or provider.default_image, journal=journal)
+    except NodeKeyMismatch as e:
+        error = _refused(inv, name, provider.name, e, key_path)
+        if not e.destroyed:
+            inv.done_creating(name)  # the inventory records it now
+        raise error from None
+    try:
+        line = _write_inventory(inv, name, box, provider.name, key_path)
+        inv.done_creating(name)
+        notes = [*box.notes, *_registrar_notes(inv.load(name))] if box.node else list(box.notes)
+        return "\n".join([line, *(f"    {note}" for note in notes)])
     except BaseException as e:
         say("the inventory could not be written: destroying the new box")
         why = str(e) or type(e).__name__
         try:
-            provider.destroy(name)
+            provider.destroy(name, box.node)
+            inv.done_creating(name)
         except Exception as cleanup:
             raise ProviderError(
                 f"the inventory could not be written ({why}), and destroying the new box failed too "

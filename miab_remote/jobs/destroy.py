@@ -15,10 +15,20 @@ def check_destroyable(inv: Inventory, name: str) -> Provider:
     Without an inventory, the local provider still cleans up what a box of that name left behind."""
     path = inv.path_for(name)
     if not path.exists():
-        return providers.get("local")
-    provider = inv.load(name).provider
+        left = inv.creating(name)  # a server an interrupted create made and never recorded
+        return providers.get(left[0] if left else "local")
+    host = inv.load(name)
+    provider = host.provider
     if provider in providers.names():
-        return providers.get(provider)
+        if provider != "local" and not host.node.get("id"):
+            raise InputError(
+                f"{name}: not destroyed: {display_path(path)} records no {provider} server ([node] id), so "
+                f"miab-remote cannot tell which to remove; nothing was touched. Remove the server at {provider}, "
+                "then move the inventory away"
+            )
+        chosen = providers.get(provider)
+        chosen.validate_config()  # the credentials, before anything is asked
+        return chosen
     if provider is None or provider == "manual":
         made = "names no provider" if provider is None else 'says provider = "manual"'
         raise InputError(
@@ -33,9 +43,18 @@ def check_destroyable(inv: Inventory, name: str) -> Provider:
 
 def destroy_box(inv: Inventory, provider: Provider, name: str, keep_inventory: bool) -> str:
     """Destroy one box (with the provider check_destroyable gave) and archive its inventory; the line to show."""
-    removed = provider.destroy(name)
+    if inv.path_for(name).exists():
+        node = inv.load(name).node
+    else:
+        left = inv.creating(name)
+        node = left[1] if left else {}
+    removed = provider.destroy(name, node)
+    inv.done_creating(name)
     if inv.path_for(name).exists():
         if keep_inventory:
+            if node:
+                with inv.edit(name) as doc:
+                    del doc["node"]  # that server is gone; a create makes the next one
             removed.append(f"kept its inventory {display_path(inv.path_for(name))}")
         else:
             removed.append(f"its inventory is kept as {display_path(inv.archive(name))}")

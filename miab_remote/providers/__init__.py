@@ -1,8 +1,9 @@
-"""Providers make and remove boxes; `local` builds real Debian boxes on this machine (systemd-nspawn).
+"""Providers make and remove boxes: `local` builds real Debian boxes on this machine (systemd-nspawn), the
+cloud ones (DigitalOcean, Linode, Vultr, EC2) ask a cloud's API through apache-libcloud.
 
-The registry: `get(name)` gives the provider an inventory's `provider = "..."` (or `--provider`) names,
-`names()` those that exist, `planned()` the cloud ones that are known but not written yet. Each
-provider is imported only when it is asked for, so a deploy never loads the local provider's modules.
+The registry: `get(name, options)` gives the provider an inventory's `provider = "..."` (or `--provider`)
+names, `names()` those that exist. Each provider is imported only when it is asked for, so a deploy never
+loads libcloud or the local provider's modules.
 """
 
 from __future__ import annotations
@@ -11,22 +12,33 @@ from collections.abc import Callable
 
 from miab_remote.errors import InputError
 from miab_remote.fleet.model import Host
-from miab_remote.providers.base import Provider
+from miab_remote.providers.base import CreateOptions, Provider
 
-PLANNED: tuple[str, ...] = ("digitalocean", "linode", "vultr", "ec2")
+# The clouds with an adapter in providers/cloud/ (its ADAPTERS); an inventory may name any of fleet.rules.PROVIDERS.
+CLOUDS: tuple[str, ...] = ("digitalocean",)
 
 
-def _local() -> Provider:
+def _local(options: CreateOptions) -> Provider:
     from miab_remote.providers.local import LocalProvider
 
+    for flag, value in (("--region", options.region), ("--size", options.size), ("--endpoint", options.endpoint)):
+        if value is not None:
+            raise InputError(f"{flag} is for cloud providers ({', '.join(CLOUDS)}); a local box has none")
+    if options.elastic_ip:
+        raise InputError("--elastic-ip is for the ec2 provider; a local box has none")
     return LocalProvider()
 
 
-_FACTORIES: dict[str, Callable[[], Provider]] = {"local": _local}
+def _cloud(name: str) -> Callable[[CreateOptions], Provider]:
+    def make(options: CreateOptions) -> Provider:
+        from miab_remote.providers.cloud import cloud_provider
+
+        return cloud_provider(name, options)
+
+    return make
 
 
-class ProviderNotAvailable(InputError):
-    """A provider that is planned (an inventory may name it) but cannot make or remove boxes yet."""
+_FACTORIES: dict[str, Callable[[CreateOptions], Provider]] = {"local": _local} | {c: _cloud(c) for c in CLOUDS}
 
 
 def names() -> tuple[str, ...]:
@@ -34,24 +46,17 @@ def names() -> tuple[str, ...]:
     return tuple(_FACTORIES)
 
 
-def planned() -> tuple[str, ...]:
-    """The cloud providers that are known but not available yet."""
-    return PLANNED
-
-
-def get(name: str) -> Provider:
-    """The provider called `name`; ProviderNotAvailable for a planned one, InputError for any other."""
+def get(name: str, options: CreateOptions | None = None) -> Provider:
+    """The provider called `name`, set up with a create's `options`; InputError for an unknown one."""
     factory = _FACTORIES.get(name)
-    if factory is not None:
-        return factory()
-    if name in PLANNED:
-        raise ProviderNotAvailable(f"{name} is not available yet; available: {', '.join(names())}")
-    raise InputError(f"{name!r} is not a provider; known: {', '.join((*names(), *PLANNED))}")
+    if factory is None:
+        raise InputError(f"{name!r} is not a provider; known: {', '.join(names())}")
+    return factory(options or CreateOptions())
 
 
 def after_deploy(host: Host) -> list[str]:
     """The part of the box's provider once it is deployed (for local boxes, the registrar's: their
-    resolver delegates the box's zones to its nsd). No provider, or one not available: no notes."""
+    resolver delegates the box's zones to its nsd). No provider, or a manual box: no notes."""
     if host.provider not in _FACTORIES:
         return []
     return get(host.provider).after_deploy(host)

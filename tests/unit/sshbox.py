@@ -58,6 +58,26 @@ class NoPythonBox(paramiko.ServerInterface):  # type: ignore[misc]
         return True
 
 
+def accept_ssh(
+    listener: socket.socket,
+    host_key: paramiko.PKey,
+    server: paramiko.ServerInterface,
+    transports: list[paramiko.Transport] | None = None,
+) -> None:
+    """Serve SSH on `listener` until it is closed: each connection a paramiko server with `host_key`."""
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        t = paramiko.Transport(sock)
+        t.add_server_key(host_key)
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            t.start_server(server=server)
+        if transports is not None:
+            transports.append(t)
+
+
 def load_key(pair: KeyPair) -> paramiko.PKey:
     return paramiko.Ed25519Key.from_private_key(io.StringIO(pair.private_openssh.decode()))
 
@@ -82,19 +102,8 @@ def ssh_box(tmp_path: Path) -> Iterator[SSHBox]:
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     box = SSHBox(listener.getsockname()[1], host, identity, NoPythonBox(load_key(operator)))
-
-    def serve() -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            t = paramiko.Transport(sock)
-            t.add_server_key(load_key(host))
-            t.start_server(server=box.server)
-            box.transports.append(t)
-
-    threading.Thread(target=serve, daemon=True).start()
+    serving = (listener, load_key(host), box.server, box.transports)
+    threading.Thread(target=accept_ssh, args=serving, daemon=True).start()
     try:
         yield box
     finally:

@@ -143,14 +143,14 @@ def test_an_image_the_provider_cannot_make_is_refused_before_anything(
     assert LocalProvider().images == ("debian-13", "debian-12")
 
 
-@pytest.mark.parametrize("cloud", ["digitalocean", "ec2"])
-def test_a_planned_provider_is_refused_before_anything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cloud: str
+def test_cloud_options_are_refused_for_a_local_box(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
-    code = cli.main(["--inventory", str(tmp_path / "hosts"), "create", "--provider", cloud, CLI_BOX])
+    args = ["--inventory", str(tmp_path / "hosts"), "create", "--provider", "local", "--region", "fra1", CLI_BOX]
+    code = cli.main(args)
     assert code == 2
-    assert capsys.readouterr().err == f"miab-remote: {cloud} is not available yet; available: local\n"
+    assert capsys.readouterr().err.startswith("miab-remote: --region is for cloud providers (digitalocean")
     assert not any(tmp_path.iterdir()), "nothing made"
 
 
@@ -173,3 +173,52 @@ def test_destroy_refuses_a_box_it_cannot_destroy(
     assert "nothing was touched" in res.err
     assert path.read_bytes() == before
     assert sorted(p.name for p in inv.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("profile", [DEBIAN_13, DEBIAN_12], ids=lambda p: p.id)
+def test_a_seeded_tree_gets_the_seed_and_no_identity_of_ours(
+    config: LocalConfig, tmp_path: Path, profile: OSProfile
+) -> None:
+    """A seeded box's hostname, host keys and authorized keys are cloud-init's, from the user data as given."""
+    root = tmp_path / "rootfs"
+    for folder in ("etc/ssh", "usr/lib/systemd/system", "var/lib/cloud/instances/iid-old", "root"):
+        (root / folder).mkdir(parents=True)
+    (root / "usr/lib/systemd/system/ssh.service").write_text("[Service]\n")
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("shared\n")
+    (root / "var/lib/cloud/instance").symlink_to("/var/lib/cloud/instances/iid-old")
+    (root / "etc/hostname").write_text("vm\n")
+    user_data = "#cloud-config\r\nhostname: s.example.test\n# ünïcode, no newline at the end"
+    rootfs.prepare_seeded(config, profile, root, "s.example.test", user_data)
+
+    seed = root / "var/lib/cloud/seed/nocloud"
+    assert (seed / "user-data").read_bytes() == user_data.encode(), "byte for byte what the client sent"
+    meta = (seed / "meta-data").read_text()
+    assert re.fullmatch(r"instance-id: iid-[0-9a-f]{16}\nlocal-hostname: s\.example\.test\n", meta)
+    account_key = generate_ed25519("op: #1").public_line
+    rootfs.prepare_seeded(config, profile, root, "s.example.test", user_data, [account_key])
+    again = (seed / "meta-data").read_text()
+    assert again.split("\n")[0] != meta.split("\n")[0], "every box is a new instance: cloud-init's first boot"
+    assert again.endswith(f'public-keys:\n  - "{account_key}"\n'), "the account's keys, as a cloud's metadata"
+    assert not (root / "var/lib/cloud/instance").is_symlink() and not (root / "var/lib/cloud/instances").exists()
+    assert list((root / "etc/ssh").glob("ssh_host_*")) == [], "cloud-init writes the host keys"
+    assert not (root / "root/.ssh").exists(), "and the authorized keys"
+    assert (root / "etc/hostname").read_text() == "vm\n", "and the hostname"
+    assert "s.example.test" not in (root / "etc/hosts").read_text()
+    assert (root / "etc/resolv.conf").read_text() == f"nameserver {config.gateway}\n"
+    assert f" {profile.codename}-security main" in (root / "etc/apt/sources.list").read_text()
+    assert (root / "etc/systemd/system/multi-user.target.wants/ssh.service").is_symlink()
+    assert config.rootfs_cache(profile.id + "+cloud-init").name == f"{profile.id}+cloud-init"
+
+
+def test_cloud_init_result_and_logs_are_read_in_the_tree(tmp_path: Path) -> None:
+    assert rootfs.cloud_init_result(tmp_path) is None, "not finished"
+    data = tmp_path / "var/lib/cloud/data"
+    data.mkdir(parents=True)
+    (data / "result.json").write_text('{"v1": {"datasource": "DataSourceNoCloud", "errors": []}}')
+    assert rootfs.cloud_init_result(tmp_path) == []
+    (data / "result.json").write_text('{"v1": {"errors": ["(\'locale\', ProcessExecutionError())"]}}')
+    assert rootfs.cloud_init_result(tmp_path) == ["('locale', ProcessExecutionError())"]
+    (tmp_path / "var/log").mkdir(parents=True)
+    (tmp_path / "var/log/cloud-init.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    logs = rootfs.cloud_init_logs(tmp_path)
+    assert "line 99" in logs and "line 74" not in logs and "/var/log/cloud-init-output.log: (none)" in logs

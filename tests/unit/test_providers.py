@@ -14,6 +14,7 @@ import pytest
 from miab_remote import providers
 from miab_remote.errors import InputError
 from miab_remote.fleet.model import Host
+from miab_remote.fleet.rules import PROVIDERS
 from miab_remote.providers.base import CreatedBox, Provider
 
 # The members every provider has, and a call each must accept (by keyword where the protocol names it).
@@ -22,6 +23,7 @@ PROTOCOL_CALLS: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {
     "check_image": (("debian-13",), {}),
     "validate_config": ((), {}),
     "check_requirements": ((), {}),
+    "preflight": ((["box1.example.test"], None), {}),
     "create": (("box1.example.test", "ssh-ed25519 AAAA op"), {"progress": print, "image": "debian-13"}),
     "destroy": (("box1.example.test",), {}),
     "status": (("box1.example.test",), {}),
@@ -37,19 +39,19 @@ def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def test_registry_knows_local_and_the_planned_clouds() -> None:
-    assert providers.names() == ("local",)
-    assert providers.planned() == ("digitalocean", "linode", "vultr", "ec2")
-    assert providers.get("local").name == "local"
-    for cloud in providers.planned():
-        with pytest.raises(providers.ProviderNotAvailable, match=f"{cloud} is not available yet; available: local"):
-            providers.get(cloud)
+def test_registry_knows_local_and_the_clouds() -> None:
+    assert providers.names() == ("local", *providers.CLOUDS)
+    assert set(providers.CLOUDS) <= set(PROVIDERS), "an inventory can name every provider"
+    for name in providers.names():
+        assert providers.get(name).name == name
     with pytest.raises(InputError, match="'aws' is not a provider"):
         providers.get("aws")
 
 
 @pytest.mark.parametrize("name", providers.names())
-def test_each_provider_has_the_protocol(name: str) -> None:
+def test_each_provider_has_the_protocol(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DIGITALOCEAN_TOKEN", "LINODE_TOKEN", "VULTR_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "a-token-for-the-test")
     provider = providers.get(name)
     members = {m for m in dir(Provider) if not m.startswith("_")} | set(Provider.__annotations__)
     assert members == {"name", "images", "default_image", *PROTOCOL_CALLS}, (
@@ -91,7 +93,7 @@ def test_created_box_is_the_value_create_returns() -> None:
     assert inspect.signature(providers.get("local").create).return_annotation in (CreatedBox, "CreatedBox")
 
 
-@pytest.mark.parametrize("provider", [None, "manual", "digitalocean"])
+@pytest.mark.parametrize("provider", [None, "manual"])
 def test_after_deploy_without_a_registered_provider_has_no_notes(provider: str | None) -> None:
     host = Host("b.example.test", Path("b.toml"), "b.example.test", "192.0.2.1", provider=provider)
     assert providers.after_deploy(host) == []

@@ -2,7 +2,8 @@
 
 A box is systemd (PID 1) inside systemd-nspawn, in a network namespace of its own, joined to the
 other boxes by a bridge, reaching only the Debian mirror (and DNS) through NAT. Its SSH host key is
-generated here before boot, so the very first connection is already pinned.
+generated here before boot, so the very first connection is already pinned. A seeded box (`create_seeded`,
+what the tests' stand-in clouds make) is booted instead by cloud-init from the user data a cloud would get.
 
 Kernel state (namespaces, veth pairs, the bridge, nft tables) and files under /var outlive the
 processes that made them, so `create` cleans up after a dead box of the same name, and `destroy`
@@ -15,12 +16,17 @@ teardown). This module puts them together as the `Provider` the CLI calls.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from miab_remote.errors import MiabError, ProviderError
 from miab_remote.fleet.model import Host
 from miab_remote.mail import dnszones
-from miab_remote.providers.base import BoxStatus, CreatedBox, Progress
+from miab_remote.profiles import OSProfile
+from miab_remote.providers.base import BoxStatus, CreatedBox, Journal, Progress
 from miab_remote.providers.local import machine, network, resolver, rootfs, system
 from miab_remote.providers.local.config import (
     DEFAULT_IMAGE,
@@ -32,11 +38,51 @@ from miab_remote.providers.local.config import (
 )
 from miab_remote.transport.sshkeys import generate_ed25519
 
-__all__ = ["DEFAULT_IMAGE", "IMAGES", "LocalConfig", "LocalProvider"]
+__all__ = ["DEFAULT_IMAGE", "IMAGES", "LocalConfig", "LocalProvider", "SeededBox"]
 
 
 def _quiet(_line: str) -> None:
     """The progress callback when the caller wants none."""
+
+
+_Prepare = Callable[[LocalConfig, OSProfile, Path, str, str, Progress], None]
+"""Writes a box's own part into its copied tree before boot: (config, profile, tree, name, address, progress)."""
+
+
+@dataclass(frozen=True)
+class SeededBox:
+    """A box cloud-init booted: where it is and what it runs (its host key is whatever the user data gave)."""
+
+    name: str
+    address: str
+    os: str
+
+
+SSHD_GRACE = 15.0  # sshd is ordered after cloud-init's network stage: once cloud-init is done, it is up or broken
+
+
+def _wait_for_cloud_init(paths: machine.BoxPaths, name: str, address: str, pid: int, timeout: float) -> None:
+    """sshd's banner, then cloud-init's result (read in the box's tree); either failing names cloud-init's logs."""
+    deadline = time.monotonic() + timeout
+    finished: list[float] = []
+
+    def sshd_not_coming() -> str | None:
+        if not finished and rootfs.cloud_init_result(paths.rootfs) is not None:
+            finished.append(time.monotonic())
+        if finished and time.monotonic() - finished[0] > SSHD_GRACE:
+            return f"cloud-init has finished but sshd on {address}:22 did not answer within {SSHD_GRACE:.0f} s"
+        return None
+
+    try:
+        machine.wait_for_ssh(paths, name, address, pid, timeout, give_up=sshd_not_coming)
+        while (errors := rootfs.cloud_init_result(paths.rootfs)) is None:
+            if time.monotonic() >= deadline:
+                raise ProviderError(f"cloud-init did not finish within {timeout:.0f} s")
+            time.sleep(0.3)
+        if errors:
+            raise ProviderError("cloud-init reported errors: " + "; ".join(errors))
+    except ProviderError as exc:
+        raise ProviderError(f"{exc}\ncloud-init's logs in the box:\n{rootfs.cloud_init_logs(paths.rootfs)}") from exc
 
 
 class LocalProvider:
@@ -66,20 +112,73 @@ class LocalProvider:
     def check_requirements(self) -> None:
         system.check_requirements()
 
+    def preflight(self, names: Sequence[str], image: str | None) -> None:
+        """Nothing to ask: check_requirements and each create's own checks cover this machine."""
+
     def create(
         self,
         name: str,
         authorized_key: str,
         progress: Progress | None = None,
         image: str = DEFAULT_IMAGE,
+        journal: Journal | None = None,
         boot_timeout: float = 90.0,
     ) -> CreatedBox:
         """Build, network and boot a Debian box of release `image`; return once its sshd sends a banner."""
+        authorized_key = check_authorized_key(authorized_key)
+        host_key = generate_ed25519(f"root@{check_name(name)}")
+
+        def prepare(cfg: LocalConfig, profile: OSProfile, root: Path, box: str, address: str, say: Progress) -> None:
+            say("writing hostname, keys and apt sources")
+            rootfs.prepare(cfg, profile, root, box, address, authorized_key, host_key, say)
+
+        made = self._make(name, image, progress, boot_timeout, prepare, {"host_key_public": host_key.public_line})
+        return CreatedBox(
+            name=made.name,
+            address=made.address,
+            host_key_public=host_key.public_line,
+            os=made.os,
+            resolvers=(str(self.config().gateway),),
+        )
+
+    def create_seeded(
+        self,
+        name: str,
+        user_data: str,
+        image: str = DEFAULT_IMAGE,
+        progress: Progress | None = None,
+        boot_timeout: float = 180.0,
+        public_keys: Sequence[str] = (),
+    ) -> SeededBox:
+        """A box booted by cloud-init from a NoCloud seed holding `user_data` byte for byte, as a cloud's server is:
+        its hostname, host keys, users and authorized keys are what the user data asks. Returns once sshd sends
+        a banner and cloud-init has finished; a cloud-init that fails (or never lets sshd start) is a
+        ProviderError with the tail of its logs, and leaves nothing behind. `public_keys`: the account's keys a
+        cloud's metadata would hand over (one public key line each)."""
+        keys = [check_authorized_key(key) for key in public_keys]
+
+        def prepare(cfg: LocalConfig, profile: OSProfile, root: Path, box: str, _address: str, say: Progress) -> None:
+            say("writing the NoCloud seed and apt sources")
+            rootfs.prepare_seeded(cfg, profile, root, box, user_data, keys)
+
+        return self._make(name, image, progress, boot_timeout, prepare, {"seeded": True}, cloud_init=True)
+
+    def _make(
+        self,
+        name: str,
+        image: str,
+        progress: Progress | None,
+        boot_timeout: float,
+        prepare: _Prepare,
+        record_extra: dict[str, Any],
+        cloud_init: bool = False,
+    ) -> SeededBox:
+        """The one way a box is made: clean a dead namesake, claim an address, copy the cached tree, let `prepare`
+        write into it, network it, boot it, wait; a failure undoes everything."""
         cfg = self.config()
         cfg.validate()
         name = check_name(name)
         profile = check_image(image)
-        authorized_key = check_authorized_key(authorized_key)
         say: Progress = progress or _quiet
         system.check_requirements()
         paths = machine.box_paths(cfg, name)
@@ -93,7 +192,6 @@ class LocalProvider:
                 say("cleaning up what a dead box of the same name left behind")
                 machine.teardown(cfg, name, paths, old_record or {}, [], drop_shared=False, graceful=False)
 
-            host_key = generate_ed25519(f"root@{name}")
             record: dict[str, Any] = {}
             claimed = False  # from here on, what exists is ours to undo
             try:
@@ -113,7 +211,7 @@ class LocalProvider:
                         "netns": netns,
                         "veth": veth,
                         "rootfs": str(paths.rootfs),
-                        "host_key_public": host_key.public_line,
+                        **record_extra,
                         "pid": None,
                         "created": machine.now(),
                     }
@@ -122,11 +220,10 @@ class LocalProvider:
                     network.ensure_host_network(cfg)
                     resolver.ensure(cfg)
 
-                cache = rootfs.ensure_cache(cfg, profile, say)
+                cache = rootfs.ensure_cache(cfg, profile, say, cloud_init=cloud_init)
                 say("copying the root filesystem")
                 rootfs.copy_tree(cache, paths.rootfs)
-                say("writing hostname, keys and apt sources")
-                rootfs.prepare(cfg, profile, paths.rootfs, name, str(address), authorized_key, host_key, say)
+                prepare(cfg, profile, paths.rootfs, name, str(address), say)
                 say(f"connecting the box to {cfg.bridge} as {address}")
                 network.setup_box_network(cfg, netns, veth, address)
                 say("booting")
@@ -134,8 +231,11 @@ class LocalProvider:
                 record["pid"] = pid
                 record["started"] = machine.now()
                 machine.write_record(paths, record)
-                say(f"waiting for SSH on {address}")
-                machine.wait_for_ssh(paths, name, str(address), pid, boot_timeout)
+                say(f"waiting for SSH on {address}" + (" and for cloud-init" if cloud_init else ""))
+                if cloud_init:
+                    _wait_for_cloud_init(paths, name, str(address), pid, boot_timeout)
+                else:
+                    machine.wait_for_ssh(paths, name, str(address), pid, boot_timeout)
             except BaseException as exc:
                 # Leave nothing half made: a failed create undoes itself.
                 if claimed:
@@ -151,15 +251,9 @@ class LocalProvider:
                 raise
 
         say(f"up at {address}")
-        return CreatedBox(
-            name=name,
-            address=str(address),
-            host_key_public=host_key.public_line,
-            os=profile.id,
-            resolvers=(str(cfg.gateway),),
-        )
+        return SeededBox(name=name, address=str(address), os=profile.id)
 
-    def destroy(self, name: str) -> list[str]:
+    def destroy(self, name: str, node: Mapping[str, str] | None = None) -> list[str]:
         """Stop the box and remove all it owns; idempotent. Returns one human line per thing removed."""
         cfg = self.config()
         cfg.validate()

@@ -288,8 +288,11 @@ def _ssh_banner(address: str) -> bool:
         return False
 
 
-def wait_for_ssh(paths: BoxPaths, name: str, address: str, pid: int, timeout: float) -> None:
-    """Booted means sshd answers with its banner; nspawn exiting or the deadline passing is a failure."""
+def wait_for_ssh(
+    paths: BoxPaths, name: str, address: str, pid: int, timeout: float, give_up: Callable[[], str | None] | None = None
+) -> None:
+    """Booted means sshd answers with its banner; nspawn exiting, the deadline passing or `give_up` saying why
+    there is no point waiting any longer is a failure."""
     deadline = time.monotonic() + timeout
     while True:
         if not _is_nspawn_of(pid, paths.rootfs):
@@ -298,6 +301,8 @@ def wait_for_ssh(paths: BoxPaths, name: str, address: str, pid: int, timeout: fl
             )
         if _ssh_banner(address):
             return
+        if give_up is not None and (reason := give_up()):
+            raise ProviderError(f"{reason}; last lines of its console:\n{_console_tail(paths)}")
         if time.monotonic() >= deadline:
             raise ProviderError(
                 f"no SSH banner from {address}:22 after {timeout:.0f} s; "
