@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from miab_remote.engine.recipes import RecipeContext
 from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
-from miab_remote.mail import dnszones, layout, mailmaps, ports
+from miab_remote.mail import dnszones, layout, mailmaps, ports, relay
 from miab_remote.remote import script
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "layout",
     "mailmaps",
     "ports",
+    "relay",
     "script",
 ]

@@ -19,6 +19,7 @@ from miab_remote.api import (
     Service,
     layout,
     mailmaps,
+    relay,
     script,
 )
 
@@ -52,7 +53,12 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
         path = f"/etc/postfix/{name}"
         yield File(path, content=contents[name], mode=0o644, tags=("accounts",), notify=(f"command:postmap-{name}",))
     yield from _sender_guard()
-    context = {"guard_port": GUARD_PORT, "system_alias_domain": mailmaps.system_alias_domain(host)}
+    yield from _relay_files(ctx)
+    context = {
+        "guard_port": GUARD_PORT,
+        "system_alias_domain": mailmaps.system_alias_domain(host),
+        "relay": relay.postfix_settings(host.relay),
+    }
     yield File("/etc/postfix/main.cf", context=context, notify=("service:postfix",))
     yield File("/etc/postfix/master.cf", notify=("service:postfix",))
     for name in MAPS:
@@ -66,6 +72,34 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
             unless=f"test -e {path}.db && ! test {path} -nt {path}.db",
         )
     yield Service("postfix", reload=True, validator="postfix check && postconf -n >/dev/null")
+    # After the reload that stopped using them: the relay's files that [relay] no longer asks for.
+    if stale := [path for path in (relay.PASSWORD_TABLE, relay.CA_FILE) if path not in _relay_paths(ctx)]:
+        tests = " && ".join(f"! test -e {path}" for path in stale)
+        yield Command("forget-relay", run=f"rm -f -- {' '.join(stale)}", unless=tests)
+
+
+def _relay_paths(ctx: RecipeContext) -> tuple[str, ...]:
+    r = ctx.host.relay
+    if r is None:
+        return ()
+    return (relay.PASSWORD_TABLE, relay.CA_FILE) if r.ca_file is not None else (relay.PASSWORD_TABLE,)
+
+
+def _relay_files(ctx: RecipeContext) -> Iterator[Resource]:
+    """[relay]: the login's password table (secret: never in a diff, never read back) and a private CA.
+
+    libsasl2-modules holds the PLAIN and LOGIN mechanisms postfix's SASL client (Cyrus) needs; it is only
+    a recommendation of libsasl2-2, so it is not installed otherwise ("No worthy mechs found")."""
+    host = ctx.host
+    if host.relay is None:
+        return
+    yield Package("libsasl2-modules")
+    yield Package("ca-certificates")
+    yield File(
+        relay.PASSWORD_TABLE, content=relay.password_table(host), mode=0o600, secret=True, notify=("service:postfix",)
+    )
+    if host.relay.ca_file is not None:
+        yield File(relay.CA_FILE, content=relay.ca_pem(host), mode=0o644, notify=("service:postfix",))
 
 
 def _sender_guard() -> Iterator[Resource]:

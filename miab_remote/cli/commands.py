@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("deploy", "converge boxes to their recipes (in parallel)"),
     "user": ("accounts", "add, re-password, remove and list a box's mail users"),
     "alias": ("accounts", "add, remove and list a box's mail aliases"),
+    "relay": ("relay", "send a box's outgoing mail through a smarthost (port 25 blocked): set, show, remove"),
     "bans": ("bans", "list the addresses fail2ban bans on boxes, per jail"),
     "unban": ("bans", "lift fail2ban's ban of an address on a box (in every jail, or one)"),
     "dns": ("dns", "what to set at the registrar, or at another DNS host"),

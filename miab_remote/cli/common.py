@@ -60,4 +60,3 @@ def add_connect_timeout(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up on a box that does not answer SSH within this time (default 10)",
     )
-

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from miab_remote.fleet import secrets
 from miab_remote.fleet.model import Host
 
 MASK = "********"
@@ -26,5 +27,6 @@ class SecretMask:
 
 
 def secret_mask_for(host: Host) -> SecretMask:
-    """The mask of a box's secrets the laptop knows: its users' password hashes."""
-    return SecretMask(u.password_hash for u in host.users)
+    """The mask of a box's secrets the laptop knows: its users' password hashes, and every secret the
+    laptop's store holds for it (the relay password)."""
+    return SecretMask([*(u.password_hash for u in host.users), *secrets.read_all(host.name).values()])

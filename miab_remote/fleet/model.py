@@ -8,7 +8,7 @@ from typing import Any
 
 from miab_remote.transport.target import SSHSettings, SSHTarget
 
-__all__ = ["DEFAULT_RECIPES", "Alias", "DNSRecord", "Host", "MailUser", "SSHSettings"]
+__all__ = ["DEFAULT_RECIPES", "Alias", "DNSRecord", "Host", "MailUser", "Relay", "SSHSettings"]
 
 DEFAULT_RECIPES: tuple[str, ...] = (
     "base",
@@ -48,6 +48,18 @@ class DNSRecord:
 
 
 @dataclass(frozen=True)
+class Relay:
+    """The smarthost all outgoing mail goes through ([relay]): where, and the login's user; its password
+    is in the laptop's secrets store (fleet/secrets.py), never here. `ca_file`: a PEM on the laptop, the
+    only CA the relay's certificate is checked against (absolute; None: the system's CAs)."""
+
+    host: str
+    port: int
+    user: str
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     """One box. `name` is the inventory file's stem and equals `hostname` (the box's FQDN)."""
 
@@ -70,6 +82,7 @@ class Host:
     dns_records: tuple[DNSRecord, ...] = ()
     # The cloud server a provider made: id, region, size, image, and what else its destroy needs.
     node: dict[str, str] = field(default_factory=dict)
+    relay: Relay | None = None
 
     @property
     def target(self) -> SSHTarget:

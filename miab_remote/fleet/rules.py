@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from miab_remote import names
+from miab_remote.fleet.problems import short
 
 PROVIDERS: tuple[str, ...] = ("local", "digitalocean", "linode", "vultr", "ec2", "manual")
 
@@ -97,6 +98,33 @@ def jump_problem(value: str) -> str | None:
             return f"{m['user']!r} in {hop!r} is not a POSIX user name; {JUMP_ACCEPTED}"
         if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
             return f"port {m['port']} in {hop!r} is out of range 1..65535; {JUMP_ACCEPTED}"
+    return None
+
+
+# The relay's ports: submission with STARTTLS, or submissions (implicit TLS). Never 25: it is what the clouds
+# block, and a relay there offers no login.
+RELAY_PORTS: dict[int, str] = {587: "submission, STARTTLS", 465: "submissions, implicit TLS"}
+RELAY_PORTS_ACCEPTED = "accepted: " + " or ".join(f"{p} ({what})" for p, what in RELAY_PORTS.items())
+
+
+def relay_port_problem(value: int) -> str | None:
+    """Why `value` is not a port the outbound relay may be reached on (None if it is one)."""
+    if value in RELAY_PORTS:
+        return None
+    hint = "; port 25 is what clouds block, and it offers no login" if value == 25 else ""
+    return f"{value} is not a relay port; {RELAY_PORTS_ACCEPTED}{hint}"
+
+
+def relay_user_problem(value: str) -> str | None:
+    """Why `value` cannot be the relay login's user name: postfix's password table holds `user:password`
+    after the relay's name, so no ':' and no white space (None if it can)."""
+    if not value:
+        return "is empty; expected the relay login's user name, like 'apikey' or 'box1@example.org'"
+    if len(value) > 255 or ":" in value or any(c.isspace() or not c.isprintable() for c in value):
+        return (
+            f"{short(value)} is not a relay user name; accepted: up to 255 printable characters, "
+            "no ':' and no white space"
+        )
     return None
 
 

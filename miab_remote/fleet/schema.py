@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 from miab_remote import names
 from miab_remote.errors import InputError
 from miab_remote.fleet import dnsrules
-from miab_remote.fleet.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, SSHSettings
+from miab_remote.fleet.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, Relay, SSHSettings
 from miab_remote.fleet.options import OPTION_SPECS
 from miab_remote.fleet.positions import KeyPath, field_name, line_map
 from miab_remote.fleet.problems import InventoryError, Problem, or_list, short, toml_type
 from miab_remote.fleet.rules import (
     PASSWORD_SCHEMES,
     PROVIDERS,
+    RELAY_PORTS_ACCEPTED,
     address_problem,
     default_domain,
     destination,
@@ -31,6 +32,8 @@ from miab_remote.fleet.rules import (
     posix_user_problem,
     quota_problem,
     recipe_name_problem,
+    relay_port_problem,
+    relay_user_problem,
 )
 from miab_remote.fleet.syntax import read_data
 from miab_remote.profiles import PROFILES
@@ -52,7 +55,9 @@ TOP_KEYS: tuple[str, ...] = (
     "ipv6",
     "dns",
     "node",
+    "relay",
 )
+RELAY_KEYS: tuple[str, ...] = ("host", "port", "user", "ca_file")
 DNS_KEYS: tuple[str, ...] = ("records",)
 DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
 # The cloud server a provider made (what its destroy needs): provider-made, so checked for shape only.
@@ -76,6 +81,14 @@ def validate(document_text: str, path: Path) -> Host:
     if host is None:
         raise InventoryError(path, checker.problems(document_text))
     return host
+
+
+def _normal_address(value: str) -> str:
+    """An IP address in its short form, a DNS name in lower case without its final dot."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value.rstrip(".").lower()
 
 
 class Checker:
@@ -182,6 +195,7 @@ class Checker:
         ipv6 = self.check_ip("ipv6", 6)
         dns_records = self.check_dns_records(hostname, domains)
         node = self.check_node()
+        relay = self.check_relay()
         if self.found or hostname is None or address is None:
             return None
         return Host(
@@ -202,6 +216,7 @@ class Checker:
             ipv6=ipv6,
             dns_records=dns_records,
             node=node,
+            relay=relay,
         )
 
     def check_node(self) -> dict[str, str]:
@@ -270,6 +285,49 @@ class Checker:
             at_name.setdefault(key, []).append((field_name(at), rtype.upper()))
             out.append(DNSRecord(key, rtype.upper(), value, ttl or 1800))
         return tuple(out)
+
+    def check_relay(self) -> Relay | None:
+        """[relay]: the smarthost for all outgoing mail. Its password is never here (the secrets store)."""
+        table = self.typed(self.data, (), "relay", dict, "a table ([relay] section)")
+        if table is None:
+            return None
+        at: KeyPath = ("relay",)
+        for secret in ("password", "pass", "secret"):
+            if secret in table:
+                self.fail(
+                    (*at, secret),
+                    "a password is never kept in the inventory; remove this line and store it with "
+                    "`miab-remote relay set NAME ...` (it asks for it, or reads --password-stdin)",
+                )
+        self.unknown_keys(
+            {k: v for k, v in table.items() if k not in ("password", "pass", "secret")},
+            at,
+            RELAY_KEYS,
+            "key in [relay]",
+        )
+        host = self.typed(table, at, "host", str, "the relay's DNS name or IP address", required=True)
+        if host is not None and (problem := address_problem(host)):
+            self.fail((*at, "host"), problem)
+            host = None
+        port = self.typed(table, at, "port", int, f"an integer port; {RELAY_PORTS_ACCEPTED}", required=True)
+        if port is not None and (problem := relay_port_problem(port)):
+            self.fail((*at, "port"), problem)
+            port = None
+        user = self.typed(table, at, "user", str, "the relay login's user name", required=True)
+        if user is not None and (problem := relay_user_problem(user)):
+            self.fail((*at, "user"), problem)
+            user = None
+        ca_file = self.typed(
+            table, at, "ca_file", str, "a path to a PEM file of the CA that signs the relay's certificate"
+        )
+        if ca_file is not None and (not ca_file.strip() or "\0" in ca_file):
+            self.fail((*at, "ca_file"), f"{ca_file!r} is not a path; expected like 'relay-ca.pem' or '~/ca/relay.pem'")
+            ca_file = None
+        if host is None or port is None or user is None:
+            return None
+        # `~` is the operator's home; a relative path is relative to the inventory folder (as identity_file).
+        ca_path = None if ca_file is None else Path(os.path.abspath(self.path.parent / Path(ca_file).expanduser()))
+        return Relay(_normal_address(host), port, user, ca_path)
 
     def check_hostname(self) -> str | None:
         hostname = self.typed(self.data, (), "hostname", str, "the box's FQDN, like 'box1.example.org'", required=True)

@@ -291,6 +291,8 @@ def new_document(
         "# forwarding addresses are [[aliases]] tables (source, destinations).",
         "# DNS: ipv4 / ipv6 = the public addresses to publish when they differ from `address`;",
         "# extra records are [[dns.records]] tables (name, type, value, ttl).",
+        "# Outgoing mail through a smarthost (where port 25 is blocked): a [relay] table (host, port 587 or",
+        "# 465, user, ca_file), written by `miab-remote relay set`, which keeps the password out of this file.",
         "",
         "# The box's fully qualified domain name; it must equal this file's name.",
         f"hostname = {_toml(hostname)}",

@@ -107,8 +107,9 @@ def verify_password(password: str, password_hash: str) -> bool:
         return False
 
 
-def read_password_stdin(stream: BinaryIO | None = None) -> str:
-    """One line from stdin (for scripts: `--password-stdin`); only the trailing line break is removed."""
+def read_password_stdin(stream: BinaryIO | None = None, check: Callable[[str], None] = check_password) -> str:
+    """One line from stdin (for scripts: `--password-stdin`); only the trailing line break is removed.
+    `check` refuses what the password is for cannot take (a mailbox's by default; the relay's has its own)."""
     raw = (stream if stream is not None else sys.stdin.buffer).readline()
     if raw.endswith(b"\n"):
         raw = raw[:-1]
@@ -120,18 +121,20 @@ def read_password_stdin(stream: BinaryIO | None = None) -> str:
         raise InputError("the password on stdin is not UTF-8 text; nothing was changed") from None
     if not password:
         raise InputError("no password on stdin (empty line or end of input); nothing was changed")
-    check_password(password)
+    check(password)
     return password
 
 
-def prompt_password(email: str, ask: Callable[[str], str] = getpass.getpass) -> str:
+def prompt_password(
+    email: str, ask: Callable[[str], str] = getpass.getpass, check: Callable[[str], None] = check_password
+) -> str:
     """Ask twice without echo (the second time to catch typos) and return the checked password.
 
     `ask` is getpass.getpass; it is a parameter so tests can drive the two prompts.
     """
     try:
         password = ask(f"New password for {email}: ")
-        check_password(password)
+        check(password)
         again = ask(f"New password for {email} (again): ")
     except EOFError:
         raise InputError("no password entered; nothing was changed") from None
@@ -140,16 +143,16 @@ def prompt_password(email: str, ask: Callable[[str], str] = getpass.getpass) -> 
     return password
 
 
-def read_new_password(email: str, from_stdin: bool) -> str:
+def read_new_password(email: str, from_stdin: bool, check: Callable[[str], None] = check_password) -> str:
     """The new password: from stdin with --password-stdin, else from two hidden prompts on the terminal."""
     if from_stdin:
-        return read_password_stdin()
+        return read_password_stdin(check=check)
     if not sys.stdin.isatty():
         raise InputError(
             "no terminal to ask for the password on; pipe it in with --password-stdin "
             "(one line on stdin); nothing was changed"
         )
-    return prompt_password(email)
+    return prompt_password(email, check=check)
 
 
 # -- hashing before the CLI's imports -----------------------------------------------------------------------

@@ -32,6 +32,14 @@ def fast_bcrypt() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tool's private folder (box secrets, credentials) is a fresh one per module, never the operator's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 @pytest.fixture
 def forkserver() -> multiprocessing.context.ForkServerContext:
     """Processes forked from one server that imported the CLI and the test modules once, so a test about

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-GROUPS = {"boxes", "deploy", "accounts", "bans", "dns"}
+GROUPS = {"boxes", "deploy", "accounts", "relay", "bans", "dns"}
 HEAVY = {"rich", "paramiko", "jinja2", "tomlkit", "dns", "miab_remote.jobs", "miab_remote.engine"}
 
 PROBE = (
@@ -51,7 +51,12 @@ def test_help_loads_no_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "group"),
-    [(("hosts",), "boxes"), (("user", "list", "b.example.test"), "accounts"), (("dns", "b.example.test"), "dns")],
+    [
+        (("hosts",), "boxes"),
+        (("user", "list", "b.example.test"), "accounts"),
+        (("dns", "b.example.test"), "dns"),
+        (("relay", "show", "b.example.test"), "relay"),
+    ],
 )
 def test_a_command_loads_its_own_group_only(tmp_path: Path, args: tuple[str, ...], group: str) -> None:
     _code, groups, _modules = loaded_by(tmp_path, *args)

@@ -70,7 +70,9 @@ class FileKind(Kind[File]):
             why = f"{r.path}: update " + ", ".join(diffs)
             ctx.act(r.id, file_action(r, data, why, "content" in diffs, fact.get("sha256"), notify))
         else:
-            ctx.skip(r.id, f"content identical (sha256 {digest[:12]}), {r.mode:04o} {r.owner}:{r.group}")
+            # A secret file's digest is not shown either: it would let a weak password be guessed offline.
+            same = "secret, not shown" if r.secret else f"sha256 {digest[:12]}"
+            ctx.skip(r.id, f"content identical ({same}), {r.mode:04o} {r.owner}:{r.group}")
 
     def push(self, r: File, ctx: PushContext, by: list[int]) -> wire.Action:
         notify = [t for t in r.notify if t in ctx.members and t in ctx.reacting]
