@@ -192,3 +192,11 @@ def test_first_contact_waits_for_the_port_then_gives_up() -> None:
         firstcontact.wait_for_key("127.0.0.1", OPERATOR, started + 1.5, said.append, port=port)
     assert 1.4 < time.monotonic() - started < 5
     assert os.environ.get("LIBCLOUD_DEBUG") is None
+
+
+def test_linode_public_address_is_any_outside_its_private_range() -> None:
+    from miab_remote.providers.cloud.linode import public_ipv4
+
+    assert public_ipv4(["192.168.129.4", "10.78.5.7"]) == "10.78.5.7"  # a stand-in box's address
+    assert public_ipv4(["45.33.1.2", "192.168.130.1"]) == "45.33.1.2"
+    assert public_ipv4(["192.168.200.1"]) is None

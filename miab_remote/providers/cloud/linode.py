@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping
@@ -130,7 +131,16 @@ class Linode(CloudAdapter):
         except KeyError:  # a status the driver has no name for (its map is a plain dict): still on its way
             return NodeView(record["id"], "pending")
         v6 = str(n.extra.get("ipv6") or "").split("/")[0]
-        return NodeView(str(n.id), state_of(n.state), n.public_ips[0] if n.public_ips else None, v6 or None)
+        return NodeView(str(n.id), state_of(n.state), public_ipv4(n.public_ips + n.private_ips), v6 or None)
 
     def destroy_node(self, driver: Any, record: Mapping[str, str]) -> list[str]:
         return destroy_by_id(self, driver, record, "Linode")
+
+
+LINODE_PRIVATE = ipaddress.ip_network("192.168.128.0/17")  # Linode's private IPv4 range (its networking docs)
+
+
+def public_ipv4(addresses: list[str]) -> str | None:
+    """The instance's public IPv4: any address outside Linode's private range. libcloud counts every RFC 1918
+    address as private, which is not Linode's rule (and would hide a stand-in box's 10.x address)."""
+    return next((a for a in addresses if ipaddress.ip_address(a) not in LINODE_PRIVATE), None)
