@@ -118,11 +118,12 @@ def new_inventory(root: Path) -> Path:
 
 
 class Box:
-    """Root SSH access to a test box, checking its host key against the given public key line."""
+    """SSH access to a test box as root (or `user`), checking its host key against the given public key line."""
 
-    def __init__(self, address: str, host_key_line: str, identity: Path) -> None:
+    def __init__(self, address: str, host_key_line: str, identity: Path, user: str = "root") -> None:
         self.address = address
         self.identity = identity
+        self.user = user
         self.set_host_key(host_key_line)
 
     def set_host_key(self, line: str) -> None:
@@ -168,7 +169,7 @@ class Box:
     def _connect(self, client: paramiko.SSHClient) -> None:
         client.connect(
             self.address,
-            username="root",
+            username=self.user,
             key_filename=str(self.identity),
             timeout=10,
             allow_agent=False,

@@ -8,8 +8,10 @@ authentication, destroyed, only an archive record written."""
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomlkit
@@ -128,3 +130,61 @@ def test_a_server_presenting_another_host_key_is_refused_and_destroyed(
     standin.cloud.wait_removed()
     wait_until(lambda: LocalProvider(lane_config()).status(WRONG) == "absent", "the refused box removed", 60)
     assert TOKEN not in res.out + res.err
+
+
+OTHERS = {  # provider -> (its box, its credentials, the login user cloud-init made)
+    "linode": ("cloud3.linode.test", {"LINODE_TOKEN": TOKEN}, "root"),
+    "vultr": ("cloud4.vultr.test", {"VULTR_API_KEY": TOKEN}, "root"),
+    "ec2": ("cloud5.ec2.test", {"AWS_ACCESS_KEY_ID": "AKIASTANDIN0000001", "AWS_SECRET_ACCESS_KEY": TOKEN}, "admin"),
+}
+
+
+def test_linode_vultr_and_ec2_make_real_cloud_init_boxes(
+    inv: Path, env: dict[str, str], identity: Path, tmp_path: Path
+) -> None:
+    """Each through its stand-in (Linode v4, Vultr v2, moto's EC2 behind its proxy), all at once: the box
+    cloud-init made from the user data presents the pinned key, lets the recorded user in (EC2: `admin`,
+    with sudo: a dry-run deploy probes it through `sudo -n`), and destroy removes it."""
+    from tests.standins import ec2, linode, vultr
+    from tests.standins.core import LocalBoxes
+
+    fronts: dict[str, Any] = {
+        "linode": linode.start(LocalBoxes(), token=TOKEN),
+        "vultr": vultr.start(LocalBoxes(), token=TOKEN),
+        "ec2": ec2.start(LocalBoxes()),
+    }
+    results: dict[str, Any] = {}
+
+    def create(provider: str) -> None:
+        name, creds, _user = OTHERS[provider]
+        args = ("--provider", provider, "--endpoint", fronts[provider].url, "--identity-file", str(identity))
+        results[provider] = cli(inv, "create", *args, name, env={**env, **creds})
+
+    try:
+        threads = [threading.Thread(target=create, args=(p,)) for p in OTHERS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for provider, (name, creds, user) in OTHERS.items():
+            res = results[provider]
+            assert res.code == 0, f"{provider}: {res.err}{res.out}"
+            assert TOKEN not in res.out + res.err
+            doc = tomlkit.parse((inv / f"{name}.toml").read_text()).unwrap()
+            assert doc["ssh"]["user"] == user and doc["provider"] == provider
+            box = Box(doc["address"], doc["host_keys"][0], identity, user=user)
+            assert box.run("hostname -f")[1].strip() == name
+            assert "status: done" in box.run("cloud-init status --wait")[1]
+            if user != "root":
+                assert box.run("sudo -n id -u")[1].strip() == "0"
+                res = cli(inv, "deploy", "--dry-run", name, env={**env, **creds})
+                assert res.code == 0, res.err + res.out
+            res = cli(inv, "destroy", "--yes", name, env={**env, **creds})
+            assert res.code == 0, f"{provider}: {res.err}{res.out}"
+            assert not (inv / f"{name}.toml").exists()
+            assert TOKEN not in res.out + res.err
+    finally:
+        for front in fronts.values():
+            front.close()
+    for provider, (name, _creds, _user) in OTHERS.items():
+        assert LocalProvider(lane_config()).status(name) == "absent", provider
