@@ -13,7 +13,7 @@ import tomlkit
 from rich.table import Table
 
 from miab_remote.cli.commands import summary
-from miab_remote.cli.common import inventory_of
+from miab_remote.cli.common import inventory_of, refuse_password_argument
 from miab_remote.cli.output import Progress, plural, stderr_console, stdout_console
 from miab_remote.engine.converge import HostRun, Report
 from miab_remote.errors import InputError, MiabError
@@ -233,7 +233,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     def action(
         group: argparse._SubParsersAction[argparse.ArgumentParser], verb: str, text: str
     ) -> argparse.ArgumentParser:
-        p = group.add_parser(verb, parents=[common], help=text, description=text)
+        p = group.add_parser(verb, parents=[common], help=text, description=text, allow_abbrev=False)
         p.add_argument("name", metavar="NAME", help="the box (its inventory file is NAME.toml)")
         return p
 
@@ -250,6 +250,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
             action="store_true",
             help="read the password as one line from stdin instead of asking twice on the terminal",
         )
+        refuse_password_argument(p)
 
     user = sub.add_parser("user", parents=[common], help=summary("user"))
     users = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")

@@ -19,6 +19,24 @@ def inventory_of(args: argparse.Namespace) -> Inventory:
     return Inventory(Path(root))
 
 
+class _RefusePassword(argparse.Action):
+    """`--password VALUE` is refused without echoing VALUE (and never taken for --password-stdin)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        parser.error(
+            "a password is never taken from the command line (every user of this machine sees it in `ps`, and "
+            "your shell history keeps it): leave it out to be asked, or pipe it in with --password-stdin; "
+            "nothing was changed"
+        )
+
+
+def refuse_password_argument(p: argparse.ArgumentParser) -> None:
+    """A command that reads a password: `--password X` gets one clear refusal that never shows X (argparse would
+    otherwise take it for --password-stdin, or print X among the unrecognized arguments). Such a parser is
+    made with allow_abbrev=False, so no prefix of an option is taken for it either."""
+    p.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
+
+
 def confirm(question: str, assume_yes: bool, expect: str = "yes") -> None:
     """Ask on the terminal; go on only if the operator types `expect` (e.g. the names of what is destroyed)."""
     if assume_yes:

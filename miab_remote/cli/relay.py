@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from miab_remote.cli.commands import summary
-from miab_remote.cli.common import inventory_of
+from miab_remote.cli.common import inventory_of, refuse_password_argument
 from miab_remote.cli.output import stdout_console
 from miab_remote.jobs import relay as jobs
 from miab_remote.mail import passwords, relay
@@ -69,17 +69,6 @@ def cmd_relay_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-class _RefusePassword(argparse.Action):
-    """`--password VALUE` is refused without echoing VALUE (and never taken for --password-stdin)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
-        parser.error(
-            "a password is never taken from the command line (every user of this machine sees it in `ps`, and "
-            "your shell history keeps it): leave it out to be asked, or pipe it in with --password-stdin; "
-            "nothing was changed"
-        )
-
-
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """The `relay` command group: set, show, remove."""
     group = sub.add_parser("relay", parents=[common], help=summary("relay"), description=summary("relay"))
@@ -102,7 +91,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
         action="store_true",
         help="read the password as one line from stdin instead of asking twice on the terminal",
     )
-    p.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
+    refuse_password_argument(p)
     p.set_defaults(func=cmd_relay_set)
 
     text = "show a box's relay (never its password; only whether one is stored)"

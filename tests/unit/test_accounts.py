@@ -925,3 +925,19 @@ def test_a_script_started_ahead_and_never_used_is_ended(root: Path, ssh_box: SSH
     while not ssh_box.server.inputs and time.monotonic() < wait:
         time.sleep(0.01)
     assert ssh_box.server.inputs == [script_head("apply")], "the script got its source, then the end of its input"
+
+
+@pytest.mark.parametrize("action", [["add", "--no-push"], ["password", "--no-push"]])
+@pytest.mark.parametrize("argv", [["--password", "hunter2-on-argv"], ["--password=hunter2-on-argv"], ["--pass", "x"]])
+def test_a_password_on_the_command_line_is_refused_unseen(root: Path, action: list[str], argv: list[str]) -> None:
+    """argparse took `--password X` for --password-stdin (an abbreviation) and printed X among the
+    unrecognized arguments; now one refusal, X nowhere, nothing changed."""
+    before = (root / P).read_text()
+    verb, *rest = action
+    email = "new@example.test" if verb == "add" else "alice@example.test"
+    res = cli(root, "user", verb, NAME, email, *rest, *argv)
+    assert res.code == 2
+    assert "hunter2-on-argv" not in res.out + res.err
+    if argv[0].startswith("--password"):
+        assert "a password is never taken from the command line" in res.err
+    assert (root / P).read_text() == before
