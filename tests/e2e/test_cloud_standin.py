@@ -27,7 +27,7 @@ from miab_remote.providers.local import LocalProvider
 from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
 from tests.e2e import helpers
 from tests.standins import digitalocean, linode, vultr
-from tests.standins.core import lane_config
+from tests.standins.core import LocalBoxes, lane_config
 from tests.standins.digitalocean import DigitalOceanStandIn
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,9 @@ def do(provider: LocalProvider, image: str) -> Iterator[DigitalOceanStandIn]:
     """One stand-in per release; closing it removes every box it made."""
     for what in ("do", "wrongkey", "broken", "nosshd", "linode", "vultr"):
         provider.destroy(box_name(image, what))  # what a killed earlier run left behind
-    with digitalocean.start() as standin:
+    boxes = LocalBoxes(provider.config())
+    boxes.warm(image)  # the release's cloud-init tree, built here once so that the tests' waits are only boots
+    with digitalocean.start(boxes) as standin:
         yield standin
 
 
