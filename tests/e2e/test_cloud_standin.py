@@ -12,6 +12,7 @@ Boxes live in this lane's network (MIAB_E2E_LANE); traffic goes to 127.0.0.1 and
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from miab_remote.errors import ProviderError
 from miab_remote.providers.local import LocalProvider
 from miab_remote.transport.sshkeys import KeyPair, generate_ed25519
 from tests.e2e import helpers
-from tests.standins import digitalocean
-from tests.standins.core import lane_config
+from tests.standins import digitalocean, linode, vultr
+from tests.standins.core import LocalBoxes, lane_config
 from tests.standins.digitalocean import DigitalOceanStandIn
 
 pytestmark = pytest.mark.e2e
@@ -51,9 +52,11 @@ def provider() -> LocalProvider:
 @pytest.fixture(scope="module")
 def do(provider: LocalProvider, image: str) -> Iterator[DigitalOceanStandIn]:
     """One stand-in per release; closing it removes every box it made."""
-    for what in ("do", "wrongkey", "broken", "nosshd"):
+    for what in ("do", "wrongkey", "broken", "nosshd", "linode", "vultr"):
         provider.destroy(box_name(image, what))  # what a killed earlier run left behind
-    with digitalocean.start() as standin:
+    boxes = LocalBoxes(provider.config())
+    boxes.warm(image)  # the release's cloud-init tree, built here once so that the tests' waits are only boots
+    with digitalocean.start(boxes) as standin:
         yield standin
 
 
@@ -206,3 +209,60 @@ def test_a_box_whose_sshd_never_starts_times_out_with_cloud_inits_logs_and_leave
         provider.create_seeded(name, user_data, image=image, boot_timeout=BOOT_TIMEOUT)
     assert "cloud-init's logs in the box" in str(failed.value) and "/var/log/cloud-init.log:\n" in str(failed.value)
     assert provider.status(name) == "absent"
+
+
+@pytest.mark.parametrize("cloud", ["linode", "vultr"])
+def test_linode_and_vultr_instances_are_boxes_cloud_init_booted_too(
+    provider: LocalProvider, operator: tuple[KeyPair, Path], image: str, cloud: str
+) -> None:
+    """Through libcloud's Linode v4 and Vultr v2 drivers: base64 user data on the wire, seeded decoded, the operator's
+    key through each API's own way (Linode's authorized_keys, Vultr's registered key), then destroy."""
+    name = box_name(image, cloud)
+    host_key = generate_ed25519(f"root@{name}")
+    user_data = cloud_config(name, host_key, None)
+    front = linode if cloud == "linode" else vultr
+    with front.start() as api:
+        driver = get_driver(Provider.LINODE if cloud == "linode" else Provider.VULTR)(
+            api.token, host=api.host, port=api.port, secure=False
+        )
+        if cloud == "linode":
+            (slug,) = [i for i, (local, _label) in linode.IMAGES.items() if local == image]
+            node = driver.create_node(
+                next(r for r in driver.list_locations() if r.id == "eu-central"),
+                name,
+                next(s for s in driver.list_sizes() if s.id == "g6-nanode-1"),
+                next(i for i in driver.list_images() if i.id == slug),
+                root_pass=secrets.token_urlsafe(24),  # Linode wants one; the box's root logs in by key only
+                ex_authorized_keys=[operator[0].public_line],
+                ex_userdata=user_data,
+            )
+        else:
+            (os_id,) = [str(o) for o, (local, _name) in vultr.OS.items() if local == image]
+            key = driver.import_key_pair_from_string("operator", operator[0].public_line)
+            node = driver.create_node(
+                name,
+                next(s for s in driver.list_sizes(ex_list_bare_metals=False) if s.id == "vc2-1c-1gb"),
+                next(r for r in driver.list_locations() if r.id == "fra"),
+                next(i for i in driver.list_images() if str(i.id) == os_id),
+                ex_ssh_key_ids=[key.extra["id"]],
+                ex_userdata=user_data,
+            )
+        (record,) = api.cloud.nodes.values()
+        found: list[Any] = []
+
+        def running() -> bool:
+            assert record.state != "failed", f"the box failed: {record.error}"
+            found[:] = [driver.ex_get_node(node.id)]
+            return bool(found[0].state == NodeState.RUNNING)
+
+        helpers.wait_until(running, f"{cloud} instance {name} running", timeout=BOOT_TIMEOUT)
+        # libcloud files Linode's 10.x addresses (the local boxes') under private_ips
+        (address,) = [ip for ip in found[0].public_ips + found[0].private_ips if ip != "0.0.0.0"]
+        box = helpers.Box(address, host_key.public_line, operator[1])
+        assert box.run("hostname")[1].strip() == name
+        assert box.run("cat /root/.ssh/authorized_keys")[1].strip() == operator[0].public_line
+        seeded = box.run("sha256sum /var/lib/cloud/seed/nocloud/user-data")[1].split()[0]
+        assert seeded == hashlib.sha256(user_data.encode()).hexdigest()
+        assert driver.destroy_node(found[0]) is True
+        api.cloud.wait_removed()
+        assert provider.status(name) == "absent"

@@ -92,6 +92,13 @@ class LocalBoxes:
     def remove(self, name: str) -> None:
         self.provider.destroy(name)
 
+    def warm(self, image: str) -> None:
+        """Build the release's cloud-init tree now (minutes, once per machine), so a create's wait is only a boot."""
+        from miab_remote.providers.local import rootfs
+        from miab_remote.providers.local.config import check_image
+
+        rootfs.ensure_cache(self.provider.config(), check_image(image), lambda _line: None, cloud_init=True)
+
 
 class PaperBoxes:
     """No box at all: an address from TEST-NET-1 at once, for the unit tests of the fronts' shapes."""
@@ -285,7 +292,7 @@ class StandInCloud:
         except BaseException as exc:  # reported, and close() tries again
             print(f"stand-in cloud: removing the box of {node.name} failed: {exc}", file=sys.stderr)
 
-    def wait_state(self, node_id: int, state: NodeState = "active", timeout: float = BOOT_TIMEOUT + 30) -> Node:
+    def wait_state(self, node_id: int, state: NodeState = "active", timeout: float = 600.0) -> Node:
         """Wait (bounded) for a server to reach `state`; a box that failed meanwhile fails the wait with its error."""
         deadline = time.monotonic() + timeout
         node = self.node(node_id)

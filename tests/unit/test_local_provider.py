@@ -222,3 +222,24 @@ def test_cloud_init_result_and_logs_are_read_in_the_tree(tmp_path: Path) -> None
     (tmp_path / "var/log/cloud-init.log").write_text("".join(f"line {i}\n" for i in range(100)))
     logs = rootfs.cloud_init_logs(tmp_path)
     assert "line 99" in logs and "line 74" not in logs and "/var/log/cloud-init-output.log: (none)" in logs
+
+
+def test_the_cloud_init_tree_keeps_no_state_keys_or_host_name_and_reads_only_the_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What _settle_cloud_init leaves in the cached tree of seeded boxes (locale-gen itself runs in the e2e build)."""
+    root = tmp_path / "tree"
+    for folder in ("etc/ssh", "var/lib/cloud/instances/iid-x", "etc/cloud/cloud.cfg.d"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("made by the package\n")
+    (root / "etc/hostname").write_text("the-build-machine\n")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(rootfs, "run", lambda args, **_kw: ran.append(list(args)))
+    rootfs._settle_cloud_init(root)
+
+    config = (root / rootfs.CLOUD_INIT_CONFIG_FILE).read_text()
+    assert "datasource_list: [ NoCloud, None ]\n" in config and "network: {config: disabled}\n" in config
+    assert list((root / "etc/ssh").glob("ssh_host_*")) == [] and not (root / "var/lib/cloud").exists()
+    assert (root / "etc/hostname").read_text() == "localhost\n"
+    assert (root / "etc/locale.gen").read_text() == "en_US.UTF-8 UTF-8\n"
+    assert ran == [["chroot", str(root), "locale-gen"]]

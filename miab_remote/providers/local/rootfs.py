@@ -280,6 +280,7 @@ def _settle_cloud_init(root: Path) -> None:
     cloud-init runs Debian's `locale-gen`, which makes only what /etc/locale.gen lists, then fails on the rest.
     """
     _put(root, CLOUD_INIT_CONFIG_FILE, CLOUD_INIT_CONFIG, 0o644)
+    _put(root, "etc/hostname", "localhost\n", 0o644)  # debootstrap copied this machine's; cloud-init sets the box's
     _put(root, "etc/locale.gen", f"{CLOUD_INIT_LOCALE} UTF-8\n", 0o644)
     run(["chroot", str(root), "locale-gen"], timeout=300)
     _remove_host_keys(root)
