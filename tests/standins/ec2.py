@@ -1,27 +1,34 @@
-"""A stand-in of EC2 on 127.0.0.1: moto's EC2 server (`moto[server]`, in its own process) answers every call
-(key pairs, security groups, instances, Elastic IPs, images), behind a small proxy that gives each instance
-a real box: on RunInstances it makes one from exactly the UserData sent (a BoxMaker, core.py: LocalBoxes
-boots it with cloud-init), and in DescribeInstances it shows the instance `pending` until the box's sshd
-answers, then `running` at the box's address instead of moto's made-up one (so the client's SSH goes to the
-box, never to an address outside this machine). TerminateInstances removes the box.
+"""A stand-in of EC2 on 127.0.0.1: moto's EC2 server (`moto[server]`) answers every call (key pairs, security
+groups, instances, Elastic IPs, images), behind a small proxy that records each call, can refuse one as AWS
+would, speaks AWS's own XML, and, given a BoxMaker (core.py), gives each instance a real box.
 
-    with ec2.start(LocalBoxes()) as aws:        # aws.url, aws.calls (Action and parameters, no secrets)
+    with ec2.start(LocalBoxes()) as aws:       # ec2.start() alone: moto and the proxy, no boxes
         EC2NodeDriver(KEY, SECRET, host="127.0.0.1", port=aws.port, secure=False, signature_version="4")
+        aws.called("RunInstances")             # the parameters of each call (the signature is no secret)
+        aws.refuse["RunInstances"] = (400, "InstanceLimitExceeded", "You have requested more instances ...")
+        aws.reset()                            # moto's own reset: every backend emptied
 
-moto's images: Debian's own (owner 136693071363), one per release, from DEBIAN_AMIS (MOTO_AMIS_PATH).
+- moto runs in a child process, because it reads MOTO_AMIS_PATH once, when its EC2 models are first imported:
+  there the AMIs are always the ones given (default: Debian's, owner 136693071363, per release).
+- moto 5.2 writes `xmlns="http://ec2.amazonaws.com/doc/2016-11-15"` (botocore's model) where AWS writes it
+  with a trailing slash, and puts it on error documents too, which AWS sends as a bare `<Response><Errors>`;
+  libcloud looks elements up under AWS's namespace and errors under none, so the proxy answers as AWS does.
+- With boxes: on RunInstances a box is made from exactly the UserData sent; DescribeInstances shows the
+  instance `pending` until the box's sshd answers, then `running` at the box's address instead of moto's
+  made-up one (so the client's SSH goes to the box, never outside this machine); TerminateInstances removes it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,48 +40,63 @@ from urllib.parse import parse_qs, urlsplit
 from tests.standins.core import Booted, BoxMaker
 
 NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+MOTO_NAMESPACE = b' xmlns="' + NS.rstrip("/").encode() + b'"'
+AWS_NAMESPACE = b' xmlns="' + NS.encode() + b'"'
 DEBIAN_OWNER = "136693071363"
-# AMI id -> (the local image it boots, its name as Debian publishes them)
-DEBIAN_AMIS = {
-    "ami-0d13d13d13d13d131": ("debian-13", "debian-13-amd64-20251117-2299"),
-    "ami-0d12d12d12d12d121": ("debian-12", "debian-12-amd64-20251117-2299"),
-    "ami-0d13d13d13d13d130": ("debian-13", "debian-13-amd64-20250801-2190"),  # an older build of 13
-}
+# An EC2 error document, as AWS sends it (docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html)
+ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}'
+    "</Message></Error></Errors><RequestID>ea966190-f9aa-478e-9ede-example</RequestID></Response>"
+)
 
-_SERVER = """
-import sys, threading
+CHILD = """
+import sys
 from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()
+sys.stdin.read()  # until the stand-in closes it
 server.stop()
 """
 
 
-def _amis_json() -> str:
-    return json.dumps(
-        [
-            {
-                "ami_id": ami,
-                "state": "available",
-                "public": True,
-                "owner_id": DEBIAN_OWNER,
-                "name": name,
-                "image_location": f"{DEBIAN_OWNER}/{name}",
-                "root_device_type": "ebs",
-                "root_device_name": "/dev/xvda",
-                "description": f"Debian {name.split('-')[1]} (amd64)",
-                "image_type": "machine",
-                "architecture": "x86_64",
-                "virtualization_type": "hvm",
-                "hypervisor": "xen",
-                "sriov": "simple",
-                "creation_date": f"{name.rsplit('-', 2)[1][:4]}-{name.rsplit('-', 2)[1][4:6]}-17T00:00:00.000Z",
-            }
-            for ami, (_image, name) in DEBIAN_AMIS.items()
-        ]
-    )
+def debian_ami(ami_id: str, name: str, created: str) -> dict[str, Any]:
+    """An AMI as MOTO_AMIS_PATH lists them, published by the Debian project's account."""
+    return {
+        "ami_id": ami_id,
+        "state": "available",
+        "public": True,
+        "owner_id": DEBIAN_OWNER,
+        "name": name,
+        "image_location": f"{DEBIAN_OWNER}/{name}",
+        "root_device_type": "ebs",
+        "root_device_name": "/dev/xvda",
+        "description": f"Debian ({name})",
+        "image_type": "machine",
+        "architecture": "x86_64" if "amd64" in name else "arm64",
+        "virtualization_type": "hvm",
+        "hypervisor": "xen",
+        "sriov": "simple",
+        "creation_date": created,
+    }
+
+
+DEBIAN_AMIS = [
+    debian_ami("ami-0d13d13d13d13d131", "debian-13-amd64-20251117-2299", "2025-11-17T00:00:00.000Z"),
+    debian_ami("ami-0d12d12d12d12d121", "debian-12-amd64-20251117-2299", "2025-11-17T00:00:00.000Z"),
+    debian_ami("ami-0d13d13d13d13d130", "debian-13-amd64-20250801-2190", "2025-08-01T00:00:00.000Z"),  # older
+]
+
+
+def local_image(ami: Mapping[str, Any]) -> str:
+    """The local image a box of this AMI boots: debian-13 for debian-13-amd64-..."""
+    return "-".join(str(ami["name"]).split("-")[:2])
+
+
+@dataclass
+class Call:
+    action: str
+    params: dict[str, str]
 
 
 @dataclass
@@ -89,22 +111,24 @@ class Instance:
 
 
 class EC2StandIn:
-    """moto behind the proxy; `calls` logs each Action with its parameters (signature and key id dropped)."""
+    """moto behind the proxy; `calls` records each call with its parameters."""
 
-    def __init__(self, boxes: BoxMaker) -> None:
+    def __init__(self, boxes: BoxMaker | None = None, amis: list[dict[str, Any]] | None = None) -> None:
         self.boxes = boxes
-        self.calls: list[tuple[str, dict[str, str]]] = []
+        self.amis = {a["ami_id"]: a for a in (amis if amis is not None else DEBIAN_AMIS)}
+        self.calls: list[Call] = []
+        self.refuse: dict[str, tuple[int, str, str]] = {}  # action -> status, AWS code, message
         self.instances: dict[str, Instance] = {}
         self._lock = threading.Lock()
-        self._amis = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115
-        self._amis.write(_amis_json())
-        self._amis.close()
-        env = {**os.environ, "MOTO_AMIS_PATH": self._amis.name, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+        self._folder = tempfile.TemporaryDirectory(prefix="moto-")
+        path = Path(self._folder.name) / "amis.json"
+        path.write_text(json.dumps(list(self.amis.values())))
+        env = os.environ | {"MOTO_AMIS_PATH": str(path), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
         self._moto = subprocess.Popen(
-            [sys.executable, "-c", _SERVER],
+            [sys.executable, "-c", CHILD],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # werkzeug's line per request; the proxy records them
             env=env,
             text=True,
         )
@@ -118,10 +142,10 @@ class EC2StandIn:
             def _serve(self) -> None:
                 front._handle(self)
 
-            do_GET = do_POST = _serve
+            do_GET = do_POST = do_PUT = do_DELETE = _serve
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                """Quiet: the test reads `calls`."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -135,56 +159,67 @@ class EC2StandIn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def actions(self, name: str) -> list[dict[str, str]]:
-        """The parameters of every call of Action `name`, in order."""
-        return [params for action, params in self.calls if action == name]
+    def actions(self) -> list[str]:
+        """The Action of every call, in order."""
+        return [c.action for c in self.calls]
 
-    def moto(self, action: str, **params: str) -> ET.Element:
-        """Ask moto directly (as the test's own view of the account), unsigned: moto does not check."""
-        query = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in {"Action": action, **params}.items())
-        req = urllib.request.Request(f"http://127.0.0.1:{self.moto_port}/?{query}", headers=_AUTH)
-        with urllib.request.urlopen(req, timeout=30) as res:
-            return ET.fromstring(res.read())
+    def called(self, action: str) -> list[dict[str, str]]:
+        """The parameters of every call of `action`, in order."""
+        return [c.params for c in self.calls if c.action == action]
+
+    def reset(self) -> None:
+        """moto's own reset: every backend emptied (the AMIs come back); the record and refusals cleared."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.moto_port, timeout=30)
+        conn.request("POST", "/moto-api/reset")
+        conn.getresponse().read()
+        self.calls.clear()
+        self.refuse.clear()
 
     # ---- the proxy
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
-        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        if handler.command == "POST" and body:
-            params.update({k: v[-1] for k, v in parse_qs(body.decode()).items()})
+        body = handler.rfile.read(length) if length else None
+        params = {k: v[-1] for k, v in parse_qs(urlsplit(handler.path).query).items()}
+        if body and handler.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            params |= {k: v[-1] for k, v in parse_qs(body.decode()).items()}
         action = params.get("Action", "")
-        with self._lock:
-            self.calls.append((action, {k: v for k, v in params.items() if not k.startswith("X-Amz-")}))
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.moto_port}{handler.path}",
-            data=body or None,
-            method=handler.command,
-            headers={k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=60) as res:
-                status, payload, ctype = res.status, res.read(), res.headers.get("Content-Type", "text/xml")
-        except urllib.error.HTTPError as e:
-            status, payload, ctype = e.code, e.read(), e.headers.get("Content-Type", "text/xml")
-        # moto 5.2's serializer writes botocore's namespace, without the trailing slash EC2 itself sends (and
-        # libcloud looks for): the stand-in answers as EC2 does.
-        payload = payload.replace(b'xmlns="' + NS.rstrip("/").encode() + b'"', b'xmlns="' + NS.encode() + b'"')
-        if status == 200 and action == "RunInstances":
-            self._made(ET.fromstring(payload), params)
-        if status == 200 and action == "TerminateInstances":
+        if action:
+            with self._lock:
+                self.calls.append(Call(action, params))
+        if refusal := self.refuse.get(action):
+            self._answer(handler, refusal[0], [], ERROR.format(code=refusal[1], message=refusal[2]).encode())
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", self.moto_port, timeout=60)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(handler.command, handler.path, body=body, headers=headers)
+        answer = conn.getresponse()
+        data = answer.read().replace(MOTO_NAMESPACE, AWS_NAMESPACE)
+        data = data.replace(b"<Response" + AWS_NAMESPACE + b">", b"<Response>")  # errors: as AWS sends them
+        if answer.status == 200 and self.boxes is not None:
+            data = self._boxes(action, params, data)
+        self._answer(handler, answer.status, answer.getheaders(), data)
+
+    @staticmethod
+    def _answer(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        handler.send_response(status)
+        for k, v in headers or [("Content-Type", "text/xml")]:
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                handler.send_header(k, v)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _boxes(self, action: str, params: Mapping[str, str], data: bytes) -> bytes:
+        if action == "RunInstances":
+            self._made(ET.fromstring(data), params)
+        if action == "TerminateInstances":
             for key, value in params.items():
                 if key.startswith("InstanceId."):
                     self._terminate(value)
-        if status == 200 and action in ("RunInstances", "DescribeInstances"):
-            payload = self._rewrite(payload)
-        handler.send_response(status)
-        handler.send_header("Content-Type", ctype)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
+        if action in ("RunInstances", "DescribeInstances"):
+            return self._rewrite(data)
+        return data
 
     def _made(self, reply: ET.Element, params: Mapping[str, str]) -> None:
         user_data = base64.b64decode(params.get("UserData", "")).decode()
@@ -192,7 +227,8 @@ class EC2StandIn:
             (params[k.replace(".Key", ".Value")] for k, v in params.items() if k.endswith(".Key") and v == "Name"),
             "",
         )
-        image = DEBIAN_AMIS.get(params.get("ImageId", ""), ("debian-13", ""))[0]
+        ami = self.amis.get(params.get("ImageId", ""))
+        image = local_image(ami) if ami else "debian-13"
         for item in reply.iter(f"{{{NS}}}instanceId"):
             instance = Instance(str(item.text), name, image, user_data)
             instance.thread = threading.Thread(target=self._boot, args=(instance,), daemon=True)
@@ -201,6 +237,7 @@ class EC2StandIn:
             instance.thread.start()
 
     def _boot(self, instance: Instance) -> None:
+        assert self.boxes is not None
         try:
             instance.booted = self.boxes.make(instance.name, instance.user_data, instance.image)
         except BaseException as exc:
@@ -210,7 +247,7 @@ class EC2StandIn:
     def _terminate(self, instance_id: str) -> None:
         with self._lock:
             instance = self.instances.pop(instance_id, None)
-        if instance is not None:
+        if instance is not None and self.boxes is not None:
             if instance.thread is not None:
                 instance.thread.join()
             self.boxes.remove(instance.name)
@@ -232,8 +269,7 @@ class EC2StandIn:
             for tag in ("ipAddress", "dnsName"):
                 for el in item.findall(f"{{{NS}}}{tag}"):
                     item.remove(el)
-            if up:
-                assert instance.booted is not None
+            if instance.booted is not None:
                 ET.SubElement(item, f"{{{NS}}}ipAddress").text = instance.booted.address
         return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
 
@@ -250,10 +286,11 @@ class EC2StandIn:
         if self._moto.stdin is not None:
             self._moto.stdin.close()
         try:
-            self._moto.wait(10)
+            self._moto.wait(30)
         except subprocess.TimeoutExpired:
             self._moto.kill()
-        Path(self._amis.name).unlink(missing_ok=True)
+            self._moto.wait()
+        self._folder.cleanup()
 
     def __enter__(self) -> Self:
         return self
@@ -262,9 +299,5 @@ class EC2StandIn:
         self.close()
 
 
-# moto reads the region from the signature's credential scope
-_AUTH = {"Authorization": "AWS4-HMAC-SHA256 Credential=AKIDSTANDIN/20260101/us-east-1/ec2/aws4_request"}
-
-
-def start(boxes: BoxMaker) -> EC2StandIn:
-    return EC2StandIn(boxes)
+def start(boxes: BoxMaker | None = None, amis: list[dict[str, Any]] | None = None) -> EC2StandIn:
+    return EC2StandIn(boxes, amis)

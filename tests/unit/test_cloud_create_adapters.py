@@ -85,7 +85,7 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple
 def sent_user_data(provider: str, front: Any) -> str:
     """The user data the cloud received, decoded."""
     if provider == "ec2":
-        [run_instances] = front.actions("RunInstances")
+        [run_instances] = front.called("RunInstances")
         return base64.b64decode(run_instances["UserData"]).decode()
     path = "/v4/linode/instances" if provider == "linode" else "/v2/instances"
     [post] = front.cloud.requests_to("POST", path)

@@ -1,5 +1,5 @@
 """The EC2 adapter through libcloud's real EC2NodeDriver against moto's EC2 server on 127.0.0.1
-(tests/unit/motoserver.py), with Debian's AMIs: the newest Debian AMI found, the key imported once, the
+(tests/standins/ec2.py), with Debian's AMIs: the newest Debian AMI found, the key imported once, the
 security group opening exactly the box's ports, RunInstances with the user data (read back from moto), the
 Elastic IP, and a destroy that removes the instance, the group and the address but keeps the key pair.
 
@@ -23,9 +23,10 @@ from miab_remote.providers.cloud import CloudProvider
 from miab_remote.providers.cloud.calls import CloudRefused
 from miab_remote.providers.cloud.ec2 import EC2, key_name
 from miab_remote.transport.sshkeys import generate_ed25519
-from tests.unit import motoserver
+from tests.standins import ec2 as standin
+from tests.standins.ec2 import ERROR, debian_ami
+from tests.standins.ec2 import EC2StandIn as Moto
 from tests.unit.cloudapi import Request, create_until_first_contact, make_provider, serve_as
-from tests.unit.motoserver import ERROR, Moto, debian_ami
 
 ACCESS_KEY = "AKIAMIABREMOTETEST42"
 SECRET = "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"  # distinctive, to be looked for in everything printed
@@ -45,7 +46,8 @@ AMIS = [
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    yield from motoserver.run(AMIS, tmp_path_factory.mktemp("moto"))
+    with standin.start(amis=AMIS) as aws:
+        yield aws
 
 
 @pytest.fixture

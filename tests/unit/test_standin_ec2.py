@@ -38,7 +38,7 @@ def test_instances_get_boxes_from_their_user_data() -> None:
         assert seen.state == "running" and seen.public_ips[0].startswith("127.")
         assert boxes.seen_user_data == {"b.example.org": data}, "the box got exactly the user data sent"
         assert yaml.safe_load(data)["users"][0]["name"] == "admin"
-        [run] = aws.actions("RunInstances")
+        [run] = aws.called("RunInstances")
         assert run["TagSpecification.1.Tag.1.Value"] == "b.example.org"
         driver.destroy_node(seen)
         assert driver.list_nodes(ex_node_ids=[node.id])[0].state == "terminated"
