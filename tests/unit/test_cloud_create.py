@@ -315,3 +315,14 @@ def test_destroy_asks_for_the_name_to_be_typed(
     code, shown = _destroy_in_terminal(env, NAME)
     assert code == 0 and "destroyed droplet" in shown, shown
     assert not standin.cloud.nodes
+
+
+def test_destroy_goes_to_the_api_the_server_was_made_through(
+    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    assert create(env, capsys, standin.url, NAME)[0] == 0
+    monkeypatch.setenv("MIAB_REMOTE_DIGITALOCEAN_ENDPOINT", "http://127.0.0.1:9")  # another API now
+    code, text = run(env, capsys, "destroy", "--yes", NAME)
+    assert code == 0 and "destroyed droplet" in text, text
+    assert not standin.cloud.nodes

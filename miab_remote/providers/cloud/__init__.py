@@ -61,6 +61,7 @@ class CloudProvider:
         self._offer: Offer | None = None
         self._driver: Any = None
         self._creds: credentials.Credentials | None = None
+        self._api: endpoint.Endpoint | None = None  # the API the driver talks to, once connected
 
     # -- the checks, before anything is made
 
@@ -132,7 +133,7 @@ class CloudProvider:
         with self._call("creating the server"):
             record = self.adapter.create_node(driver, name, offer, data, key_ref, self.options)
         record.update(region=offer.region, size=offer.size, image=offer.image)
-        if (ep := self._endpoint()) is not None:
+        if (ep := self._api) is not None:
             record["endpoint"] = ep.url
         note(record)
         try:
@@ -262,19 +263,21 @@ class CloudProvider:
         return self._creds
 
     def _endpoint(self, recorded: str | None = None) -> endpoint.Endpoint | None:
+        """The API to talk to: an existing server's own (`recorded` in its [node] table: it lives there,
+        whatever the environment says now), else --endpoint, else the provider's variable, else the default."""
+        if recorded:
+            return endpoint.parse(recorded, "the inventory's [node] endpoint")
         if self.options.endpoint:
             return endpoint.parse(self.options.endpoint, "--endpoint")
         if chosen := os.environ.get(self.adapter.endpoint_variable):
             return endpoint.parse(chosen, self.adapter.endpoint_variable)
-        if recorded:
-            return endpoint.parse(recorded, "the inventory's [node] endpoint")
         return None
 
     def _url(self, ep: endpoint.Endpoint | None) -> str:
         return ep.url if ep is not None else self.adapter.default_endpoint
 
     def _call(self, doing: str) -> Any:
-        return api_call(self.adapter.label, doing, self._credentials().mask, self._url(self._endpoint()))
+        return api_call(self.adapter.label, doing, self._credentials().mask, self._url(self._api))
 
     def _connect(self, recorded: Mapping[str, str] | None = None) -> Any:
         """The driver; for an existing server (`recorded`: its [node] table), the API and region it was made
@@ -282,7 +285,7 @@ class CloudProvider:
         if self._driver is None:
             calls.refuse_debug_log()
             recorded = recorded or {}
-            ep = self._endpoint(recorded.get("endpoint"))
+            ep = self._api = self._endpoint(recorded.get("endpoint"))
             region = recorded.get("region") or self.adapter.region(self._credentials(), self.options.region)
             with self._call("connecting"):
                 self._driver = self.adapter.connect(self._credentials(), ep, region)
