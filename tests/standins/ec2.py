@@ -218,7 +218,7 @@ class EC2StandIn:
                 if key.startswith("InstanceId."):
                     self._terminate(value)
         if action in ("RunInstances", "DescribeInstances"):
-            return self._rewrite(data)
+            return self._rewrite(data, just_made=action == "RunInstances")
         return data
 
     def _made(self, reply: ET.Element, params: Mapping[str, str]) -> None:
@@ -252,8 +252,9 @@ class EC2StandIn:
                 instance.thread.join()
             self.boxes.remove(instance.name)
 
-    def _rewrite(self, payload: bytes) -> bytes:
-        """Each instance with a box: `pending` while it boots, then `running` at the box's address."""
+    def _rewrite(self, payload: bytes, just_made: bool = False) -> bytes:
+        """Each instance with a box: `pending` while it boots (and in RunInstances' own answer, as AWS's),
+        then `running` at the box's address."""
         ET.register_namespace("", NS)
         root = ET.fromstring(payload)
         for item in root.iter(f"{{{NS}}}item"):
@@ -263,13 +264,13 @@ class EC2StandIn:
             if instance is None or state is None:
                 continue
             code, name = state.find(f"{{{NS}}}code"), state.find(f"{{{NS}}}name")
-            up = instance.booted is not None
+            up = instance.booted is not None and not just_made
             if code is not None and name is not None and name.text == "running":
                 code.text, name.text = ("16", "running") if up else ("0", "pending")
             for tag in ("ipAddress", "dnsName"):
                 for el in item.findall(f"{{{NS}}}{tag}"):
                     item.remove(el)
-            if instance.booted is not None:
+            if up and instance.booted is not None:
                 ET.SubElement(item, f"{{{NS}}}ipAddress").text = instance.booted.address
         return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
 
