@@ -82,7 +82,7 @@ def finish_interrupted(inv: Inventory, names: Sequence[str]) -> list[str]:
         provider.validate_config()
         removed = provider.destroy(name, node)
         inv.done_creating(name)
-        what = f"{provider_name} server {node.get('id')}"
+        what = f"{provider_name} server {node['id']}" if node.get("id") else f"a {provider_name} server asked for"
         lines.append(f"{name}: an interrupted create had left {what}: {'; '.join(removed)}")
     return lines
 

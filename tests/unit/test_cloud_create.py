@@ -198,6 +198,7 @@ def test_a_quota_refusal_and_a_name_in_use_are_exit_2_with_nothing_made(
         code, text = create(env, capsys, standin.url, NAME)
         assert code == 2 and "DigitalOcean refused creating the server" in text and "limit" in text, text
         assert not standin.cloud.nodes
+        assert not (env / "hosts" / ".creating" / f"{NAME}.toml").exists(), "a refused create made nothing"
     with digitalocean.start(LoopbackBoxes(), token=TOKEN) as standin:
         assert create(env, capsys, standin.url, NAME)[0] == 0
         (env / "hosts" / f"{NAME}.toml").unlink()  # an operator who lost the inventory: the cloud still has it
@@ -213,33 +214,38 @@ def test_without_credentials_nothing_is_asked(env: Path, capsys: pytest.CaptureF
     assert code == 2 and "set DIGITALOCEAN_TOKEN in the environment" in text, text
 
 
-def _orphan(env: Path, standin: digitalocean.DigitalOceanStandIn) -> int:
-    """A server an earlier create made and was killed (kill -9) before writing the inventory: only its note."""
+def _orphan(env: Path, standin: digitalocean.DigitalOceanStandIn, answered: bool = True) -> int:
+    """A server an earlier create made and was killed (kill -9) before writing the inventory: only its note,
+    with the server's id once the cloud had answered, without it when the create was killed before the answer."""
     from miab_remote.fleet.store import Inventory
 
     node = standin.cloud.create_node(
         NAME, "debian-13", "fra1", "s-1vcpu-1gb", "#cloud-config\n{}\n", slug="debian-13-x64", ssh_keys=[], ipv6=False,
         tags=[],
     )  # fmt: skip
-    Inventory(env / "hosts").note_creating(NAME, "digitalocean", {"id": str(node.id), "endpoint": standin.url})
+    known = {"id": str(node.id)} if answered else {}
+    Inventory(env / "hosts").note_creating(NAME, "digitalocean", {**known, "endpoint": standin.url})
     return node.id
 
 
+@pytest.mark.parametrize("answered", [True, False])
 def test_the_next_create_removes_what_a_killed_create_left(
-    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn
+    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn, answered: bool
 ) -> None:
-    orphan = _orphan(env, standin)
+    orphan = _orphan(env, standin, answered)
     code, text = create(env, capsys, standin.url, NAME)
     assert code == 0, text
-    assert f"{NAME}: an interrupted create had left digitalocean server {orphan}: destroyed droplet {orphan}" in text
+    left = f"digitalocean server {orphan}" if answered else "a digitalocean server asked for"
+    assert f"{NAME}: an interrupted create had left {left}: destroyed droplet {orphan}" in text
     assert orphan not in standin.cloud.nodes and len(standin.cloud.nodes) == 1
     assert not (env / "hosts" / ".creating" / f"{NAME}.toml").exists()
 
 
+@pytest.mark.parametrize("answered", [True, False])
 def test_destroy_finds_a_server_a_killed_create_left(
-    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn
+    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn, answered: bool
 ) -> None:
-    orphan = _orphan(env, standin)
+    orphan = _orphan(env, standin, answered)
     code, text = run(env, capsys, "destroy", "--yes", NAME)
     assert code == 0 and f"destroyed droplet {orphan}" in text, text
     assert not standin.cloud.nodes and not (env / "hosts" / ".creating" / f"{NAME}.toml").exists()
@@ -326,3 +332,15 @@ def test_destroy_goes_to_the_api_the_server_was_made_through(
     code, text = run(env, capsys, "destroy", "--yes", NAME)
     assert code == 0 and "destroyed droplet" in text, text
     assert not standin.cloud.nodes
+
+
+def test_a_create_killed_before_the_cloud_made_anything_leaves_nothing_to_remove(
+    env: Path, capsys: pytest.CaptureFixture[str], standin: digitalocean.DigitalOceanStandIn
+) -> None:
+    from miab_remote.fleet.store import Inventory
+
+    Inventory(env / "hosts").note_creating(NAME, "digitalocean", {"endpoint": standin.url})
+    code, text = run(env, capsys, "destroy", "--yes", NAME)
+    assert code == 0 and f"DigitalOcean has no server named {NAME}: nothing was made" in text, text
+    assert Inventory(env / "hosts").creating(NAME) is None
+    assert not standin.cloud.requests_to("DELETE", ".*")

@@ -130,11 +130,17 @@ class CloudProvider:
             key_ref = self.adapter.ensure_key(driver, authorized_key)
         data = userdata.render(name, host_key, authorized_key, self.adapter.ssh_user)
         say(f"asking {label} for a {offer.size} server in {offer.region} ({offer.image})")
-        with self._call("creating the server"):
-            record = self.adapter.create_node(driver, name, offer, data, key_ref, self.options)
-        record.update(region=offer.region, size=offer.size, image=offer.image)
+        asked = {"region": offer.region, "size": offer.size, "image": offer.image}
         if (ep := self._api) is not None:
-            record["endpoint"] = ep.url
+            asked["endpoint"] = ep.url
+        note(asked)  # killed before the answer: the next run finds the server by its name
+        try:
+            with self._call("creating the server"):
+                made = self.adapter.create_node(driver, name, offer, data, key_ref, self.options)
+        except calls.CloudRefused:
+            note(None)  # refused: nothing was made (any other failure may come after the server was made)
+            raise
+        record = {**made, **asked}
         note(record)
         try:
             view = self._wait_running(driver, record, deadline, say)
@@ -235,11 +241,20 @@ class CloudProvider:
     # -- destroy
 
     def destroy(self, name: str, node: Mapping[str, str] | None = None) -> list[str]:
-        if not node or not node.get("id"):
+        """Remove the server `node` records; one asked for by a create killed before the cloud's answer (a
+        record without an id) is found by its name, which is the box's."""
+        if not node:
             raise InputError(
                 f"{name}: its inventory records no {self.adapter.label} server ([node] id); nothing was touched"
             )
-        return self._destroy_record(self._connect(node), node)
+        driver = self._connect(node)
+        if not node.get("id"):
+            with self._call("looking the server up by its name"):
+                ident = self.adapter.node_names(driver).get(name)
+            if ident is None:
+                return [f"{self.adapter.label} has no server named {name}: nothing was made"]
+            node = {**node, "id": ident}
+        return self._destroy_record(driver, node)
 
     def _destroy_record(self, driver: Any, node: Mapping[str, str]) -> list[str]:
         with self._call(f"destroying server {node['id']}"):
