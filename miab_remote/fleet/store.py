@@ -206,7 +206,7 @@ class Inventory:
     def done_creating(self, name: str) -> None:
         """The server is recorded in the inventory, or gone again: forget the note."""
         _check_name(name)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no note, or no folder for one
             (self.root / CREATING_DIR / f"{name}.toml").unlink()
 
     def _lock_path(self, name: str) -> Path:
