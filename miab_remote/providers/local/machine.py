@@ -25,7 +25,7 @@ from miab_remote.providers.local import network, resolver
 from miab_remote.providers.local.config import LocalConfig, is_box_name
 from miab_remote.providers.local.system import lock_dir, locked, which
 
-STOP_TIMEOUT = 15.0  # nspawn turns SIGTERM into a clean systemd shutdown; give it this long
+STOP_TIMEOUT = 30.0  # nspawn turns SIGTERM into a clean systemd shutdown; on a busy 2-core host it took >15 s
 KILL_TIMEOUT = 5.0
 BOX_LOCK_TIMEOUT = 5.0
 
