@@ -92,6 +92,7 @@ def test_create_pins_the_key_it_handed_over_and_destroy_removes_the_droplet(
     assert f"glue records ns1.{NAME} A {ip}, ns2.{NAME} A {ip}" in text
     assert f"nameservers of example.org: ns1.{NAME}" in text
     assert len(cloud.requests_to("POST", "/v2/account/keys")) == 1
+    assert len(cloud.requests_to("GET", "/v2/images")) == 1, "the images are listed once (they are many)"
 
     code, text = create(env, capsys, standin.url, "box2.example.org")
     assert code == 0, text

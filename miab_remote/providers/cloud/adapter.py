@@ -121,6 +121,15 @@ class CloudAdapter(ABC):
         """The images of `images` the cloud offers (for the default: the newest of them)."""
         return set(self.images.values())
 
+    _listed_images: list[Any] | None = None
+
+    def listed_images(self, driver: Any) -> list[Any]:
+        """The cloud's image list, asked once for the adapter's life (one create or destroy): a default image
+        is chosen from it and then checked against it, and DigitalOcean's pages through every image there is."""
+        if self._listed_images is None:
+            self._listed_images = list(driver.list_images())
+        return self._listed_images
+
     @abstractmethod
     def ensure_key(self, driver: Any, public_line: str) -> str:
         """The cloud's reference to the operator's key, registering it the first time (found by fingerprint

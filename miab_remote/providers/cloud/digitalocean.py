@@ -65,7 +65,8 @@ class DigitalOcean(CloudAdapter):
         from libcloud.compute.base import NodeImage
 
         # The API takes a distribution image's slug as its id; libcloud's ids are numeric, its slugs in extra.
-        return [NodeImage(id=i.extra.get("slug") or i.id, name=i.name, driver=driver) for i in driver.list_images()]
+        listed = self.listed_images(driver)
+        return [NodeImage(id=i.extra.get("slug") or i.id, name=i.name, driver=driver) for i in listed]
 
     def offered_images(self, driver: Any) -> set[str]:
         return {i.id for i in self._images(driver)}

@@ -87,14 +87,14 @@ class Linode(CloudAdapter):
             choose(wanted, region, with_metadata, self.label, "--region")
         sizes = {s.id: s for s in driver.list_sizes()}
         size = choose_size(size, sizes, self.label)
-        images = {i.id: i for i in driver.list_images()}
+        images = {i.id: i for i in self.listed_images(driver)}
         image = choose("image", image, images, self.label, "--image")
         return Offer(
             region, size, image, os_id, {"location": locations[region], "size": sizes[size], "image": images[image]}
         )
 
     def offered_images(self, driver: Any) -> set[str]:
-        return {i.id for i in driver.list_images()}
+        return {i.id for i in self.listed_images(driver)}
 
     def ensure_key(self, driver: Any, public_line: str) -> str:
         if not any(kp.public_key and same_key(kp.public_key, public_line) for kp in driver.list_key_pairs()):

@@ -78,9 +78,10 @@ class Vultr(CloudAdapter):
         sizes = {s.id: s for s in driver.list_sizes(ex_list_bare_metals=False)}
         here = {k: s for k, s in sizes.items() if region in (s.extra.get("locations") or [])}
         size = choose_size(size, here, self.label, f" in {region}")
-        found = sorted((i for i in driver.list_images() if _release(i, image)), key=lambda i: int(i.id))
+        found = sorted((i for i in self.listed_images(driver) if _release(i, image)), key=lambda i: int(i.id))
         if not found:
-            debian = sorted({str(i.name) for i in driver.list_images() if (i.extra or {}).get("family") == "debian"})
+            listed = self.listed_images(driver)
+            debian = sorted({str(i.name) for i in listed if (i.extra or {}).get("family") == "debian"})
             raise InputError(
                 f"{self.label} offers no image {image!r} (--image); its Debian images: {', '.join(debian) or 'none'}; "
                 "nothing was made"
@@ -92,7 +93,7 @@ class Vultr(CloudAdapter):
         )
 
     def offered_images(self, driver: Any) -> set[str]:
-        listed = driver.list_images()
+        listed = self.listed_images(driver)
         return {name for name in self.images.values() if any(_release(i, name) for i in listed)}
 
     def ensure_key(self, driver: Any, public_line: str) -> str:
