@@ -8,7 +8,7 @@ from typing import Any
 
 from miab_remote.transport.target import SSHSettings, SSHTarget
 
-__all__ = ["DEFAULT_RECIPES", "Alias", "DNSRecord", "Host", "MailUser", "Relay", "SSHSettings"]
+__all__ = ["DEFAULT_RECIPES", "Alias", "Backup", "DNSRecord", "Host", "MailUser", "Relay", "SSHSettings"]
 
 DEFAULT_RECIPES: tuple[str, ...] = (
     "base",
@@ -60,6 +60,25 @@ class Relay:
 
 
 @dataclass(frozen=True)
+class Backup:
+    """Where the box's nightly restic backups go ([backup]). `target` is restic's repository string without
+    any credential (`rest:https://host:port/path`, `s3:https://host[:port]/bucket[/path]`,
+    `sftp:user@host:/path`, `local:/path` on the box); `kind` is its scheme. The credentials and the
+    repository's password are in the laptop's secrets store (fleet/secrets.py), never here. `ca_file`: a PEM
+    on the laptop, the only CA the target's certificate is checked against (absolute; None: the system's).
+    `host_key`: an sftp target's pinned SSH host key (an OpenSSH public key line)."""
+
+    target: str
+    kind: str  # "rest" | "s3" | "sftp" | "local"
+    keep_daily: int = 7
+    keep_weekly: int = 5
+    keep_monthly: int = 12
+    append_only: bool = False
+    ca_file: Path | None = None
+    host_key: str | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     """One box. `name` is the inventory file's stem and equals `hostname` (the box's FQDN)."""
 
@@ -83,6 +102,7 @@ class Host:
     # The cloud server a provider made: id, region, size, image, and what else its destroy needs.
     node: dict[str, str] = field(default_factory=dict)
     relay: Relay | None = None
+    backup: Backup | None = None
 
     @property
     def target(self) -> SSHTarget:
