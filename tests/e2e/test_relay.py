@@ -11,9 +11,7 @@ The relay listens on HOST_ADDRESS only (the bridge's gateway), which the boxes r
 from __future__ import annotations
 
 import json
-import os
 import ssl
-import threading
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import HOST_ADDRESS, Box, cli, deployed_box, new_inventory, operator_key, wait_until
+from tests.e2e.leakwatch import LeakWatch
 from tests.e2e.mailclients import Mail, message
 from tests.standins.testca import CA
 
@@ -114,44 +113,6 @@ def start(running: list[Controller], relay: Relay) -> Relay:
     c.start()
     running.append(c)
     return relay
-
-
-# ------------------------------------------------------------------------------------ watching for a leak
-class LeakWatch:
-    """Scans every process's argv and environment on this machine (a local box's processes are among them)
-    while a command runs, for the password."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
-        self.hits: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> LeakWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or pid == me:
-                    continue
-                for part in ("cmdline", "environ"):
-                    try:
-                        data = Path(f"/proc/{pid}/{part}").read_bytes()
-                    except OSError:
-                        continue
-                    if self.secret in data:
-                        shown = data.replace(b"\0", b" ")[:200]
-                        self.hits.append(f"{pid} {part}: {shown!r}")
-            self.scans += 1
-            self._stop.wait(0.02)
 
 
 # ------------------------------------------------------------------------------------------------- the box

@@ -51,6 +51,7 @@ class Server:
         self.host = host
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_from = 0  # where the log of the latest start begins
 
     @property
     def log(self) -> Path:
@@ -70,18 +71,30 @@ class Server:
         self.prepare()
         for attempt in range(3):  # a free port may be taken by someone else between the choice and the bind
             self.port = free_port(self.host)
-            with self.log.open("ab") as log:
-                self.process = subprocess.Popen(
-                    self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env()
-                )
             try:
-                self._wait_listening()
+                self._start()
                 return self
-            except BaseException:
-                self.stop()
-                if attempt == 2 or "address already in use" not in self.log.read_text(errors="replace"):
+            except AssertionError:
+                if attempt == 2 or "address already in use" not in self._tail():
                     raise
         raise AssertionError("unreachable")
+
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port (its settings may have changed meanwhile)."""
+        self.stop()
+        self._start()
+
+    def _start(self) -> None:
+        with self.log.open("ab") as log:
+            self._log_from = log.tell()
+            self.process = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env()
+            )
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
@@ -100,7 +113,10 @@ class Server:
             time.sleep(0.1)
 
     def _tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        """The latest start's output (its last 3000 characters)."""
+        with self.log.open("rb") as log:
+            log.seek(self._log_from)
+            return log.read().decode(errors="replace")[-3000:]
 
     def stop(self) -> None:
         """End the process: TERM, and KILL after 10 s."""
@@ -118,7 +134,8 @@ class Server:
 class RestTarget(Server):
     """restic's REST protocol: `rclone serve restic` over TLS, on `host`, storing under `folder/root`. With a
     `user`, a login is required (its password from `password`, or a random one): rclone reads it from a bcrypt
-    htpasswd file. `append_only`: rclone refuses every delete but of locks, so `restic forget` gets 403."""
+    htpasswd file. `append_only`: rclone refuses every delete but of locks, so `restic forget` gets 403.
+    `bwlimit` (e.g. "1M" bytes/s, or None): slows the server, for a test that must catch restic mid-transfer."""
 
     name = "rclone"
 
@@ -137,6 +154,7 @@ class RestTarget(Server):
         self.user = user
         self.password = (password or f"rest-{secrets.token_urlsafe(12)}") if user else None
         self.root = folder / "root"
+        self.bwlimit: str | None = None
 
     def prepare(self) -> None:
         self.root.mkdir(exist_ok=True)
@@ -156,6 +174,8 @@ class RestTarget(Server):
             argv += ["--htpasswd", str(self.folder / "htpasswd")]
         if self.append_only:
             argv.append("--append-only")
+        if self.bwlimit:
+            argv += ["--bwlimit", self.bwlimit]
         return [*argv, str(self.root)]
 
     def env(self) -> dict[str, str]:

@@ -117,6 +117,11 @@ def test_rest_init_backup_snapshots_with_the_login_over_tls(
     assert rest.password is not None and rest.password not in " ".join(rest.argv())
     assert rest.password not in (rest.folder / "htpasswd").read_text()
 
+    port = rest.port
+    rest.bwlimit = "10M"
+    rest.restart()  # on the same port, with the same repositories
+    assert rest.port == port and "--bwlimit" in rest.argv() and len(restic.snapshots()) == 1
+
     wrong = Restic(tmp_path / "wrong", f"rest:https://{rest.user}:not-it@{LOOPBACK}:{rest.port}/box1", ca_file, {})
     assert "401" in wrong("snapshots", check=False).stderr
     no_ca = Restic(tmp_path / "no-ca", rest.url_with_login("box1"), None, {})
