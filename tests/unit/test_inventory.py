@@ -858,7 +858,8 @@ def test_edit_appending_keeps_everything_before(hosts: Inventory) -> None:
          "for example from `doveadm pw -s BLF-CRYPT`; accepted: {SHA512-CRYPT}$6$, {BLF-CRYPT}$2, "
          "{ARGON2ID}$argon2id$"),
         (lambda d: d.__setitem__("colour", "blue"), f"{P}:9: colour: unknown key; accepted: hostname, address, "
-         "provider, ssh, host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup"),
+         "provider, ssh, host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, "
+         "backup"),
         (lambda d: d.remove("address"), f"{P}:1: address: required key is missing; expected an IP address or "
          "DNS name to reach the box at"),
     ],
