@@ -9,6 +9,7 @@ user.rules).
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -247,3 +248,54 @@ def box_checks(
     if fw is not None:
         out.append(fw)
     return out + resource_checks(host, facts) + upkeep_checks(host, facts)
+
+
+# -- backups ------------------------------------------------------------------------------------------------------
+BACKUP_MAX_AGE = datetime.timedelta(hours=36)  # a daily timer with up to 3 h of random delay, and one miss
+
+
+def _when(text: str | None) -> datetime.datetime | None:
+    """An ISO 8601 time (a naive one is UTC), or None when there is none or it is not one."""
+    try:
+        t = datetime.datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return t if t is None or t.tzinfo else t.replace(tzinfo=datetime.UTC)
+
+
+def _ago(then: datetime.datetime, now: datetime.datetime) -> str:
+    hours = (now - then).total_seconds() / 3600
+    age = f"{hours:.0f} h ago" if hours < 72 else f"{hours / 24:.0f} days ago"
+    return f"{then.astimezone(datetime.UTC):%Y-%m-%d %H:%M} UTC, {age}"
+
+
+def backup_check(
+    host: Host, fact: Mapping[str, Any] | None, since: str | None, now: datetime.datetime
+) -> Check | None:
+    """[backup]: the last good backup at most 36 h old; none yet is a failure once [backup] is 36 h old
+    (`since`: when the first deploy made the repository's password). Says when, and the last error."""
+    if host.backup is None or fact is None:
+        return None
+    name = "backup"
+    fix = f"`miab-remote backup {host.name}` runs one now and says why it fails; `journalctl -u miab-backup` on the box"
+    if "error" in fact:
+        return Check(name, False, f"could not read the backup status: {fact['error']}", fix)
+    status = fact.get("status") or {}
+    attempt = status.get("last_attempt") or {}
+    error = f"; the last attempt ({_ago(t, now)}) failed: {attempt.get('error')}" if (
+        attempt and not attempt.get("ok") and (t := _when(attempt.get("time"))) is not None
+    ) else ""  # fmt: skip
+    success = status.get("last_success") or {}
+    last = _when(success.get("time"))
+    if last is not None:
+        detail = f"last good backup {_ago(last, now)} (snapshot {str(success.get('snapshot', '?'))[:8]})"
+        if now - last > BACKUP_MAX_AGE:
+            return Check(name, False, f"{detail}: older than 36 h{error}", fix)
+        if error:
+            return warn(name, detail + error, fix)
+        return Check(name, True, detail)
+    configured = _when(since)
+    if configured is None or now - configured > BACKUP_MAX_AGE:
+        at = f" since {_ago(configured, now)}" if configured else ""
+        return Check(name, False, f"no good backup yet, [backup] set{at}{error}", fix)
+    return Check(name, True, f"none yet: [backup] set {_ago(configured, now)}, the first runs within a day{error}")
