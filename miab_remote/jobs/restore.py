@@ -26,6 +26,7 @@ from miab_remote.checks.result import Check
 from miab_remote.engine.converge import DeployOptions, HostRun, build
 from miab_remote.engine.resources import Directory, File, Resource, Service
 from miab_remote.errors import HostError, InputError
+from miab_remote.fleet import secrets
 from miab_remote.fleet.model import Host
 from miab_remote.fleet.problems import InventoryError, display_path
 from miab_remote.fleet.schema import validate
@@ -125,6 +126,11 @@ def old_repository(host: Host, old: Host, where: str) -> dict[str, Any] | None:
     """The old box's repository credentials for the box's stdin; None when it is this box's own one."""
     if old.backup is None:
         raise InputError(f"--from {old.name}: {where} has no [backup]: where were its backups? {NOTHING}")
+    if secrets.get(old.name, secrets.BACKUP_PASSWORD) is None:
+        raise InputError(
+            f"--from {old.name}: its repository password is not stored (in {display_path(secrets.path_for(old.name))}"
+            f"; its recovery sheet has it); {NOTHING}"
+        )
     try:
         theirs = backup.credentials(old)
     except InputError as e:
