@@ -272,8 +272,8 @@ def _ago(then: datetime.datetime, now: datetime.datetime) -> str:
 def backup_check(
     host: Host, fact: Mapping[str, Any] | None, since: str | None, now: datetime.datetime
 ) -> Check | None:
-    """[backup]: the last good backup at most 36 h old; none yet is a failure once [backup] is 36 h old
-    (`since`: when the first deploy made the repository's password). Says when, and the last error."""
+    """[backup]: the last good backup at most 36 h old; none yet is a failure 36 h after the backups became
+    due (`since`: the first deploy with [backup], or the last restore). Says when, and the last error."""
     if host.backup is None or fact is None:
         return None
     name = "backup"
@@ -294,8 +294,8 @@ def backup_check(
         if error:
             return warn(name, detail + error, fix)
         return Check(name, True, detail)
-    configured = _when(since)
-    if configured is None or now - configured > BACKUP_MAX_AGE:
-        at = f" since {_ago(configured, now)}" if configured else ""
-        return Check(name, False, f"no good backup yet, [backup] set{at}{error}", fix)
-    return Check(name, True, f"none yet: [backup] set {_ago(configured, now)}, the first runs within a day{error}")
+    due = _when(since)
+    if due is None or now - due > BACKUP_MAX_AGE:
+        at = f" (due since {_ago(due, now)})" if due else ""
+        return Check(name, False, f"no good backup yet{at}{error}", fix)
+    return Check(name, True, f"none yet: due since {_ago(due, now)}, the timer runs one within a day{error}")

@@ -268,7 +268,7 @@ def run_checks(host: Host) -> list[Check]:
     out.append(certificate_check(host))
     if facts is not None:
         out += boxchecks.box_checks(host, facts, resources, rendered)
-        since = secrets.get(host.name, secrets.BACKUP_PASSWORD_MADE)
+        since = secrets.get(host.name, secrets.BACKUP_SINCE)
         now = datetime.datetime.now(datetime.UTC)
         if (judged := boxchecks.backup_check(host, facts.get("backup"), since, now)) is not None:
             out.append(judged)

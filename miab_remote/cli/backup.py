@@ -157,7 +157,7 @@ def cmd_target_show(args: argparse.Namespace) -> int:
         out.print(f"{args.name}: backups to {b['target']} ({policy}{against})", markup=False)
     stored = ", ".join(shown["credentials_stored"]) or "none"
     out.print(f"  credentials stored: {stored}", markup=False)
-    made = f" (made {shown['password_made']})" if shown["password_made"] else ""
+    made = f" (backups due since {shown['backups_since']})" if shown["backups_since"] else ""
     password = "stored" + made if shown["password_stored"] else "not made yet (the first deploy makes it)"
     out.print(f"  repository password: {password}", markup=False)
     if shown["recovery_sheet"]:

@@ -26,10 +26,11 @@ from miab_remote.fleet.problems import display_path
 
 # The names the tool stores; a secret's name is a TOML bare key of lower-case words.
 RELAY_PASSWORD = "relay_password"
-# The restic repository's password, made on the laptop by the first deploy of a box with [backup], and when
-# (UTC, ISO 8601): `check` counts a box's first 36 hours without a backup from then.
+# The restic repository's password, made on the laptop by the first deploy of a box with [backup]; and since
+# when (UTC, ISO 8601) the box's backups are due: that deploy, or the last restore (a new box after a move):
+# `check` allows a box 36 hours without a backup from then.
 BACKUP_PASSWORD = "backup_password"
-BACKUP_PASSWORD_MADE = "backup_password_made"
+BACKUP_SINCE = "backup_since"
 # A REST server's login (both optional: a server without auth), an S3 key pair (required), an sftp
 # target's OpenSSH ed25519 private key (made on the laptop by `backup-target set`).
 BACKUP_REST_USER = "backup_rest_user"
@@ -45,7 +46,7 @@ BACKUP_CREDENTIALS: dict[str, tuple[str, ...]] = {
     "local": (),
 }
 # Kept beside the secrets but no secret: never masked (a time would mask every text that names it).
-NOT_SECRET: tuple[str, ...] = (BACKUP_PASSWORD_MADE,)
+NOT_SECRET: tuple[str, ...] = (BACKUP_SINCE,)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 

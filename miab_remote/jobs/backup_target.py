@@ -175,7 +175,7 @@ def show(inv: Inventory, name: str, recovery_sheet: bool = False) -> dict[str, A
     out: dict[str, Any] = {
         "backup": None,
         "password_stored": secrets.BACKUP_PASSWORD in stored,
-        "password_made": stored.get(secrets.BACKUP_PASSWORD_MADE),
+        "backups_since": stored.get(secrets.BACKUP_SINCE),
         "credentials_stored": sorted(n for names in secrets.BACKUP_CREDENTIALS.values() for n in names if n in stored),
         "recovery_sheet": display_path(recovery.sheet_path(name)) if recovery.sheet_path(name).exists() else None,
     }

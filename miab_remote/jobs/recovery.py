@@ -81,7 +81,7 @@ def prepare(host: Host, dry_run: bool) -> list[str]:
             backup.use_stand_in(name)
             return [f"a new repository password would be made, and the recovery sheet {display_path(path)} written"]
         secrets.put_new(name, secrets.BACKUP_PASSWORD, random.token_urlsafe(32))
-        secrets.put_new(name, secrets.BACKUP_PASSWORD_MADE, now_text())
+        secrets.put_new(name, secrets.BACKUP_SINCE, now_text())
     return refresh(host, dry_run)
 
 

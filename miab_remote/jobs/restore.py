@@ -33,6 +33,7 @@ from miab_remote.fleet.schema import validate
 from miab_remote.fleet.store import ARCHIVE_DIR, Inventory
 from miab_remote.jobs import check as check_job
 from miab_remote.jobs import deploy as deploy_job
+from miab_remote.jobs import recovery
 from miab_remote.jobs.backup import Report, ready, run_program
 from miab_remote.mail import backup, layout
 from miab_remote.profiles import assumed_profile
@@ -191,6 +192,7 @@ def restore(
     except HostError as e:
         raise HostError(f"{e}; {again}") from None
     on_phase(f"{name}: port 25 open again, backups timer started")
+    secrets.put(name, secrets.BACKUP_SINCE, recovery.now_text())  # this box's own backups are due from now
     report(name, "checking")
     run.checks = check_job.check_hosts([inv.load(name)])[name]
     on_phase(f"{name}: checked: {len(run.failed_checks)} of {len(run.checks)} checks failed")

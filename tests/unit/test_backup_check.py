@@ -1,6 +1,7 @@
 """`check` of a box with [backup]: the status file the box's backup program writes (read by remote/status.py)
 judged on the laptop: a failure when the last good backup is more than 36 h old, or when there is none and
-[backup] was set (its password made) more than 36 h ago; each says when, and the last error."""
+the backups are due (since the first deploy with [backup] or the last restore) for more than 36 h; each says
+when, and the last error."""
 
 from __future__ import annotations
 
@@ -53,13 +54,13 @@ CASES: list[tuple[str, dict[str, Any] | None, str | None, Check | None]] = [
      warn("backup", "last good backup 2026-12-01 01:00 UTC, 11 h ago (snapshot 4f2a9c01); the last attempt "
           "(2026-12-01 11:00 UTC, 1 h ago) failed: a backup is running", FIX)),
     ("none-yet-new", {"missing": True}, "2026-12-01T02:00:00Z",
-     Check("backup", True, "none yet: [backup] set 2026-12-01 02:00 UTC, 10 h ago, the first runs within a day")),
+     Check("backup", True, "none yet: due since 2026-12-01 02:00 UTC, 10 h ago, the timer runs one within a day")),
     ("none-yet-old", {"missing": True}, "2026-11-29T12:00:00Z",
-     Check("backup", False, "no good backup yet, [backup] set since 2026-11-29 12:00 UTC, 48 h ago", FIX)),
+     Check("backup", False, "no good backup yet (due since 2026-11-29 12:00 UTC, 48 h ago)", FIX)),
     ("none-and-failing", status(None, "2026-11-30T03:00:00Z", False, "repository not found"), "2026-11-28T12:00:00Z",
-     Check("backup", False, "no good backup yet, [backup] set since 2026-11-28 12:00 UTC, 3 days ago; the last "
+     Check("backup", False, "no good backup yet (due since 2026-11-28 12:00 UTC, 3 days ago); the last "
            "attempt (2026-11-30 03:00 UTC, 33 h ago) failed: repository not found", FIX)),
-    ("none-no-password", {"missing": True}, None, Check("backup", False, "no good backup yet, [backup] set", FIX)),
+    ("none-no-password", {"missing": True}, None, Check("backup", False, "no good backup yet", FIX)),
     ("unreadable", {"error": "Expecting value: line 1 column 1 (char 0)"}, None,
      Check("backup", False, "could not read the backup status: Expecting value: line 1 column 1 (char 0)", FIX)),
 ]  # fmt: skip

@@ -6,6 +6,7 @@ a line per box, failures masked), `backups`, `restore` (its phases in order, the
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import stat
@@ -221,6 +222,8 @@ def test_restore_runs_its_phases_in_order(root: Path, ssh_box: SSHBox, steps: li
     r = cli(root, "restore", NAME)
     assert r.code == 0, r.err
     assert steps == ["restore", f"deploy {NAME}", "restore-finish", f"check {NAME}"]
+    since = datetime.datetime.fromisoformat(secrets.get(NAME, secrets.BACKUP_SINCE) or "2000-01-01T00:00:00Z")
+    assert datetime.datetime.now(datetime.UTC) - since < datetime.timedelta(minutes=5), "due again from the restore"
     assert got[0] == {"command": "restore", "snapshot": "latest", "host": NAME, "force": False,
                       "services": STATE_SERVICES, "credentials": None}  # fmt: skip
     assert got[1] == {"command": "restore-finish"}

@@ -167,7 +167,7 @@ def test_the_first_deploy_makes_the_password_and_the_sheet_once(
     )
     password = secrets.get(NAME, secrets.BACKUP_PASSWORD)
     assert password is not None and len(password) == 43
-    assert secrets.get(NAME, secrets.BACKUP_PASSWORD_MADE) is not None
+    assert secrets.get(NAME, secrets.BACKUP_SINCE) is not None
     assert stat.S_IMODE(sheet().stat().st_mode) == 0o600 and stat.S_IMODE(sheet().parent.stat().st_mode) == 0o700
     text = sheet().read_text()
     assert f"password:   {password}\n" in text
@@ -214,7 +214,7 @@ def test_every_backup_secret_is_masked(tmp_path: Path) -> None:
     host = box(tmp_path, 'target = "rest:https://10.78.7.1:8443/box1"\n')
     key = generate_ed25519("k").private_openssh.decode()
     store(backup_rest_user="bob-the-user", backup_rest_password=REST_PASSWORD, backup_password="repo-password-1",
-          backup_sftp_key=key, backup_password_made="2026-12-01T21:00:00Z")  # fmt: skip
+          backup_sftp_key=key, backup_since="2026-12-01T21:00:00Z")  # fmt: skip
     mask = secret_mask_for(host)
     repository = backup.repository_text(host)
     shown = mask(f"Fatal: unable to open {repository} with repo-password-1; key {key.splitlines()[1]}")
