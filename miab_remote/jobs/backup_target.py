@@ -92,7 +92,7 @@ def check_set(inv: Inventory, names: list[str], change: TargetChange) -> Checked
     if change.ca_file is not None and change.system_cas:
         raise InputError(f"--ca-file and --system-cas contradict each other; {NOTHING}")
     if change.ca_file is not None:
-        relay.read_ca(change.ca_file, f"--ca-file {change.ca_file}")
+        relay.read_ca(change.ca_file, f"--ca-file {change.ca_file}", backup.TARGET)
     docs: dict[str, tomlkit.TOMLDocument] = {}
     for name in dict.fromkeys(names):
         path = inv.path_for(name)

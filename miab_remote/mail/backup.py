@@ -32,6 +32,7 @@ SETTINGS_FILE = f"{CONFIG_DIR}/settings.json"
 PROGRAM = "/usr/local/sbin/miab-backup"
 STATUS = "/var/lib/miab-remote/backup/status.json"
 MAX_CREDENTIAL = 1024
+TARGET = "the backup target"
 
 # Set by a dry run of deploy for a box that has no password yet: rendered instead, never stored.
 _stand_ins: dict[str, str] = {}
@@ -177,7 +178,7 @@ def ca_pem(host: Host) -> str | None:
     b = backup_of(host)
     if b.ca_file is None:
         return None
-    return relay.read_ca(b.ca_file, f"{display_path(host.path)}: backup.ca_file: {display_path(b.ca_file)}")
+    return relay.read_ca(b.ca_file, f"{display_path(host.path)}: backup.ca_file: {display_path(b.ca_file)}", TARGET)
 
 
 def settings(host: Host) -> dict[str, Any]:

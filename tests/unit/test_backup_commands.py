@@ -362,7 +362,7 @@ def test_set_rest_reads_the_login_from_stdin_and_stores_it_only_there(root: Path
          f"hosts/{OLD}.toml:"),
         (["--target", "local:/srv/b", "--ca-file", "nowhere.pem"],
          "--ca-file nowhere.pem: No such file or directory; expected a PEM file with the certificate of the CA that "
-         "signs the relay's certificate"),
+         "signs the backup target's certificate"),
     ],
 )  # fmt: skip
 def test_set_checks_everything_before_it_asks(root: Path, ssh_box: SSHBox, args: list[str], message: str) -> None:

@@ -222,3 +222,15 @@ def test_every_backup_secret_is_masked(tmp_path: Path) -> None:
         assert secret not in shown
     assert MASK in shown and "10.78.7.1:8443/box1" in shown
     assert mask("made 2026-12-01T21:00:00Z") == "made 2026-12-01T21:00:00Z", "a time is no secret"
+
+
+def test_a_ca_file_with_a_private_key_is_refused_naming_the_field(tmp_path: Path) -> None:
+    (tmp_path / "hosts").mkdir()
+    make_ca(tmp_path / "hosts" / "ca.pem", with_key=True)
+    host = box(tmp_path, 'target = "rest:https://x.test/r"\nca_file = "ca.pem"\n')
+    with pytest.raises(InputError) as e:
+        backup.ca_pem(host)
+    assert str(e.value) == (
+        f"hosts/{NAME}.toml: backup.ca_file: hosts/ca.pem: holds a private key, which is never copied to a box; "
+        "expected a PEM file with the certificate of the CA that signs the backup target's certificate only"
+    )
