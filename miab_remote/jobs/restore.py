@@ -136,7 +136,16 @@ def old_repository(host: Host, old: Host, where: str) -> dict[str, Any] | None:
         theirs = backup.credentials(old)
     except InputError as e:
         raise InputError(f"--from {old.name} (its secrets are needed): {e}") from None
-    return None if theirs == backup.credentials(host) else theirs
+    if theirs == backup.credentials(host):
+        return None
+    if old.backup.kind == "sftp":
+        # The box holds its own sftp key and known host only: another box's would have to be sent too.
+        raise InputError(
+            f"--from {old.name}: its sftp repository is not this box's; restoring another box's sftp repository "
+            f"is not supported: give {host.name} the same target first (`miab-remote backup-target set {host.name} "
+            f"--target {old.backup.target} --host-key ...`, and the old key in its secrets); {NOTHING}"
+        )
+    return theirs
 
 
 def restored_folder(today: datetime.date | None = None) -> str:
@@ -228,7 +237,10 @@ def _restore_user(
         "folder": restored_folder(),
     }
     if credentials is not None:
-        payload["credentials"] = credentials
+        raise InputError(
+            f"--user with --from {snapshot_host}: one mailbox is restored from the box's own repository only; "
+            f"restore the whole box from {snapshot_host}'s, or set {host.name}'s target to it first; {NOTHING}"
+        )
     report(host.name, "connecting")
     with Transport(host.target, connect_timeout=opts.connect_timeout) as t:
         run.result = run_program(t, host, payload, report)
