@@ -26,6 +26,13 @@ from miab_remote.fleet.problems import display_path
 
 # The names the tool stores; a secret's name is a TOML bare key of lower-case words.
 RELAY_PASSWORD = "relay_password"
+# [backup]: the restic repository's password (made at the first deploy) and the target's credentials.
+BACKUP_PASSWORD = "backup_password"
+BACKUP_REST_USER = "backup_rest_user"
+BACKUP_REST_PASSWORD = "backup_rest_password"
+BACKUP_S3_ACCESS_KEY_ID = "backup_s3_access_key_id"
+BACKUP_S3_SECRET_ACCESS_KEY = "backup_s3_secret_access_key"
+BACKUP_SFTP_KEY = "backup_sftp_key"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
