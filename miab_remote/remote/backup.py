@@ -105,6 +105,13 @@ class Out:
             if new or time.monotonic() - self.last >= self.interval:
                 self._write({"progress": self.state})
 
+    def quietly(self, phase):
+        """Set the phase the heartbeat repeats without printing a line."""
+        with self.lock:
+            self.phase = phase
+            self.state = {"phase": phase, "percent": None, "files": None, "bytes": None}
+            self.last = time.monotonic()
+
     def _beat(self):
         while True:
             time.sleep(1)
@@ -233,8 +240,7 @@ class Config:
                 raise Stop(f"{self.path(name)} is missing: deploy the box's [backup] again", "no-config")
         self.secrets = []
         self.env = {}
-        for name in ("repository", "password"):
-            self._secret(self._read(name).strip())
+        self._secret(self._read("password").strip())  # the repository string: only its login's password
         repo = self._read("repository").strip()
         parts = urllib.parse.urlsplit(repo.split(":", 1)[1]) if ":" in repo else None
         if parts is not None and parts.password:
@@ -1035,6 +1041,7 @@ def main(argv):
             {"error": f"unknown command {req.get('command')!r}; accepted: {', '.join(COMMANDS)}", "code": "bad-input"}
         )
         return 2
+    OUT.quietly(req["command"])  # the heartbeat's phase until the command names one
     try:
         result = command(req)
     except Stop as e:

@@ -323,6 +323,30 @@ def test_the_list_has_sizes_from_the_history_or_restic(box: Box) -> None:
     assert set(snaps[0]) == {"id", "short_id", "time", "hostname", "tags", "files", "bytes"}
 
 
+def test_secret_file_contents_restic_would_print_are_masked(box: Box) -> None:
+    (box.config / "repository").write_text("rest:https://bk1:Url-Passw0rd%2F@127.0.0.1:9/box1\n")
+    (box.config / "env").write_text("AWS_SECRET_ACCESS_KEY=S3-Secret-Key/abc\n")
+    leaky = box.root / "bin" / "leaky-restic"  # a restic whose error text quotes its secrets
+    leaky.write_text('#!/bin/sh\ncat "$2" "$4" >&2; env | grep AWS >&2; echo "password Url-Passw0rd/" >&2; exit 1\n')
+    leaky.chmod(0o755)
+    rc, lines = box.run({"command": "init"}, MIAB_BACKUP_RESTIC=str(leaky))
+    assert rc == 1 and lines[-1]["code"] == "restic"
+    error = lines[-1]["error"]
+    for secret in (PASSWORD, "Url-Passw0rd%2F", "Url-Passw0rd/", "S3-Secret-Key/abc"):
+        assert secret not in error
+    assert "rest:https://bk1:***@127.0.0.1:9/box1" in error and "AWS_SECRET_ACCESS_KEY=***" in error
+
+
+def test_a_slow_restic_is_covered_by_heartbeats(box: Box) -> None:
+    slow = box.root / "bin" / "slow-restic"
+    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {box.env["MIAB_BACKUP_RESTIC"]} "$@"\n')
+    slow.chmod(0o755)
+    rc, lines = box.run({"command": "list"}, MIAB_BACKUP_RESTIC=str(slow), MIAB_BACKUP_HEARTBEAT="1")
+    assert rc == 0 and "result" in lines[-1]
+    beats = [line["progress"] for line in lines[:-1]]
+    assert len(beats) >= 2 and all(b == {"phase": "list", "percent": None, "files": None, "bytes": None} for b in beats)
+
+
 def test_the_password_is_never_on_restics_command_line_and_never_shown(box: Box, tmp_path: Path) -> None:
     b = make_box(tmp_path / "b")
     secret = "Rest-Passw0rd-in-the-url"
