@@ -17,6 +17,7 @@ import pytest
 
 from miab_remote.fleet import secrets
 from miab_remote.mail import layout
+from miab_remote.mail.passwords import hash_password
 from miab_remote.remote import BOOTSTRAP, script_input
 from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.e2e
 NAME = "bk-a1.example.test"
 TARGET = "/var/backups/restic"
 MAILDIR = f"{layout.MAILBOXES}/example.test/late"
+ALICE = "alice@example.test"
 SERVICES = ["postfix", "dovecot"]
 
 
@@ -44,7 +46,11 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def box(inv: Path, config_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     identity = operator_key(tmp_path_factory.mktemp("operator"))
-    with deployed_box(inv, identity, {NAME: {"backup": {"target": f"local:{TARGET}"}}}, deploy=False) as made:
+    inventory = {
+        "backup": {"target": f"local:{TARGET}"},
+        "users": [{"email": ALICE, "password_hash": hash_password("alice-secret-1")}],
+    }
+    with deployed_box(inv, identity, {NAME: inventory}, deploy=False) as made:
         if secrets.get(NAME, secrets.BACKUP_PASSWORD) is None:  # the laptop's deploy makes it (jobs/deploy.py)
             secrets.put(NAME, secrets.BACKUP_PASSWORD, "e2e-repository-password-0123456789")
         first = cli(inv, "deploy", NAME, "--json")
@@ -82,6 +88,29 @@ def test_the_timers_command_makes_a_snapshot(box: Box) -> None:
     status = json.loads(box.run("cat /var/lib/miab-remote/backup/status.json")[1])
     assert status["last_success"]["snapshot"] == result["snapshot"] and status["last_attempt"]["ok"] is True
     assert program(box, {"command": "list", "host": None})[1]["result"]["snapshots"][-1]["id"] == result["snapshot"]
+
+
+def test_one_mailbox_comes_back_as_folders_dovecot_lists(box: Box) -> None:
+    box.run(f"doveadm mailbox create -u {ALICE} -s Sent")
+    for folder in ("INBOX", "Sent"):
+        box.run(f"doveadm save -u {ALICE} -m {folder}", stdin=f"Subject: in {folder}\n\nhello\n".encode())
+    snap = program(box, {"command": "run"})[1]["result"]["snapshot"]
+    box.run(f"doveadm expunge -u {ALICE} mailbox INBOX all && doveadm expunge -u {ALICE} mailbox Sent all")
+    request = {
+        "command": "restore-user",
+        "snapshot": snap,
+        "host": NAME,
+        "email": ALICE,
+        "folder": "Restored-2026-12-01",
+    }
+    assert program(box, request)[1]["result"] == {"folder": "Restored-2026-12-01", "messages": 2, "snapshot": snap}
+    listed = box.run(f"doveadm mailbox list -u {ALICE}")[1].split()
+    restored = [n for n in listed if n.startswith("Restored-2026-12-01")]
+    assert len(restored) == 2, listed
+    for name in restored:
+        assert box.run(f"doveadm search -u {ALICE} mailbox {shlex.quote(name)} all")[1].count("\n") == 1
+    assert set(restored) <= set(box.run(f"doveadm mailbox list -s -u {ALICE}")[1].split()), "subscribed"
+    assert box.run("systemctl is-active dovecot postfix")[1].split() == ["active", "active"]
 
 
 def test_a_restore_over_mail_needs_force_and_swaps_the_tree_in_behind_a_closed_port(inv: Path, box: Box) -> None:
