@@ -21,6 +21,7 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "dovecot",
     "postfix",
     "webmail",
+    "backup",
 )
 
 
