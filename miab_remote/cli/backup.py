@@ -20,6 +20,7 @@ from miab_remote.errors import InputError
 from miab_remote.jobs import backup as jobs
 from miab_remote.jobs import backup_target as targets
 from miab_remote.jobs import restore as restoring
+from miab_remote.mail import backup, passwords
 
 
 # -- backup, backups ------------------------------------------------------------------------------------------
@@ -175,6 +176,20 @@ def cmd_target_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_target_password(args: argparse.Namespace) -> int:
+    inv = inventory_of(args)
+    targets.check_password_store(inv, args.name)  # before the password is asked for
+    password = passwords.read_new_password(
+        f"the repository password of {args.name}", args.password_stdin,
+        check=lambda value: backup.check_credential("repository password", value),
+    )  # fmt: skip
+    out = stdout_console()
+    for line in targets.store_password(inv, args.name, password):
+        out.print(line, markup=False)
+    out.print(f"  note: {targets.deploy_note([args.name])}", markup=False)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """The backup commands: backup, backups, restore, backup-target (set, show, remove)."""
     p = sub.add_parser("backup", parents=[common], help=summary("backup"), description=summary("backup"))
@@ -236,6 +251,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     p.add_argument("--json", action="store_true")
     p.add_argument("--recovery-sheet", action="store_true", help="print the recovery sheet (to print it on paper)")
     p.set_defaults(func=cmd_target_show)
+
+    text = "store the repository password of a recovery sheet (a new laptop); never replaces a stored one"
+    p = actions.add_parser("password", parents=[common], help=text, description=text, allow_abbrev=False)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
+    refuse_password_argument(p)
+    p.set_defaults(func=cmd_target_password)
 
     text = "stop backing boxes up: remove [backup] and forget the target's credentials (the password stays)"
     p = actions.add_parser("remove", parents=[common], help=text, description=text)

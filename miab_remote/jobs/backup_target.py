@@ -217,6 +217,34 @@ def remove(inv: Inventory, names: list[str]) -> list[str]:
     return lines
 
 
+def check_password_store(inv: Inventory, name: str) -> None:
+    """`backup-target password`: only for a box with [backup] whose password this laptop does not hold (a new
+    laptop, or a box restored from another's repository): a stored one is never replaced, since the
+    repository would no longer open with it."""
+    host = inv.load(name)
+    if host.backup is None:
+        raise InputError(f"{name} has no [backup]: set its target first (`miab-remote backup-target set`); {NOTHING}")
+    if secrets.get(name, secrets.BACKUP_PASSWORD) is not None:
+        raise InputError(
+            f"{name}: a repository password is stored already (in {display_path(secrets.path_for(name))}); it is "
+            f"never replaced, since the repository opens with it only; {NOTHING}"
+        )
+
+
+def store_password(inv: Inventory, name: str, password: str) -> list[str]:
+    """Store the repository password of a recovery sheet (checked as check_password_store says); the lines
+    to show. Backups count as due from now (`check`)."""
+    check_password_store(inv, name)
+    backup.check_credential("repository password", password)
+    secrets.put_new(name, secrets.BACKUP_PASSWORD, password)
+    secrets.put_new(name, secrets.BACKUP_SINCE, recovery.now_text())
+    host = inv.load(name)
+    return [
+        f"{name}: repository password stored in {display_path(secrets.path_for(name))}",
+        *recovery.refresh(host),
+    ]
+
+
 def deploy_note(names: list[str]) -> str:
     return (
         f"run `miab-remote deploy {' '.join(dict.fromkeys(names))}` to apply it: the box's backup files and timer "

@@ -437,3 +437,18 @@ def test_restore_from_another_boxs_sftp_repository_is_refused(root: Path, ssh_bo
     r = cli(root, "restore", NAME, "--from", OLD)
     assert r.code == 2 and f"--from {OLD}: its sftp repository is not this box's" in r.err
     assert ssh_box.server.commands == []
+
+
+def test_a_new_laptop_stores_the_sheets_password_once(root: Path) -> None:
+    assert cli(root, "backup-target", "password", NAME, "--password-stdin", stdin="other\n").code == 2
+    secrets.remove(NAME, secrets.BACKUP_PASSWORD)
+    refused = cli(root, "backup-target", "password", NAME, "--password", "x")
+    assert refused.code == 2 and "x" not in refused.err.replace("--password", "")
+    r = cli(root, "backup-target", "password", NAME, "--password-stdin", stdin=REPO_PASSWORD + "\n")
+    assert r.code == 0, r.err
+    assert secrets.get(NAME, secrets.BACKUP_PASSWORD) == REPO_PASSWORD
+    assert REPO_PASSWORD not in r.out + r.err
+    assert "recovery sheet written" in r.out
+    again = cli(root, "backup-target", "password", NAME, "--password-stdin", stdin="another-one\n")
+    assert again.code == 2 and "never replaced" in again.err
+    assert secrets.get(NAME, secrets.BACKUP_PASSWORD) == REPO_PASSWORD
