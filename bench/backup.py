@@ -1,0 +1,305 @@
+"""Benchmark: backups and restore of a generated 1 GiB maildir against restic run by hand on the same data.
+
+Usage (as root, after scripts/setup-host):
+    .venv/bin/python bench/backup.py                       # a local box with the mail stack
+    .venv/bin/python bench/backup.py --recipes base,dovecot,backup --size-mb 256   # smaller, quicker
+    MIAB_E2E_LANE=9 .venv/bin/python bench/backup.py       # on an e2e lane's bridge and state folder
+
+It makes its own local box with `[backup] target = "local:/var/backups/restic"` (a second disk's path: no
+target stand-in), deploys it (which initialises that repository), writes a maildir of about 1 GiB (some
+20,000 messages: text, and text with base64 attachments) on the box, then times, in this one run:
+- `miab-remote backup NAME` (the CLI process, from this machine) against restic by hand on the box over one
+  SSH command (`restic backup` with the options the box's program gives it, then `restic forget --prune` with
+  the box's keep policy), into a second repository of its own with the same password: the first backup,
+  then the incremental one after 10 MB of new mail;
+- the box's restore (`miab-backup`'s `restore` command as `miab-remote restore` runs it: port 25 closed,
+  services stopped, `restic restore`, owners fixed, the tree swapped; then `restore-finish`) against
+  `restic restore latest` by hand into a new folder, and the whole `miab-remote restore NAME --force`
+  (restore, deploy, restore-finish, check) beside them.
+Seconds are wall time seen from this machine; memory is the peak resident set (VmHWM) of the restic
+processes, sampled on the box from /proc every 20 ms. Each figure is printed with its ratio to the baseline
+(goal: within 1.5x). The box is destroyed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.noop_deploy import bench_box  # noqa: E402
+from miab_remote.engine.converge import prepare  # noqa: E402
+from miab_remote.engine.resources import Service  # noqa: E402
+from miab_remote.fleet.store import Inventory  # noqa: E402
+from miab_remote.mail import layout  # noqa: E402
+from miab_remote.transport.ssh import Transport  # noqa: E402
+from tests.e2e import helpers  # noqa: E402
+from tests.e2e.helpers import Box, cli  # noqa: E402
+
+NAME = "bk-bench.bench.test"
+TARGET = "/var/backups/restic"  # the box's repository ([backup] target = "local:...")
+BASELINE = "/var/backups/restic-baseline"  # restic by hand: a repository of its own, same password
+CONFIG = "/etc/miab-remote/backup"  # the program's files (repository, password, env, settings.json)
+MAILDIR = layout.mailbox_dir("a@bench.test")
+GOAL = 1.5
+# Its own network and state folder, unless MIAB_E2E_LANE puts the run on an e2e lane's.
+BACKUP_BENCH_ENV = {
+    "MIAB_REMOTE_LOCAL_DIR": "/var/lib/miab-remote/bench-backup",
+    "MIAB_REMOTE_LOCAL_SUBNET": "10.76.1.0/24",
+    "MIAB_REMOTE_LOCAL_BRIDGE": "miabbench1",
+}
+
+# Run on the box (python3, stdlib): a Maildir++ mailbox of `total` bytes in about `count` messages under
+# INBOX, Archive and Sent, reproducible from the seed: text bodies, and a quarter with a base64 attachment
+# of random bytes (what mail mostly is: restic's compression finds little to take in those).
+GENERATE = r"""
+import os, random, sys, time
+root, total, count, seed, folder_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rnd = random.Random(seed)
+words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10))) for _ in range(3000)]
+def text(n):
+    out, size = [], 0
+    while size < n:
+        line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\r\n"
+        out.append(line); size += len(line)
+    return b"".join(out)[:n]
+def b64(n):
+    import base64
+    raw = base64.encodebytes(rnd.randbytes(n * 3 // 4))
+    return raw.replace(b"\n", b"\r\n")[:n]
+folders = ["", ".Archive", ".Sent"]
+for f in folders:
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(root, f, sub), exist_ok=True)
+mean = total / count
+written = n = 0
+stamp = int(time.time())
+while written < total:
+    size = int(min(max(rnd.lognormvariate(0, 1.0) * mean * 0.6, 600), 2_000_000))
+    head = (b"From: sender%d@example.net\r\nTo: a@bench.test\r\nSubject: message %d\r\n"
+            b"Message-ID: <%d.%d@bench>\r\nDate: Tue, 01 Dec 2026 12:00:00 +0000\r\n" % (n, n, seed, n))
+    if size > 16000 and rnd.random() < 0.5:
+        body = (head + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n"
+                + text(2000) + b"\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(size - 2200)
+                + b"\r\n--b--\r\n")
+    else:
+        body = head + b"\r\n" + text(size)
+    folder = folders[n % 5 % 3] if folder_new == "no" else ""
+    sub = "new" if folder_new == "yes" else "cur"
+    name = "%d.M%dP%d.bench" % (stamp, n, seed)
+    if sub == "cur":
+        name += ",S=%d:2,S" % len(body)
+    with open(os.path.join(root, folder, sub, name), "wb") as fh:
+        fh.write(body)
+    written += len(body); n += 1
+print(n, written)
+"""
+
+# Run on the box: the peak resident set (VmHWM, kB) of every restic process until the stop file appears.
+SAMPLER = r"""
+import json, os, sys, time
+stop, out = sys.argv[1], sys.argv[2]
+peak = {}
+while not os.path.exists(stop):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                if f.read().strip() != "restic":
+                    continue
+            with open("/proc/%s/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak[pid] = max(peak.get(pid, 0), int(line.split()[1]))
+        except OSError:
+            pass
+    time.sleep(0.02)
+with open(out + ".new", "w") as f:
+    json.dump({"peak_kb": max(peak.values(), default=0), "processes": len(peak)}, f)
+os.rename(out + ".new", out)
+"""
+
+
+class Figure:
+    """One measured step: wall seconds and the restic processes' peak memory."""
+
+    def __init__(self, seconds: float, peak_kb: int, detail: str = "") -> None:
+        self.seconds, self.peak_kb, self.detail = seconds, peak_kb, detail
+
+
+@contextlib.contextmanager
+def sampled(box: Box) -> Iterator[dict[str, int]]:
+    """Sample restic's memory on the box while the block runs; the dict gets `peak_kb` afterwards."""
+    box.run("rm -f /run/bench-rss.stop /run/bench-rss.json")
+    box.run("setsid python3 /run/bench-rss.py /run/bench-rss.stop /run/bench-rss.json </dev/null >/dev/null 2>&1 &")
+    found: dict[str, int] = {}
+    try:
+        yield found
+    finally:
+        box.run("touch /run/bench-rss.stop")
+        deadline = time.monotonic() + 10
+        while box.run("test -e /run/bench-rss.json", check=False)[0] != 0:
+            assert time.monotonic() < deadline, "the memory sampler did not finish"
+            time.sleep(0.1)
+        found.update(json.loads(box.run("cat /run/bench-rss.json")[1]))
+
+
+def timed_cli(box: Box, inv: Path, env: dict[str, str], *args: str) -> tuple[Figure, Any]:
+    """A whole `miab-remote` process from this machine, with restic's memory on the box."""
+    with sampled(box) as rss:
+        start = time.monotonic()
+        res = cli(inv, *args, env=env, timeout=3600)
+        seconds = time.monotonic() - start
+    assert res.code == 0, f"miab-remote {' '.join(args)}: exit {res.code}\n{res.err}\n{res.out}"
+    try:
+        data: Any = res.json()
+    except ValueError:
+        data = res.out
+    return Figure(seconds, rss["peak_kb"]), data
+
+
+def timed_box(box: Box, command: str) -> Figure:
+    """One SSH command on the box (restic by hand), from this machine, with restic's memory."""
+    with sampled(box) as rss:
+        start = time.monotonic()
+        box.run(command)
+        seconds = time.monotonic() - start
+    return Figure(seconds, rss["peak_kb"])
+
+
+# The shell prefix of restic run by hand: the baseline repository, the program's password file, environment
+# and cache (the options the program passes are in each command).
+BY_HAND = (
+    f"set -e; set -a; . {CONFIG}/env; set +a; export RESTIC_CACHE_DIR=/var/cache/restic; "
+    f"R='restic -r {BASELINE} --password-file {CONFIG}/password'; "
+)
+
+
+def baseline_backup(box: Box, settings: dict[str, Any], tree_id: str) -> Figure:
+    state = layout.STATE
+    excludes = "\n".join(
+        [f"{state}/mail/mailboxes/*/*/tmp", f"{state}/mail/mailboxes/*/*/.*/tmp", f"{state}/backup/tmp"]
+    )
+    box.run(f"printf '%s\\n' {shlex.quote(excludes)} > /run/bench-exclude")
+    keep = " ".join(f"--keep-{k}={int(v)}" for k, v in sorted(settings["keep"].items()) if int(v) > 0)
+    return timed_box(
+        box,
+        BY_HAND
+        + f"$R backup {state} --host {NAME} --tag miab-remote --tag tree-{tree_id} --json "
+        f"--exclude-file /run/bench-exclude > /dev/null; $R forget --host {NAME} {keep} --prune > /dev/null",
+    )
+
+
+def generate(box: Box, total_mb: int, count: int, seed: int, into_new: bool) -> str:
+    box.run("cat > /run/bench-generate.py", stdin=GENERATE.encode())
+    flag = "yes" if into_new else "no"
+    out = box.run(f"python3 /run/bench-generate.py {MAILDIR} {total_mb * 1024 * 1024} {count} {seed} {flag}")[1]
+    box.run(f"id vmail >/dev/null 2>&1 && chown -R vmail:vmail {layout.MAILBOXES} || true; sync")
+    messages, size = out.split()
+    return f"{messages} messages, {int(size) / 2**20:.0f} MiB"
+
+
+def ratio(fig: Figure, base: Figure) -> str:
+    def one(a: float, b: float) -> str:
+        if not b:
+            return "  -  "
+        r = a / b
+        return f"{r:4.2f}x" + ("" if r <= GOAL else " (over the goal)")
+
+    return (
+        f"{fig.seconds:7.2f} s {one(fig.seconds, base.seconds)}   "
+        f"{fig.peak_kb / 1024:6.0f} MB {one(fig.peak_kb, base.peak_kb)}"
+    )
+
+
+def row(label: str, fig: Figure, base: Figure | None = None) -> None:
+    if base is None:
+        print(f"  {label:<44} {fig.seconds:7.2f} s          {fig.peak_kb / 1024:6.0f} MB {fig.detail}")
+    else:
+        print(f"  {label:<44} {ratio(fig, base)} {fig.detail}")
+
+
+def program_restore(inv: Path, box: Box) -> Figure:
+    """The box's restore as `miab-remote restore` runs it (through the same remote script), then its finish."""
+    host = Inventory(inv).load(NAME)
+    services = [r.name for r in prepare(host, inv).resources if isinstance(r, Service) and not r.carries_access]
+    request = {"command": "restore", "snapshot": "latest", "host": NAME, "force": True, "services": services}
+    with sampled(box) as rss, Transport(host.target) as t:
+        start = time.monotonic()
+        res = t.run_script("backup", request, idle_timeout=120)
+        seconds = time.monotonic() - start
+        assert res.exit_code == 0, res.stdout.decode(errors="replace")[-2000:] + res.stderr.decode(errors="replace")
+        finish = t.run_script("backup", {"command": "restore-finish"})
+        assert finish.exit_code == 0, finish.stdout.decode(errors="replace")[-2000:]
+    return Figure(seconds, rss["peak_kb"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", help="comma-separated recipes (default: the inventory default, the mail stack)")
+    ap.add_argument("--size-mb", type=int, default=1024, help="the maildir's size (default 1024)")
+    ap.add_argument("--messages", type=int, default=20000, help="about how many messages (default 20000)")
+    ap.add_argument("--image", default=helpers.E2E_IMAGE, help="the box's release (default: a local box's)")
+    args = ap.parse_args()
+    env = dict(helpers.E2E_ENV) if helpers.LANE else BACKUP_BENCH_ENV
+    recipes = args.recipes.split(",") if args.recipes else None
+    extra = {"backup": {"target": f"local:{TARGET}"}}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bench_box(Path(tmp), recipes, env=env, name=NAME, extra=extra, image=args.image) as (inv, name, box),
+    ):
+        release = box.run(". /etc/os-release; echo $PRETTY_NAME")[1].strip()
+        version = box.run("restic version")[1].strip()
+        box.run("systemctl stop miab-backup.timer")  # no nightly run in the middle of the figures
+        box.run("cat > /run/bench-rss.py", stdin=SAMPLER.encode())
+        settings = json.loads(box.run(f"cat {CONFIG}/settings.json")[1])
+        made = generate(box, args.size_mb, args.messages, 1, into_new=False)
+        box.run(
+            BY_HAND + "$R cat config >/dev/null 2>&1 || $R init >/dev/null"
+        )  # the baseline's repository, as the deploy made the box's
+
+        print(f"backup and restore of {made} on {name} ({release}, {version}), target local:{TARGET}:")
+        print(f"  {'':<44} {'seconds':>9} {'vs by hand':<10} {'restic peak':>10} {'vs by hand'}")
+        first, result = timed_cli(box, inv, env, "backup", name, "--json")
+        tree_id = box.run(f"cat {layout.STATE}/backup/tree-id")[1].strip()
+        first_base = baseline_backup(box, settings, tree_id)
+        row("restic by hand: first backup (+ forget)", first_base)
+        row("miab-remote backup: first", first, first_base)
+
+        more = generate(box, 10, 200, 2, into_new=True)
+        second, result2 = timed_cli(box, inv, env, "backup", name, "--json")
+        second_base = baseline_backup(box, settings, tree_id)
+        row(f"restic by hand: incremental ({more})", second_base)
+        row("miab-remote backup: incremental", second, second_base)
+
+        restore_base = timed_box(
+            box,
+            BY_HAND
+            + f"rm -rf {layout.STATE}.bench-restore; $R restore latest --host {NAME} "
+            f"--target {layout.STATE}.bench-restore > /dev/null",
+        )
+        box.run(f"rm -rf {layout.STATE}.bench-restore")
+        row("restic by hand: restore latest", restore_base)
+        restored = program_restore(inv, box)
+        row("box's restore (miab-backup restore)", restored, restore_base)
+        whole, _ = timed_cli(box, inv, env, "restore", name, "--force")
+        whole.detail = "(with its deploy and check)"
+        row("miab-remote restore --force: the whole command", whole, restore_base)
+        for label, data in (("first", result), ("incremental", result2)):
+            print(f"  miab-remote backup --json ({label}): {json.dumps(data)[:400]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
