@@ -143,6 +143,10 @@ def _moved(doc: tomlkit.TOMLDocument, old: Host, box: CreatedBox, provider: str)
     if old.provider == "local" and not box.resolvers and options is not None and "resolvers" in options:
         del options["resolvers"]  # the local boxes' resolver (the bridge's dnsmasq) means nothing elsewhere
         notes.append("dropped options.resolvers (the local boxes' resolver): the box resolves from the DNS root")
+    route = [f"[ssh] port {old.ssh.port}"] if "port" in old.ssh.given and old.ssh.port != 22 else []
+    route += [f"[ssh] jump {old.ssh.jump}"] if "jump" in old.ssh.given and old.ssh.jump else []
+    if route:  # the operator's way to the old box (a tunnel, a bastion): kept, but the new box is elsewhere
+        notes.append(f"kept {' and '.join(route)}: check that it reaches the new box at {box.address}")
     was = (old.ipv4 or old.address, old.ipv6)
     now = (box.ipv4 or box.address, box.ipv6)
     if provider != "local" and was != now:

@@ -158,6 +158,7 @@ def test_a_local_box_kept_moves_to_a_cloud_without_the_local_resolver(
     key = generate_ed25519(f"root@{NAME}").public_line
     doc = new_document(NAME, "10.77.0.5", provider="local", host_keys=[key], os="debian-12", identity_file="/k")
     doc["options"] = {"resolvers": ["10.77.0.1"], "greylist_delay": 60}
+    doc["ssh"]["port"] = 2222  # the operator's way to the old box (a tunnel's end, say): kept, and said
     (hosts / f"{NAME}.toml").write_text(doc.as_string())
 
     (env / "local" / NAME).mkdir(parents=True)  # what is left of a local box: it may hold the mail
@@ -174,6 +175,8 @@ def test_a_local_box_kept_moves_to_a_cloud_without_the_local_resolver(
     assert after["provider"] == "digitalocean" and after["os"] == "debian-13" and after["host_keys"] != [key]
     assert after["options"] == {"greylist_delay": 60}, "the local resolver is dropped, the operator's options kept"
     assert "moved from local" in text and "dropped options.resolvers" in text, text
+    assert after["ssh"]["port"] == 2222
+    assert f"kept [ssh] port 2222: check that it reaches the new box at {after['address']}" in text, text
 
 
 def write(hosts: Path, provider: str | None, keys: bool, node: dict[str, str] | None = None) -> Path:
