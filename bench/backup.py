@@ -132,10 +132,11 @@ os.rename(out + ".new", out)
 
 
 class Figure:
-    """One measured step: wall seconds and the restic processes' peak memory."""
+    """One measured step: wall seconds from this machine, seconds on the box (the program's own count, or the
+    shell's around restic by hand), the restic processes' peak memory, and what to say beside them."""
 
-    def __init__(self, seconds: float, peak_kb: int, detail: str = "") -> None:
-        self.seconds, self.peak_kb, self.detail = seconds, peak_kb, detail
+    def __init__(self, seconds: float, peak_kb: int, on_box: float | None = None, detail: str = "") -> None:
+        self.seconds, self.peak_kb, self.on_box, self.detail = seconds, peak_kb, on_box, detail
 
 
 @contextlib.contextmanager
@@ -170,12 +171,13 @@ def timed_cli(box: Box, inv: Path, env: dict[str, str], *args: str) -> tuple[Fig
 
 
 def timed_box(box: Box, command: str) -> Figure:
-    """One SSH command on the box (restic by hand), from this machine, with restic's memory."""
+    """One SSH command on the box (restic by hand), from this machine and on the box, with restic's memory."""
     with sampled(box) as rss:
         start = time.monotonic()
-        box.run(command)
+        out = box.run(f"s=$(date +%s.%N); {command}; echo; echo took $s $(date +%s.%N)")[1]
         seconds = time.monotonic() - start
-    return Figure(seconds, rss["peak_kb"])
+    began, ended = out.split()[-2:]
+    return Figure(seconds, rss["peak_kb"], float(ended) - float(began))
 
 
 # The shell prefix of restic run by hand: the baseline repository, the program's password file, environment
@@ -201,6 +203,13 @@ def baseline_backup(box: Box, settings: dict[str, Any], tree_id: str) -> Figure:
     )
 
 
+def program_seconds(result: Any, name: str) -> float | None:
+    """The box program's own count of a backup's seconds, from `miab-remote backup --json`."""
+    with contextlib.suppress(KeyError, TypeError):
+        return float(result["hosts"][name]["result"]["seconds"])
+    return None
+
+
 def generate(box: Box, total_mb: int, count: int, seed: int, into_new: bool) -> str:
     box.run("cat > /run/bench-generate.py", stdin=GENERATE.encode())
     flag = "yes" if into_new else "no"
@@ -210,39 +219,45 @@ def generate(box: Box, total_mb: int, count: int, seed: int, into_new: bool) -> 
     return f"{messages} messages, {int(size) / 2**20:.0f} MiB"
 
 
-def ratio(fig: Figure, base: Figure) -> str:
-    def one(a: float, b: float) -> str:
-        if not b:
-            return "  -  "
-        r = a / b
-        return f"{r:4.2f}x" + ("" if r <= GOAL else " (over the goal)")
-
-    return (
-        f"{fig.seconds:7.2f} s {one(fig.seconds, base.seconds)}   "
-        f"{fig.peak_kb / 1024:6.0f} MB {one(fig.peak_kb, base.peak_kb)}"
-    )
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or not b:
+        return ""
+    r = a / b
+    return f"{r:.2f}x" + ("!" if r > GOAL else "")
 
 
 def row(label: str, fig: Figure, base: Figure | None = None) -> None:
-    if base is None:
-        print(f"  {label:<44} {fig.seconds:7.2f} s          {fig.peak_kb / 1024:6.0f} MB {fig.detail}")
-    else:
-        print(f"  {label:<44} {ratio(fig, base)} {fig.detail}")
+    """One line: wall seconds, seconds on the box, restic's peak memory, each with its ratio to `base`."""
+    on_box = f"{fig.on_box:7.2f} s" if fig.on_box is not None else " " * 9
+    print(
+        f"  {label:<46} {fig.seconds:7.2f} s {ratio(fig.seconds, base and base.seconds):<7}"
+        f"{on_box} {ratio(fig.on_box, base and base.on_box):<7}"
+        f"{fig.peak_kb / 1024:6.0f} MB {ratio(fig.peak_kb, base and base.peak_kb):<7}{fig.detail}"
+    )
 
 
 def program_restore(inv: Path, box: Box) -> Figure:
-    """The box's restore as `miab-remote restore` runs it (through the same remote script), then its finish."""
+    """The box's restore as `miab-remote restore` runs it (through the same remote script), then its finish;
+    the detail says how long each of its phases took."""
     host = Inventory(inv).load(NAME)
     services = [r.name for r in prepare(host, inv).resources if isinstance(r, Service) and not r.carries_access]
     request = {"command": "restore", "snapshot": "latest", "host": NAME, "force": True, "services": services}
+    phases: dict[str, float] = {}
+
+    def on_line(line: bytes) -> None:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            phases.setdefault(json.loads(line)["progress"]["phase"], time.monotonic())
+
     with sampled(box) as rss, Transport(host.target) as t:
         start = time.monotonic()
-        res = t.run_script("backup", request, idle_timeout=120)
+        res = t.run_script("backup", request, idle_timeout=120, on_line=on_line)
         seconds = time.monotonic() - start
         assert res.exit_code == 0, res.stdout.decode(errors="replace")[-2000:] + res.stderr.decode(errors="replace")
         finish = t.run_script("backup", {"command": "restore-finish"})
         assert finish.exit_code == 0, finish.stdout.decode(errors="replace")[-2000:]
-    return Figure(seconds, rss["peak_kb"])
+    marks = [*sorted(phases.items(), key=lambda kv: kv[1]), ("", start + seconds)]
+    took = ", ".join(f"{name} {marks[i + 1][1] - when:.1f}" for i, (name, when) in enumerate(marks[:-1]))
+    return Figure(seconds, rss["peak_kb"], detail=f"(phases, s: {took})")
 
 
 def main() -> int:
@@ -270,8 +285,9 @@ def main() -> int:
         )  # the baseline's repository, as the deploy made the box's
 
         print(f"backup and restore of {made} on {name} ({release}, {version}), target local:{TARGET}:")
-        print(f"  {'':<44} {'seconds':>9} {'vs by hand':<10} {'restic peak':>10} {'vs by hand'}")
+        print(f"  {'':<46} {'wall':>9} {'ratio':<7}{'on box':>9} {'ratio':<7}{'restic peak':>9} ratio")
         first, result = timed_cli(box, inv, env, "backup", name, "--json")
+        first.on_box = program_seconds(result, name)
         tree_id = box.run(f"cat {layout.STATE}/backup/tree-id")[1].strip()
         first_base = baseline_backup(box, settings, tree_id)
         row("restic by hand: first backup (+ forget)", first_base)
@@ -279,8 +295,9 @@ def main() -> int:
 
         more = generate(box, 10, 200, 2, into_new=True)
         second, result2 = timed_cli(box, inv, env, "backup", name, "--json")
+        second.on_box = program_seconds(result2, name)
         second_base = baseline_backup(box, settings, tree_id)
-        row(f"restic by hand: incremental ({more})", second_base)
+        row(f"restic by hand: incremental (+{more})", second_base)
         row("miab-remote backup: incremental", second, second_base)
 
         restore_base = timed_box(
@@ -292,10 +309,11 @@ def main() -> int:
         box.run(f"rm -rf {layout.STATE}.bench-restore")
         row("restic by hand: restore latest", restore_base)
         restored = program_restore(inv, box)
-        row("box's restore (miab-backup restore)", restored, restore_base)
-        whole, _ = timed_cli(box, inv, env, "restore", name, "--force")
-        whole.detail = "(with its deploy and check)"
-        row("miab-remote restore --force: the whole command", whole, restore_base)
+        row("the box's restore (miab-backup restore)", restored, restore_base)
+        whole, out = timed_cli(box, inv, env, "restore", name, "--force")
+        row("miab-remote restore --force (+ deploy, check)", whole, restore_base)
+        print("  (ratio: to restic by hand just above it; '!' over the goal of 1.5x)")
+        print("  miab-remote restore's output:\n" + "".join(f"    {line}\n" for line in str(out).splitlines()[-12:]))
         for label, data in (("first", result), ("incremental", result2)):
             print(f"  miab-remote backup --json ({label}): {json.dumps(data)[:400]}")
     return 0
