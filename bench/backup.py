@@ -230,7 +230,7 @@ def row(label: str, fig: Figure, base: Figure | None = None) -> None:
     """One line: wall seconds, seconds on the box, restic's peak memory, each with its ratio to `base`."""
     on_box = f"{fig.on_box:7.2f} s" if fig.on_box is not None else " " * 9
     print(
-        f"  {label:<46} {fig.seconds:7.2f} s {ratio(fig.seconds, base and base.seconds):<7}"
+        f"  {label:<52} {fig.seconds:7.2f} s {ratio(fig.seconds, base and base.seconds):<7}"
         f"{on_box} {ratio(fig.on_box, base and base.on_box):<7}"
         f"{fig.peak_kb / 1024:6.0f} MB {ratio(fig.peak_kb, base and base.peak_kb):<7}{fig.detail}"
     )
@@ -245,7 +245,7 @@ def program_restore(inv: Path, box: Box) -> Figure:
     phases: dict[str, float] = {}
 
     def on_line(line: bytes) -> None:
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             phases.setdefault(json.loads(line)["progress"]["phase"], time.monotonic())
 
     with sampled(box) as rss, Transport(host.target) as t:
@@ -285,7 +285,7 @@ def main() -> int:
         )  # the baseline's repository, as the deploy made the box's
 
         print(f"backup and restore of {made} on {name} ({release}, {version}), target local:{TARGET}:")
-        print(f"  {'':<46} {'wall':>9} {'ratio':<7}{'on box':>9} {'ratio':<7}{'restic peak':>9} ratio")
+        print(f"  {'':<52} {'wall':>9} {'ratio':<7}{'on box':>9} {'ratio':<7}{'restic peak':>9} ratio")
         first, result = timed_cli(box, inv, env, "backup", name, "--json")
         first.on_box = program_seconds(result, name)
         tree_id = box.run(f"cat {layout.STATE}/backup/tree-id")[1].strip()
