@@ -16,9 +16,11 @@ target stand-in), deploys it (which initialises that repository), writes a maild
   services stopped, `restic restore`, owners fixed, the tree swapped; then `restore-finish`) against
   `restic restore latest` by hand into a new folder, and the whole `miab-remote restore NAME --force`
   (restore, deploy, restore-finish, check) beside them.
-Seconds are wall time seen from this machine; memory is the peak resident set (VmHWM) of the restic
-processes, sampled on the box from /proc every 20 ms. Each figure is printed with its ratio to the baseline
-(goal: within 1.5x). The box is destroyed at the end.
+Each round makes both repositories anew and runs every step once (odd rounds restic by hand first, even
+ones the tool first); the medians of the rounds are printed. Seconds are wall time seen from this machine
+and the time on the box; memory is the peak resident set (VmHWM) of the restic processes, sampled on the
+box from /proc every 20 ms. Each figure comes with its ratio to the baseline (goal: within 1.5x). The box
+is destroyed at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import json
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -260,12 +263,67 @@ def program_restore(inv: Path, box: Box) -> Figure:
     return Figure(seconds, rss["peak_kb"], detail=f"(phases, s: {took})")
 
 
+BY_HAND_FIRST = "restic by hand: first backup (+ forget)"
+FIRST = "miab-remote backup: first"
+BY_HAND_MORE = "restic by hand: incremental (+10 MB of mail)"
+MORE = "miab-remote backup: incremental"
+BY_HAND_RESTORE = "restic by hand: restore latest"
+RESTORE = "the box's restore (miab-backup restore)"
+WHOLE = "miab-remote restore --force (+ deploy, check)"
+ROWS = [(BY_HAND_FIRST, None), (FIRST, BY_HAND_FIRST), (BY_HAND_MORE, None), (MORE, BY_HAND_MORE),
+        (BY_HAND_RESTORE, None), (RESTORE, BY_HAND_RESTORE), (WHOLE, BY_HAND_RESTORE)]  # fmt: skip
+
+
+def one_round(box: Box, inv: Path, env: dict[str, str], settings: dict[str, Any], n: int) -> dict[str, Figure]:
+    """Every figure once: both repositories new, the first backups, 10 MB of new mail, the incremental ones,
+    the restores. Odd rounds run restic by hand first, even ones the tool first (the page cache, the disk)."""
+    box.run(f"rm -rf {TARGET} {BASELINE} {layout.STATE}.before-restore-*; /usr/local/sbin/miab-backup init >/dev/null")
+    box.run(BY_HAND + "$R init >/dev/null")
+    tree_id = box.run(f"cat {layout.STATE}/backup/tree-id 2>/dev/null || true")[1].strip()
+    got: dict[str, Figure] = {}
+
+    def tool_backup(label: str) -> None:
+        got[label], result = timed_cli(box, inv, env, "backup", NAME, "--json")
+        got[label].on_box = program_seconds(result, NAME)
+
+    def by_hand(label: str) -> None:
+        got[label] = baseline_backup(box, settings, tree_id or "none")
+
+    for step in ((by_hand, BY_HAND_FIRST), (tool_backup, FIRST))[:: 1 if n % 2 else -1]:
+        step[0](step[1])
+    tree_id = box.run(f"cat {layout.STATE}/backup/tree-id")[1].strip()
+    generate(box, 10, 200, 1000 + n, into_new=True)
+    for step in ((by_hand, BY_HAND_MORE), (tool_backup, MORE))[:: 1 if n % 2 else -1]:
+        step[0](step[1])
+    got[BY_HAND_RESTORE] = timed_box(
+        box,
+        BY_HAND + f"rm -rf {layout.STATE}.bench-restore; $R restore latest --host {NAME} "
+        f"--target {layout.STATE}.bench-restore > /dev/null",
+    )
+    box.run(f"rm -rf {layout.STATE}.bench-restore")
+    got[RESTORE] = program_restore(inv, box)
+    got[WHOLE], out = timed_cli(box, inv, env, "restore", NAME, "--force")
+    got[WHOLE].detail = str(out)
+    return got
+
+
+def median(figures: list[Figure]) -> Figure:
+    on_box = [f.on_box for f in figures if f.on_box is not None]
+    return Figure(
+        statistics.median(f.seconds for f in figures),
+        int(statistics.median(f.peak_kb for f in figures)),
+        statistics.median(on_box) if on_box else None,
+        figures[-1].detail,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", help="comma-separated recipes (default: the inventory default, the mail stack)")
     ap.add_argument("--size-mb", type=int, default=1024, help="the maildir's size (default 1024)")
     ap.add_argument("--messages", type=int, default=20000, help="about how many messages (default 20000)")
     ap.add_argument("--image", default=helpers.E2E_IMAGE, help="the box's release (default: a local box's)")
+    ap.add_argument("--runs", type=int, default=3, help="rounds of every figure; the medians are shown (default 3)")
     args = ap.parse_args()
     env = dict(helpers.E2E_ENV) if helpers.LANE else BACKUP_BENCH_ENV
     recipes = args.recipes.split(",") if args.recipes else None
@@ -280,42 +338,21 @@ def main() -> int:
         box.run("cat > /run/bench-rss.py", stdin=SAMPLER.encode())
         settings = json.loads(box.run(f"cat {CONFIG}/settings.json")[1])
         made = generate(box, args.size_mb, args.messages, 1, into_new=False)
-        box.run(
-            BY_HAND + "$R cat config >/dev/null 2>&1 || $R init >/dev/null"
-        )  # the baseline's repository, as the deploy made the box's
-
-        print(f"backup and restore of {made} on {name} ({release}, {version}), target local:{TARGET}:")
-        print(f"  {'':<52} {'wall':>9} {'ratio':<7}{'on box':>9} {'ratio':<7}{'restic peak':>9} ratio")
-        first, result = timed_cli(box, inv, env, "backup", name, "--json")
-        first.on_box = program_seconds(result, name)
-        tree_id = box.run(f"cat {layout.STATE}/backup/tree-id")[1].strip()
-        first_base = baseline_backup(box, settings, tree_id)
-        row("restic by hand: first backup (+ forget)", first_base)
-        row("miab-remote backup: first", first, first_base)
-
-        more = generate(box, 10, 200, 2, into_new=True)
-        second, result2 = timed_cli(box, inv, env, "backup", name, "--json")
-        second.on_box = program_seconds(result2, name)
-        second_base = baseline_backup(box, settings, tree_id)
-        row(f"restic by hand: incremental (+{more})", second_base)
-        row("miab-remote backup: incremental", second, second_base)
-
-        restore_base = timed_box(
-            box,
-            BY_HAND
-            + f"rm -rf {layout.STATE}.bench-restore; $R restore latest --host {NAME} "
-            f"--target {layout.STATE}.bench-restore > /dev/null",
+        rounds = [one_round(box, inv, env, settings, n) for n in range(1, args.runs + 1)]
+        print(
+            f"backup and restore of {made} (+10 MB a round) on {name} ({release}, {version}), target "
+            f"local:{TARGET}; medians of {args.runs} rounds:"
         )
-        box.run(f"rm -rf {layout.STATE}.bench-restore")
-        row("restic by hand: restore latest", restore_base)
-        restored = program_restore(inv, box)
-        row("the box's restore (miab-backup restore)", restored, restore_base)
-        whole, out = timed_cli(box, inv, env, "restore", name, "--force")
-        row("miab-remote restore --force (+ deploy, check)", whole, restore_base)
-        print("  (ratio: to restic by hand just above it; '!' over the goal of 1.5x)")
-        print("  miab-remote restore's output:\n" + "".join(f"    {line}\n" for line in str(out).splitlines()[-12:]))
-        for label, data in (("first", result), ("incremental", result2)):
-            print(f"  miab-remote backup --json ({label}): {json.dumps(data)[:400]}")
+        print(f"  {'':<52} {'wall':>9} {'ratio':<7}{'on box':>9} {'ratio':<7}{'restic peak':>9} ratio")
+        figures = {label: median([r[label] for r in rounds]) for label, _ in ROWS}
+        output = figures[WHOLE].detail
+        figures[WHOLE].detail = ""
+        for label, base in ROWS:
+            row(label, figures[label], figures[base] if base else None)
+        print("  (ratio: to restic by hand above it; '!' over the goal of 1.5x; wall: from this machine, the CLI's")
+        print("  start and SSH included; on box: the program's own count, or the shell's around restic by hand)")
+        print("  miab-remote restore's output (the last round):")
+        print("".join(f"    {line}\n" for line in output.splitlines()[-12:]), end="")
     return 0
 
 
