@@ -106,6 +106,12 @@ class Host:
     backup: Backup | None = None
 
     @property
+    def has_box(self) -> bool:
+        """Whether the inventory records a box: a pinned host key or a cloud server ([node] id). `destroy
+        --keep-inventory` removes both, so `create` may make the box anew, of any provider (a move)."""
+        return bool(self.host_keys) or bool(self.node.get("id"))
+
+    @property
     def target(self) -> SSHTarget:
         """How the transport reaches this box."""
         return SSHTarget(self.name, self.address, self.host_keys, self.ssh, self.path)
