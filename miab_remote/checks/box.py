@@ -299,3 +299,20 @@ def backup_check(
         at = f" (due since {_ago(due, now)})" if due else ""
         return Check(name, False, f"no good backup yet{at}{error}", fix)
     return Check(name, True, f"none yet: due since {_ago(due, now)}, the timer runs one within a day{error}")
+
+
+def restore_check(host: Host, fact: Mapping[str, Any] | None) -> Check | None:
+    """A restore that was interrupted (its journal is still on the box) keeps port 25 closed until the same
+    command runs again: a failure naming that command; None when no restore is under way."""
+    if fact is None:
+        return None
+    fix = f"`miab-remote restore {host.name}` finishes it"
+    if "error" in fact:
+        return Check("restore", False, f"an unreadable restore journal on the box: {fact['error']}", fix)
+    return Check(
+        "restore",
+        False,
+        f"the restore of snapshot {str(fact.get('snapshot') or '?')[:8]} is unfinished (it came to "
+        f"{fact.get('phase')}): port 25 stays closed meanwhile",
+        fix,
+    )

@@ -73,6 +73,7 @@ def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) 
         "disk": ["/", layout.STATE],
         "dkim": layout.DKIM_PUBLIC,
         **({"backup": backup.STATUS} if host.backup else {}),
+        "restore": backup.RESTORE_JOURNAL,
     }
     with Transport(host.target, connect_timeout=timeout) as t:
         facts: dict[str, Any] = t.run_json("status", spec, idle_timeout=150)
@@ -272,6 +273,8 @@ def run_checks(host: Host) -> list[Check]:
         now = datetime.datetime.now(datetime.UTC)
         if (judged := boxchecks.backup_check(host, facts.get("backup"), since, now)) is not None:
             out.append(judged)
+        if (unfinished := boxchecks.restore_check(host, facts.get("restore"))) is not None:
+            out.append(unfinished)
     out += dns_checks(host, dkim_rdata(facts.get("dkim")) if facts else None)
     out += admin_mail_checks(host)
     return out

@@ -31,6 +31,7 @@ CA_FILE = f"{CONFIG_DIR}/ca.pem"
 SETTINGS_FILE = f"{CONFIG_DIR}/settings.json"
 PROGRAM = "/usr/local/sbin/miab-backup"
 STATUS = "/var/lib/miab-remote/backup/status.json"
+RESTORE_JOURNAL = "/var/lib/miab-remote/restore.json"  # a restore under way (remote/backup.py JOURNAL)
 MAX_CREDENTIAL = 1024
 TARGET = "the backup target"
 

@@ -93,3 +93,19 @@ def test_the_box_reads_its_status_file(tmp_path: Path) -> None:
     content = status("2026-12-01T03:12:00+00:00")["status"]
     path.write_text(json.dumps(content))
     assert read(str(path)) == {"status": content}
+
+
+def test_an_unfinished_restore_fails_check_and_names_the_command(tmp_path: Path) -> None:
+    read = status_script_namespace()["restore_journal"]
+    path = tmp_path / "restore.json"
+    assert read(str(path)) is None
+    path.write_text(json.dumps({"snapshot": "0123456789abcdef", "phase": "swapped", "host": NAME, "notes": ["x"]}))
+    fact = read(str(path))
+    assert fact == {"snapshot": "0123456789abcdef", "phase": "swapped", "host": NAME}
+    judged = boxchecks.restore_check(box(), fact)
+    assert judged is not None and judged.failed
+    assert "01234567" in judged.detail and "port 25" in judged.detail and "swapped" in judged.detail
+    assert judged.fix == f"`miab-remote restore {NAME}` finishes it"
+    assert boxchecks.restore_check(box(), None) is None
+    path.write_text("{broken")
+    assert boxchecks.restore_check(box(), read(str(path))) is not None
