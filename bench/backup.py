@@ -41,9 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.noop_deploy import bench_box  # noqa: E402
-from miab_remote.engine.converge import prepare  # noqa: E402
-from miab_remote.engine.resources import Service  # noqa: E402
 from miab_remote.fleet.store import Inventory  # noqa: E402
+from miab_remote.jobs.restore import state_services  # noqa: E402
 from miab_remote.mail import layout  # noqa: E402
 from miab_remote.transport.ssh import Transport  # noqa: E402
 from tests.e2e import helpers  # noqa: E402
@@ -243,7 +242,7 @@ def program_restore(inv: Path, box: Box) -> Figure:
     """The box's restore as `miab-remote restore` runs it (through the same remote script), then its finish;
     the detail says how long each of its phases took."""
     host = Inventory(inv).load(NAME)
-    services = [r.name for r in prepare(host, inv).resources if isinstance(r, Service) and not r.carries_access]
+    services = state_services(host, inv)  # the units `miab-remote restore` stops
     request = {"command": "restore", "snapshot": "latest", "host": NAME, "force": True, "services": services}
     phases: dict[str, float] = {}
 

@@ -1,6 +1,6 @@
 """Moving a box: `create` onto an inventory that `destroy --keep-inventory` left, from any provider to any
 other (a cloud to another cloud, a local box to a cloud, Debian 12 to 13), recording the new provider's data
-and key while keeping the operator's (users, aliases, options, [relay], dns records); and the refusals of an
+and key while keeping the operator's (users, aliases, options, [relay], [backup], dns records); and the refusals of an
 inventory whose box may still exist. Through the real CLI and libcloud's real drivers against the stand-ins
 (tests/standins/), whose servers are SSH servers on loopback addresses presenting the user data's host key
 (LoopbackBoxes), as tests/unit/test_cloud_create.py; the local provider's own view of its boxes is its state
@@ -40,6 +40,10 @@ domains = ["example.org", "example.net"]
 message_size_limit = 52428800
 greylist_delay = 60
 
+[backup]
+target = "local:/srv/backup/restic"
+keep = { daily = 3, weekly = 2, monthly = 1 }
+
 [[aliases]]
 source = "info@example.org"
 destinations = ["alice@example.org"]
@@ -49,7 +53,7 @@ name = "www.example.org"
 type = "CNAME"
 value = "example.github.io"
 """
-KEPT = ("domains", "options", "relay", "aliases", "dns", "users")
+KEPT = ("domains", "options", "relay", "backup", "aliases", "dns", "users")
 
 
 @pytest.fixture
@@ -108,7 +112,7 @@ def test_a_box_moves_to_another_cloud_and_release_keeping_what_the_operator_wrot
 ) -> None:
     """DigitalOcean Debian 12 -> EC2 Debian 13: destroy --keep-inventory forgets the server and its key (so
     `hosts` says "no box" and deploy refuses it), and create records EC2's server, address, login user, key
-    and os while users, aliases, options, [relay] and dns records stay as they were."""
+    and os while users, aliases, options, [relay], [backup] and dns records stay as they were."""
     code, text = create_on(env, capsys, "digitalocean", do.url, "--image", "debian-12")
     assert code == 0, text
     add_operators_part(env, capsys, monkeypatch)
@@ -138,7 +142,7 @@ def test_a_box_moves_to_another_cloud_and_release_keeping_what_the_operator_wrot
         [instance] = aws.instances
         assert after["node"]["id"] == instance and after["node"]["region"] == "eu-central-1"
         assert after["host_keys"] and after["host_keys"] != before["host_keys"]
-        assert {k: after[k] for k in KEPT} == {k: before[k] for k in KEPT}, "users, aliases, options, relay, dns"
+        assert {k: after[k] for k in KEPT} == {k: before[k] for k in KEPT}, "users, aliases, options, relay, backup, dns"
         assert after["ssh"]["identity_file"] == before["ssh"]["identity_file"]
         assert f"the address changed from {before['address']} to {after['address']}" in text, text
         assert f"glue records ns1.{NAME} A {after['address']}" in text and f"miab-remote dns {NAME}" in text
