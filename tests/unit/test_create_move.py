@@ -142,7 +142,7 @@ def test_a_box_moves_to_another_cloud_and_release_keeping_what_the_operator_wrot
         [instance] = aws.instances
         assert after["node"]["id"] == instance and after["node"]["region"] == "eu-central-1"
         assert after["host_keys"] and after["host_keys"] != before["host_keys"]
-        assert {k: after[k] for k in KEPT} == {k: before[k] for k in KEPT}, "users, aliases, options, relay, backup, dns"
+        assert {k: after[k] for k in KEPT} == {k: before[k] for k in KEPT}, "the operator's part"
         assert after["ssh"]["identity_file"] == before["ssh"]["identity_file"]
         assert f"the address changed from {before['address']} to {after['address']}" in text, text
         assert f"glue records ns1.{NAME} A {after['address']}" in text and f"miab-remote dns {NAME}" in text
