@@ -18,8 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,16 +40,22 @@ BENCH_ENV = {
 
 @contextlib.contextmanager
 def bench_box(
-    tmp: Path, recipes: list[str] | None, env: dict[str, str] = BENCH_ENV, name: str = "mx.bench.test"
+    tmp: Path,
+    recipes: list[str] | None,
+    env: dict[str, str] = BENCH_ENV,
+    name: str = "mx.bench.test",
+    extra: Mapping[str, Any] | None = None,
+    image: str = helpers.E2E_IMAGE,
 ) -> Iterator[tuple[Path, str, Box]]:
-    """A deployed local box with two users (recipes None: the default mail stack), destroyed afterwards.
-    `env` picks its network and state folder (each benchmark that may run beside another has its own)."""
+    """A deployed local box of release `image` with two users (recipes None: the default mail stack) and the
+    `extra` inventory keys, destroyed afterwards. `env` picks its network and state folder (each benchmark
+    that may run beside another has its own)."""
     os.environ.update(env)  # for the engine run in this process
     helpers.E2E_ENV.update(env)  # for the CLI runs of the test helpers: the bench has its own network
     inv = new_inventory(tmp / "hosts")
     users = [{"email": f"{u}@bench.test", "password_hash": hash_password(f"{u}-password")} for u in ("a", "b")]
-    inventory = {"users": users, **({"recipes": recipes} if recipes else {})}
-    with deployed_box(inv, operator_key(tmp), {name: inventory}) as made:
+    inventory = {"users": users, **({"recipes": recipes} if recipes else {}), **(extra or {})}
+    with deployed_box(inv, operator_key(tmp), {name: inventory}, image=image) as made:
         yield inv, name, made.box
 
 

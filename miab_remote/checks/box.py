@@ -9,6 +9,7 @@ user.rules).
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -247,3 +248,71 @@ def box_checks(
     if fw is not None:
         out.append(fw)
     return out + resource_checks(host, facts) + upkeep_checks(host, facts)
+
+
+# -- backups ------------------------------------------------------------------------------------------------------
+BACKUP_MAX_AGE = datetime.timedelta(hours=36)  # a daily timer with up to 3 h of random delay, and one miss
+
+
+def _when(text: str | None) -> datetime.datetime | None:
+    """An ISO 8601 time (a naive one is UTC), or None when there is none or it is not one."""
+    try:
+        t = datetime.datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return t if t is None or t.tzinfo else t.replace(tzinfo=datetime.UTC)
+
+
+def _ago(then: datetime.datetime, now: datetime.datetime) -> str:
+    hours = (now - then).total_seconds() / 3600
+    age = f"{hours:.0f} h ago" if hours < 72 else f"{hours / 24:.0f} days ago"
+    return f"{then.astimezone(datetime.UTC):%Y-%m-%d %H:%M} UTC, {age}"
+
+
+def backup_check(
+    host: Host, fact: Mapping[str, Any] | None, since: str | None, now: datetime.datetime
+) -> Check | None:
+    """[backup]: the last good backup at most 36 h old; none yet is a failure 36 h after the backups became
+    due (`since`: the first deploy with [backup], or the last restore). Says when, and the last error."""
+    if host.backup is None or fact is None:
+        return None
+    name = "backup"
+    fix = f"`miab-remote backup {host.name}` runs one now and says why it fails; `journalctl -u miab-backup` on the box"
+    if "error" in fact:
+        return Check(name, False, f"could not read the backup status: {fact['error']}", fix)
+    status = fact.get("status") or {}
+    attempt = status.get("last_attempt") or {}
+    error = f"; the last attempt ({_ago(t, now)}) failed: {attempt.get('error')}" if (
+        attempt and not attempt.get("ok") and (t := _when(attempt.get("time"))) is not None
+    ) else ""  # fmt: skip
+    success = status.get("last_success") or {}
+    last = _when(success.get("time"))
+    if last is not None:
+        detail = f"last good backup {_ago(last, now)} (snapshot {str(success.get('snapshot', '?'))[:8]})"
+        if now - last > BACKUP_MAX_AGE:
+            return Check(name, False, f"{detail}: older than 36 h{error}", fix)
+        if error:
+            return warn(name, detail + error, fix)
+        return Check(name, True, detail)
+    due = _when(since)
+    if due is None or now - due > BACKUP_MAX_AGE:
+        at = f" (due since {_ago(due, now)})" if due else ""
+        return Check(name, False, f"no good backup yet{at}{error}", fix)
+    return Check(name, True, f"none yet: due since {_ago(due, now)}, the timer runs one within a day{error}")
+
+
+def restore_check(host: Host, fact: Mapping[str, Any] | None) -> Check | None:
+    """A restore that was interrupted (its journal is still on the box) keeps port 25 closed until the same
+    command runs again: a failure naming that command; None when no restore is under way."""
+    if fact is None:
+        return None
+    fix = f"`miab-remote restore {host.name}` finishes it"
+    if "error" in fact:
+        return Check("restore", False, f"an unreadable restore journal on the box: {fact['error']}", fix)
+    return Check(
+        "restore",
+        False,
+        f"the restore of snapshot {str(fact.get('snapshot') or '?')[:8]} is unfinished (it came to "
+        f"{fact.get('phase')}): port 25 stays closed meanwhile",
+        fix,
+    )

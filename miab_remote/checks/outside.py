@@ -32,8 +32,9 @@ from miab_remote.checks import box as boxchecks
 from miab_remote.checks.result import Check, warn
 from miab_remote.engine.resources import Resource
 from miab_remote.errors import HostError, MiabError
+from miab_remote.fleet import secrets
 from miab_remote.fleet.model import Host
-from miab_remote.mail import dnszones, layout
+from miab_remote.mail import backup, dnszones, layout
 from miab_remote.profiles import assumed_profile
 from miab_remote.transport.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
 
@@ -71,6 +72,8 @@ def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) 
         "chains": boxchecks.UFW_CHAINS,
         "disk": ["/", layout.STATE],
         "dkim": layout.DKIM_PUBLIC,
+        **({"backup": backup.STATUS} if host.backup else {}),
+        "restore": backup.RESTORE_JOURNAL,
     }
     with Transport(host.target, connect_timeout=timeout) as t:
         facts: dict[str, Any] = t.run_json("status", spec, idle_timeout=150)
@@ -266,6 +269,12 @@ def run_checks(host: Host) -> list[Check]:
     out.append(certificate_check(host))
     if facts is not None:
         out += boxchecks.box_checks(host, facts, resources, rendered)
+        since = secrets.get(host.name, secrets.BACKUP_SINCE)
+        now = datetime.datetime.now(datetime.UTC)
+        if (judged := boxchecks.backup_check(host, facts.get("backup"), since, now)) is not None:
+            out.append(judged)
+        if (unfinished := boxchecks.restore_check(host, facts.get("restore"))) is not None:
+            out.append(unfinished)
     out += dns_checks(host, dkim_rdata(facts.get("dkim")) if facts else None)
     out += admin_mail_checks(host)
     return out

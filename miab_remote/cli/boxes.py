@@ -62,7 +62,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     for name, h in rows.items():
         table.add_row(
             name,
-            h["address"],
+            h["address"] if h["box"] else "no box",
             h["provider"] or "-",
             h["os"] or "-",
             " ".join(h["domains"]),

@@ -5,7 +5,8 @@ MASK, so a password hash never ends up on a terminal, in a log or in a saved rep
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from urllib.parse import quote
 
 from miab_remote.fleet import secrets
 from miab_remote.fleet.model import Host
@@ -28,5 +29,16 @@ class SecretMask:
 
 def secret_mask_for(host: Host) -> SecretMask:
     """The mask of a box's secrets the laptop knows: its users' password hashes, and every secret the
-    laptop's store holds for it (the relay password)."""
-    return SecretMask([*(u.password_hash for u in host.users), *secrets.read_all(host.name).values()])
+    laptop's store holds for it (the relay password, the backup's password and credentials), also as they
+    appear in a URL (percent-encoded: the REST login in the backup's repository string) and, for a key,
+    line by line."""
+    stored = [v for k, v in secrets.read_all(host.name).items() if k not in secrets.NOT_SECRET]
+    return SecretMask([*(u.password_hash for u in host.users), *(form for v in stored for form in _forms(v))])
+
+
+def _forms(value: str) -> Iterator[str]:
+    yield value
+    yield quote(value, safe="")
+    lines = value.strip().splitlines()
+    if len(lines) > 1:
+        yield from (line for line in lines if len(line) >= 16 and not line.startswith("-----"))

@@ -21,6 +21,7 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "dovecot",
     "postfix",
     "webmail",
+    "backup",
 )
 
 
@@ -103,6 +104,12 @@ class Host:
     node: dict[str, str] = field(default_factory=dict)
     relay: Relay | None = None
     backup: Backup | None = None
+
+    @property
+    def has_box(self) -> bool:
+        """Whether the inventory records a box: a pinned host key or a cloud server ([node] id). `destroy
+        --keep-inventory` removes both, so `create` may make the box anew, of any provider (a move)."""
+        return bool(self.host_keys) or bool(self.node.get("id"))
 
     @property
     def target(self) -> SSHTarget:

@@ -6,8 +6,10 @@ Host names and email addresses follow miab_remote/names.py, the one copy of thos
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from miab_remote import names
 from miab_remote.fleet.problems import short
@@ -185,3 +187,106 @@ def default_domain(hostname: str) -> str:
     """The mail domain a box serves when `domains` is absent: box1.example.test -> example.test."""
     labels = hostname.split(".")
     return ".".join(labels[1:]) if len(labels) > 2 else hostname
+
+
+# -- [backup] ----------------------------------------------------------------------------------------------------
+# The box's state tree (mail/layout.py takes it from here): what a backup holds, so never where it goes.
+STATE_TREE = "/home/user-data"
+BACKUP_KINDS: tuple[str, ...] = ("rest", "s3", "sftp", "local")
+BACKUP_TARGETS_ACCEPTED = (
+    "accepted: 'rest:https://HOST[:PORT]/PATH', 's3:https://HOST[:PORT]/BUCKET[/PATH]', 'sftp:USER@HOST:/PATH' "
+    "or 'local:/PATH' (a folder on the box, such as a second disk)"
+)
+BACKUP_KEEP_MAX = 1000
+_CREDENTIALS_ELSEWHERE = "credentials go in the secrets store: `miab-remote backup-target set`"
+# S3's bucket names: 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SFTP_RE = re.compile(r"^(?P<user>[^@:/\s]+)@(?P<host>[^@:/\s\[\]]+|\[[0-9A-Fa-f:.]+\]):(?P<path>.*)$")
+
+
+def backup_kind(target: str) -> str:
+    """The kind of a repository string: its scheme (`rest`, `s3`, `sftp` or `local`)."""
+    return target.partition(":")[0]
+
+
+def backup_target_problem(value: str) -> str | None:
+    """Why `value` is not a backup target the box can use (None if it is one). rest and s3 go over https
+    only (the repository is encrypted, its credentials are not), and no credential is ever part of it."""
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        return f"{short(value)} is not a backup target; {BACKUP_TARGETS_ACCEPTED}"
+    kind, colon, rest = value.partition(":")
+    if not colon or kind not in BACKUP_KINDS:
+        return f"{value!r} is not a backup target; {BACKUP_TARGETS_ACCEPTED}"
+    if kind in ("rest", "s3"):
+        return _url_target_problem(value, kind, rest)
+    if kind == "sftp":
+        m = _SFTP_RE.fullmatch(rest)
+        if m is None or not m["path"]:
+            return f"{value!r} is not an sftp target; expected 'sftp:USER@HOST:/PATH'"
+        if m["user"] and ":" in m["user"]:
+            return f"{value!r}: {_CREDENTIALS_ELSEWHERE}"
+        if problem := address_problem(m["host"].strip("[]")):
+            return f"{value!r}: {problem}"
+        if not m["path"].startswith("/"):
+            path = m["path"]
+            return f"{value!r}: the path {path!r} is relative; expected an absolute one, like 'sftp:USER@HOST:/PATH'"
+        return None
+    return local_path_problem(value, rest)
+
+
+def _url_target_problem(value: str, kind: str, url: str) -> str | None:
+    example = "rest:https://HOST[:PORT]/PATH" if kind == "rest" else "s3:https://HOST[:PORT]/BUCKET[/PATH]"
+    split = urlsplit(url)
+    if split.scheme != "https":
+        return (
+            f"{value!r}: {kind} targets go over https only (the repository is encrypted, but its credentials "
+            f"are not); expected like {example!r}"
+        )
+    if "@" in split.netloc:
+        return f"{value!r}: {_CREDENTIALS_ELSEWHERE}; expected like {example!r}"
+    if split.query or split.fragment or "?" in url or "#" in url:
+        return f"{value!r}: no query or fragment; expected like {example!r}"
+    if not split.hostname:
+        return f"{value!r}: no host; expected like {example!r}"
+    if problem := address_problem(split.hostname):
+        return f"{value!r}: {problem}"
+    try:
+        port = split.port
+    except ValueError:
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        return f"{value!r}: the port is not 1..65535; expected like {example!r}"
+    if kind == "s3":
+        bucket = split.path.lstrip("/").split("/")[0]
+        if not bucket:
+            return f"{value!r}: no bucket; expected like {example!r}"
+        if not _BUCKET_RE.fullmatch(bucket):
+            return (
+                f"{value!r}: {bucket!r} is not a bucket name; accepted: 3 to 63 lower-case letters, digits, '.' "
+                "and '-', starting and ending with a letter or digit"
+            )
+    return None
+
+
+def local_path_problem(value: str, path: str) -> str | None:
+    """Why `path` (of target `value`) cannot hold a box's repository: relative, `/`, or in the state tree
+    (a backup would then hold itself, and a restore would replace it)."""
+    if not path.startswith("/"):
+        where = "expected an absolute one on the box, like 'local:/srv/backup'"
+        return f"{value!r}: the path {path!r} is relative; {where}"
+    normal = posixpath.normpath(path)
+    if normal == "/" or normal.startswith("//"):
+        return f"{value!r}: not the root folder; expected a folder of its own, like 'local:/srv/backup'"
+    if normal == STATE_TREE or normal.startswith(STATE_TREE + "/"):
+        return (
+            f"{value!r}: inside the state tree {STATE_TREE}, which is what is backed up; expected a folder "
+            "outside it, like 'local:/srv/backup' (best on a second disk)"
+        )
+    return None
+
+
+def backup_keep_problem(value: int) -> str | None:
+    """Why `value` is not a count of snapshots to keep (None if it is one)."""
+    if 0 <= value <= BACKUP_KEEP_MAX:
+        return None
+    return f"{value} is out of range; accepted: 0..{BACKUP_KEEP_MAX}"

@@ -15,15 +15,20 @@ from typing import Any, TypeVar
 from miab_remote import names
 from miab_remote.errors import InputError
 from miab_remote.fleet import dnsrules
-from miab_remote.fleet.model import DEFAULT_RECIPES, Alias, DNSRecord, Host, MailUser, Relay, SSHSettings
+from miab_remote.fleet.model import DEFAULT_RECIPES, Alias, Backup, DNSRecord, Host, MailUser, Relay, SSHSettings
 from miab_remote.fleet.options import OPTION_SPECS
 from miab_remote.fleet.positions import KeyPath, field_name, line_map
 from miab_remote.fleet.problems import InventoryError, Problem, or_list, short, toml_type
 from miab_remote.fleet.rules import (
+    BACKUP_KEEP_MAX,
+    BACKUP_TARGETS_ACCEPTED,
     PASSWORD_SCHEMES,
     PROVIDERS,
     RELAY_PORTS_ACCEPTED,
     address_problem,
+    backup_keep_problem,
+    backup_kind,
+    backup_target_problem,
     default_domain,
     destination,
     is_served,
@@ -56,8 +61,14 @@ TOP_KEYS: tuple[str, ...] = (
     "dns",
     "node",
     "relay",
+    "backup",
 )
 RELAY_KEYS: tuple[str, ...] = ("host", "port", "user", "ca_file")
+BACKUP_KEYS: tuple[str, ...] = ("target", "keep", "append_only", "ca_file", "host_key")
+BACKUP_KEEP_KEYS: tuple[str, ...] = ("daily", "weekly", "monthly")
+# Keys an operator may reach for to put a credential here: each refused with where it goes instead.
+SECRET_KEYS: tuple[str, ...] = ("password", "pass", "secret")
+BACKUP_SECRET_KEYS: tuple[str, ...] = (*SECRET_KEYS, "user", "access_key_id", "secret_access_key", "key")
 DNS_KEYS: tuple[str, ...] = ("records",)
 DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
 # The cloud server a provider made (what its destroy needs): provider-made, so checked for shape only.
@@ -196,6 +207,7 @@ class Checker:
         dns_records = self.check_dns_records(hostname, domains)
         node = self.check_node()
         relay = self.check_relay()
+        backup = self.check_backup()
         if self.found or hostname is None or address is None:
             return None
         return Host(
@@ -217,6 +229,7 @@ class Checker:
             dns_records=dns_records,
             node=node,
             relay=relay,
+            backup=backup,
         )
 
     def check_node(self) -> dict[str, str]:
@@ -292,7 +305,7 @@ class Checker:
         if table is None:
             return None
         at: KeyPath = ("relay",)
-        for secret in ("password", "pass", "secret"):
+        for secret in SECRET_KEYS:
             if secret in table:
                 self.fail(
                     (*at, secret),
@@ -300,7 +313,7 @@ class Checker:
                     "`miab-remote relay set NAME ...` (it asks for it, or reads --password-stdin)",
                 )
         self.unknown_keys(
-            {k: v for k, v in table.items() if k not in ("password", "pass", "secret")},
+            {k: v for k, v in table.items() if k not in SECRET_KEYS},
             at,
             RELAY_KEYS,
             "key in [relay]",
@@ -328,6 +341,89 @@ class Checker:
         # `~` is the operator's home; a relative path is relative to the inventory folder (as identity_file).
         ca_path = None if ca_file is None else Path(os.path.abspath(self.path.parent / Path(ca_file).expanduser()))
         return Relay(_normal_address(host), port, user, ca_path)
+
+    def check_backup(self) -> Backup | None:
+        """[backup]: where the nightly restic backups go. No credential is ever here (the secrets store)."""
+        table = self.typed(self.data, (), "backup", dict, "a table ([backup] section)")
+        if table is None:
+            return None
+        at: KeyPath = ("backup",)
+        for secret in BACKUP_SECRET_KEYS:
+            if secret in table:
+                self.fail(
+                    (*at, secret),
+                    "credentials are never kept in the inventory; remove this line: credentials go in the secrets "
+                    "store: `miab-remote backup-target set NAME --target ...` (it asks for them, or reads "
+                    "--credentials-stdin)",
+                )
+        self.unknown_keys(
+            {k: v for k, v in table.items() if k not in BACKUP_SECRET_KEYS}, at, BACKUP_KEYS, "key in [backup]"
+        )
+        target = self.typed(table, at, "target", str, f"a restic repository; {BACKUP_TARGETS_ACCEPTED}", required=True)
+        if target is not None and (problem := backup_target_problem(target)):
+            self.fail((*at, "target"), problem)
+            target = None
+        kind = None if target is None else backup_kind(target)
+        keep = self.check_backup_keep(table, at)
+        append_only = self.typed(table, at, "append_only", bool, "true or false (true: never forget or prune)")
+        ca_file = self.typed(
+            table, at, "ca_file", str, "a path to a PEM file of the CA that signs the target's certificate"
+        )
+        if ca_file is not None and (not ca_file.strip() or "\0" in ca_file):
+            expected = "expected like 'backup-ca.pem' or '~/ca/backup.pem'"
+            self.fail((*at, "ca_file"), f"{ca_file!r} is not a path; {expected}")
+            ca_file = None
+        elif ca_file is not None and kind in ("sftp", "local"):
+            self.fail((*at, "ca_file"), f"a {kind} target has no certificate; accepted: ca_file for rest and s3 only")
+            ca_file = None
+        host_key = self.check_backup_host_key(table, at, kind)
+        if target is None or kind is None or keep is None:
+            return None
+        ca_path = None if ca_file is None else Path(os.path.abspath(self.path.parent / Path(ca_file).expanduser()))
+        daily, weekly, monthly = keep
+        return Backup(target, kind, daily, weekly, monthly, bool(append_only), ca_path, host_key)
+
+    def check_backup_keep(self, table: dict[str, Any], at: KeyPath) -> tuple[int, int, int] | None:
+        """[backup] keep: snapshots kept per day, week and month (a count left out of a given table is 0);
+        absent: 7, 5, 12."""
+        accepted = f"a table like {{ daily = 7, weekly = 5, monthly = 12 }}, each 0..{BACKUP_KEEP_MAX}"
+        keep = self.typed(table, at, "keep", dict, accepted)
+        if keep is None:
+            return None if "keep" in table else (7, 5, 12)
+        before = len(self.found)
+        self.unknown_keys(keep, (*at, "keep"), BACKUP_KEEP_KEYS, "key in [backup] keep")
+        counts: list[int] = []
+        for name in BACKUP_KEEP_KEYS:
+            value = self.typed(keep, (*at, "keep"), name, int, f"a count of snapshots, 0..{BACKUP_KEEP_MAX}")
+            if value is not None and (problem := backup_keep_problem(value)):
+                self.fail((*at, "keep", name), problem)
+            counts.append(value or 0)
+        if len(self.found) > before:
+            return None
+        if not any(counts):
+            self.fail((*at, "keep"), f"keeps nothing; accepted: {accepted}, at least one above 0")
+            return None
+        daily, weekly, monthly = counts
+        return daily, weekly, monthly
+
+    def check_backup_host_key(self, table: dict[str, Any], at: KeyPath, kind: str | None) -> str | None:
+        """An sftp target's pinned SSH host key: required there, refused anywhere else."""
+        expected = "the sftp target's SSH host key, a line like 'ssh-ed25519 AAAAC3Nza...'"
+        host_key = self.typed(table, at, "host_key", str, expected, required=kind == "sftp")
+        if host_key is None:
+            return None
+        if kind is not None and kind != "sftp":
+            self.fail((*at, "host_key"), f"a {kind} target has no SSH host key; accepted: host_key for sftp only")
+            return None
+        if "\n" in host_key.strip():
+            self.fail((*at, "host_key"), f"an SSH public key is one line; expected {expected}")
+            return None
+        try:
+            sshkeys.parse_public_line(host_key)
+        except InputError as e:
+            self.fail((*at, "host_key"), f"{e}; expected {expected}")
+            return None
+        return " ".join(host_key.split()[:2])
 
     def check_hostname(self) -> str | None:
         hostname = self.typed(self.data, (), "hostname", str, "the box's FQDN, like 'box1.example.org'", required=True)

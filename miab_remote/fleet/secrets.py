@@ -1,6 +1,6 @@
 """Each box's secrets on the laptop, kept out of its inventory: `<config dir>/secrets/NAME.toml`, one 0600
 TOML file per box (folders 0700) holding named strings, such as `relay_password` (the outbound relay's
-login) and, later, the backup keys.
+login) and the backup's: the restic repository's password and the target's credentials.
 
 The inventory is the operator's record, shared and committed; these files are not. A file another user
 could read is refused (configdir.read_private), every change replaces the whole file atomically under a
@@ -26,6 +26,27 @@ from miab_remote.fleet.problems import display_path
 
 # The names the tool stores; a secret's name is a TOML bare key of lower-case words.
 RELAY_PASSWORD = "relay_password"
+# The restic repository's password, made on the laptop by the first deploy of a box with [backup]; and since
+# when (UTC, ISO 8601) the box's backups are due: that deploy, or the last restore (a new box after a move):
+# `check` allows a box 36 hours without a backup from then.
+BACKUP_PASSWORD = "backup_password"
+BACKUP_SINCE = "backup_since"
+# A REST server's login (both optional: a server without auth), an S3 key pair (required), an sftp
+# target's OpenSSH ed25519 private key (made on the laptop by `backup-target set`).
+BACKUP_REST_USER = "backup_rest_user"
+BACKUP_REST_PASSWORD = "backup_rest_password"
+BACKUP_S3_ACCESS_KEY_ID = "backup_s3_access_key_id"
+BACKUP_S3_SECRET_ACCESS_KEY = "backup_s3_secret_access_key"
+BACKUP_SFTP_KEY = "backup_sftp_key"
+# What a target kind keeps in the store (the password aside).
+BACKUP_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "rest": (BACKUP_REST_USER, BACKUP_REST_PASSWORD),
+    "s3": (BACKUP_S3_ACCESS_KEY_ID, BACKUP_S3_SECRET_ACCESS_KEY),
+    "sftp": (BACKUP_SFTP_KEY,),
+    "local": (),
+}
+# Kept beside the secrets but no secret: never masked (a time would mask every text that names it).
+NOT_SECRET: tuple[str, ...] = (BACKUP_SINCE,)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -72,6 +93,30 @@ def put(box: str, name: str, value: str) -> None:
         raise InputError(f"the secret {name} of {box} is empty; nothing was changed")
     with _changing(box) as secrets:
         secrets[name] = value
+
+
+def put_new(box: str, name: str, value: str) -> str:
+    """Set the secret `name` of `box` unless it has one; the value it has then (two deploys at once make
+    one password, not two)."""
+    _checked(name)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"the secret {name} of {box} is empty; nothing was changed")
+    with _changing(box) as secrets:
+        return secrets.setdefault(name, value)
+
+
+def put_many(box: str, values: dict[str, str | None]) -> None:
+    """Set several secrets of `box` at once (None: forget that one), in one write under its lock."""
+    for name, value in values.items():
+        _checked(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InputError(f"the secret {name} of {box} is empty; nothing was changed")
+    with _changing(box) as secrets:
+        for name, value in values.items():
+            if value is None:
+                secrets.pop(name, None)
+            else:
+                secrets[name] = value
 
 
 def remove(box: str, name: str) -> bool:

@@ -293,6 +293,8 @@ def new_document(
         "# extra records are [[dns.records]] tables (name, type, value, ttl).",
         "# Outgoing mail through a smarthost (where port 25 is blocked): a [relay] table (host, port 587 or",
         "# 465, user, ca_file), written by `miab-remote relay set`, which keeps the password out of this file.",
+        "# Nightly encrypted backups: a [backup] table (target, keep, append_only, ca_file, host_key), written",
+        "# by `miab-remote backup-target set`, which keeps the credentials out of this file.",
         "",
         "# The box's fully qualified domain name; it must equal this file's name.",
         f"hostname = {_toml(hostname)}",

@@ -34,8 +34,8 @@ def check_new_boxes(
     makes boxes of `image` (when one is asked for), each
     name is a box name as the inventory wants it (a lower-case FQDN: the inventory's hostname rule, and
     the provider's own, e.g. local's 64 characters), given once, and an existing inventory of that name is
-    valid, is a box of the same provider's (create re-pins it) and records no cloud server (one kept with
-    `destroy --keep-inventory` is the start of a move onto a new server). The provider to make them with."""
+    valid and its box is gone (`box_left`): a create onto it is a move, from any provider. The provider to
+    make them with."""
     provider = providers.get(provider_name, options)
     if image is not None:
         provider.check_image(image)
@@ -47,23 +47,43 @@ def check_new_boxes(
         if name in seen:
             raise InputError(f"{name} is given twice; nothing was made")
         seen.add(name)
-        path = inv.path_for(name)
-        if path.exists():
-            old = inv.load(name)
-            if old.provider not in (None, provider.name):
-                raise InputError(
-                    f"{display_path(path)} is the inventory of a {old.provider} box; a {provider.name} box of the "
-                    "same name would take over its record; nothing was made"
-                )
-            if old.node.get("id"):
-                raise InputError(
-                    f"{display_path(path)} records {old.provider} server {old.node['id']}, which may still run; "
-                    f"destroy it first (`miab-remote destroy --keep-inventory {name}` keeps the inventory for the "
-                    "new server); nothing was made"
-                )
+        if inv.path_for(name).exists() and (left := box_left(inv.load(name))):
+            raise InputError(f"{left}; nothing was made")
     if inv.root.exists() and not inv.root.is_dir():
         raise InputError(f"the inventory folder {display_path(inv.root)} is not a folder; nothing was made")
     return provider
+
+
+def box_left(host: Host) -> str | None:
+    """Why the box of an existing inventory may still exist (a create would take over its record), or None
+    when it is gone: the local provider knows its own boxes; of any other box, the inventory must record
+    none (`Host.has_box`: no [node] id, no pinned key, as `destroy --keep-inventory` leaves it)."""
+    where = display_path(host.path)
+    first = f"destroy it first (`miab-remote destroy --keep-inventory {host.name}` keeps the inventory for the new box)"
+    if host.node.get("id"):
+        return f"{where} records {host.provider} server {host.node['id']}, which may still run; {first}"
+    if host.provider == "local":
+        try:
+            status = providers.get("local").status(host.name)
+        except OSError as e:
+            return f"{where} is a local box's, and the local boxes cannot be read ({e}); run create as root"
+        return None if status == "absent" else f"a local box {host.name} still exists ({status}); {first}"
+    if not host.has_box:
+        return None
+    gone = (
+        f"Once it is (take its last backup first), empty its pinned keys (host_keys = [] in {where}) and run "
+        "create again"
+    )
+    if host.provider in (None, "manual"):
+        made = "no provider" if host.provider is None else "provider manual"
+        return (
+            f"{where} pins the host key of a box you made ({made}), which may still run: miab-remote cannot remove "
+            f"it or tell whether it is gone. {gone}"
+        )
+    return (
+        f"{where} pins the host key of a {host.provider} box but records no server ([node] id), which may still "
+        f"run: miab-remote cannot tell which server it is. Remove it at {host.provider}. {gone}"
+    )
 
 
 def finish_interrupted(inv: Inventory, names: Sequence[str]) -> list[str]:
@@ -88,6 +108,8 @@ def finish_interrupted(inv: Inventory, names: Sequence[str]) -> list[str]:
 
 
 def _record(doc: tomlkit.TOMLDocument, box: CreatedBox, provider: str) -> None:
+    """The provider's part of an inventory: where the box is, its key, login, os, [node]. The rest (users,
+    aliases, options, [relay], [backup], dns) is the operator's and stays as it was."""
     doc["address"] = box.address
     doc["host_keys"] = [box.host_key_public] if box.host_key_public else []
     doc["provider"] = provider
@@ -114,13 +136,45 @@ def _record(doc: tomlkit.TOMLDocument, box: CreatedBox, provider: str) -> None:
         del doc["node"]
 
 
-def _write_inventory(inv: Inventory, name: str, box: CreatedBox, provider: str, key_path: Path) -> str:
-    if inv.path_for(name).exists():
+def _moved(doc: tomlkit.TOMLDocument, old: Host, box: CreatedBox, provider: str) -> list[str]:
+    """A create onto a kept inventory: what changed beyond the provider's part, for the operator."""
+    notes = [f"moved from {old.provider or 'no provider'} ({old.os or 'os unknown'}, {old.address})"]
+    options = doc.get("options")
+    if old.provider == "local" and not box.resolvers and options is not None and "resolvers" in options:
+        del options["resolvers"]  # the local boxes' resolver (the bridge's dnsmasq) means nothing elsewhere
+        notes.append("dropped options.resolvers (the local boxes' resolver): the box resolves from the DNS root")
+    route = [f"[ssh] port {old.ssh.port}"] if "port" in old.ssh.given and old.ssh.port != 22 else []
+    route += [f"[ssh] jump {old.ssh.jump}"] if "jump" in old.ssh.given and old.ssh.jump else []
+    if route:  # the operator's way to the old box (a tunnel, a bastion): kept, but the new box is elsewhere
+        notes.append(f"kept {' and '.join(route)}: check that it reaches the new box at {box.address}")
+    was = (old.ipv4 or old.address, old.ipv6)
+    now = (box.ipv4 or box.address, box.ipv6)
+    if provider != "local" and was != now:
+        changed = " and ".join(f"{a or 'none'} to {b or 'none'}" for a, b in zip(was, now, strict=True) if a != b)
+        notes.append(
+            f"the address changed from {changed}: at the registrar, change the glue records and the A/AAAA "
+            f"records that name the box (after the deploy, `miab-remote dns {old.name}` prints them)"
+        )
+    return notes
+
+
+def _write_inventory(
+    inv: Inventory, name: str, box: CreatedBox, provider: str, key_path: Path
+) -> tuple[str, list[str]]:
+    """Record the new box; the line to show, and notes (a move's)."""
+    path = inv.path_for(name)
+    if path.exists():
+        old = inv.load(name)
         with inv.edit(name) as doc:
             _record(doc, box, provider)
-        return f"{name}: created at {box.address}; kept the existing inventory {inv.path_for(name)} (re-pinned)"
+            notes = _moved(doc, old, box, provider)
+        return (
+            f"{name}: created at {box.address}; kept the existing inventory {path} (users, aliases and options; "
+            "re-pinned)",
+            notes,
+        )
     inv.create(name, _new_document(name, box, provider, key_path))
-    return f"{name}: created at {box.address}; inventory {inv.path_for(name)}"
+    return f"{name}: created at {box.address}; inventory {path}", []
 
 
 def _new_document(name: str, box: CreatedBox, provider: str, key_path: Path) -> tomlkit.TOMLDocument:
@@ -181,9 +235,9 @@ def create_box(
             inv.done_creating(name)  # the inventory records it now
         raise error from None
     try:
-        line = _write_inventory(inv, name, box, provider.name, key_path)
+        line, moved = _write_inventory(inv, name, box, provider.name, key_path)
         inv.done_creating(name)
-        notes = [*box.notes, *_registrar_notes(inv.load(name))] if box.node else list(box.notes)
+        notes = [*moved, *box.notes, *(_registrar_notes(inv.load(name)) if box.node else [])]
         return "\n".join([line, *(f"    {note}" for note in notes)])
     except BaseException as e:
         say("the inventory could not be written: destroying the new box")

@@ -52,10 +52,14 @@ def destroy_box(inv: Inventory, provider: Provider, name: str, keep_inventory: b
     inv.done_creating(name)
     if inv.path_for(name).exists():
         if keep_inventory:
-            if node:
-                with inv.edit(name) as doc:
-                    del doc["node"]  # that server is gone; a create makes the next one
-            removed.append(f"kept its inventory {display_path(inv.path_for(name))}")
+            with inv.edit(name) as doc:  # that box is gone: no server, no key (Host.has_box); a create makes the next
+                doc.pop("node", None)
+                if doc.get("host_keys"):
+                    doc["host_keys"] = []
+            removed.append(
+                f"kept its inventory {display_path(inv.path_for(name))} without the box "
+                f"(`miab-remote create --provider PROVIDER {name}` makes the next one)"
+            )
         else:
             removed.append(f"its inventory is kept as {display_path(inv.archive(name))}")
     return f"{name}: destroyed ({'; '.join(removed) or 'nothing was left'})"

@@ -15,6 +15,7 @@ def summaries(inv: Inventory) -> dict[str, dict[str, Any]]:
         h = inv.load(name)
         rows[h.name] = {
             "address": h.address,
+            "box": h.has_box,  # False: the box was destroyed and its inventory kept (the start of a move)
             "provider": h.provider,
             "os": h.os,
             "domains": list(h.domains),

@@ -160,12 +160,12 @@ def _edit(doc: tomlkit.TOMLDocument, change: RelayChange, root: Path) -> None:
         if value is not None:
             table[key] = value
     if change.ca_file is not None:
-        table["ca_file"] = _inventory_path(change.ca_file, root)
+        table["ca_file"] = inventory_path(change.ca_file, root)
     elif change.system_cas:
         table.pop("ca_file", None)
 
 
-def _inventory_path(path: Path, root: Path) -> str:
+def inventory_path(path: Path, root: Path) -> str:
     """A path as the inventory keeps it: relative to the inventory folder when inside it, else absolute."""
     absolute = Path(os.path.abspath(path))
     folder = Path(os.path.abspath(root))

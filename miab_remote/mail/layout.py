@@ -10,8 +10,9 @@ from __future__ import annotations
 from miab_remote import names
 from miab_remote.errors import InputError
 from miab_remote.fleet.dnsrules import DKIM_SELECTOR as DKIM_SELECTOR  # the key file is named after it
+from miab_remote.fleet.rules import STATE_TREE  # [backup] refuses a repository inside it
 
-STATE = "/home/user-data"
+STATE = STATE_TREE
 MAILBOXES = f"{STATE}/mail/mailboxes"
 SIEVE = f"{STATE}/mail/sieve"
 DKIM = f"{STATE}/mail/dkim"

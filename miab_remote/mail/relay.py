@@ -95,11 +95,11 @@ def ca_pem(host: Host) -> str:
     return read_ca(path, f"{display_path(host.path)}: relay.ca_file: {display_path(path)}")
 
 
-def read_ca(path: Path, where: str) -> str:
+def read_ca(path: Path, where: str, server: str = "the relay") -> str:
     """The certificates of a CA file, checked and written out again (the same bytes each time); bad input,
     named by `where`, when the file is missing, holds no certificate, or holds a private key (which is
-    never sent to a box)."""
-    accepted = "expected a PEM file with the certificate of the CA that signs the relay's certificate"
+    never sent to a box). `server`: whose certificate the CA signs (the relay's, a backup target's)."""
+    accepted = f"expected a PEM file with the certificate of the CA that signs {server}'s certificate"
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -1,7 +1,9 @@
 # Runs on the box as root for `miab-remote check`: reads the box's health in one round trip, changes nothing.
 # Input: one JSON object on stdin (after this script): {"services": [unit, ...], "disk": [path, ...],
-# "dkim": path, "chains": {"v4": chain, "v6": chain}}. Output: one JSON object on stdout; each part that
-# cannot be read says why ("error") instead of failing the whole script.
+# "dkim": path, "chains": {"v4": chain, "v6": chain}, "backup": the backup program's status file,
+# "restore": the restore journal}.
+# Output: one JSON object on stdout; each part that cannot be read says why ("error") instead of failing
+# the whole script.
 # stdlib only, Python >= 3.8.
 import json
 import os
@@ -147,6 +149,29 @@ def read_text(path):
         return None
 
 
+def backup_status(path):
+    """The backup program's status file as it is: {"missing": true} before its first run."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {"status": json.load(f)}
+    except FileNotFoundError:
+        return {"missing": True}
+    except (OSError, ValueError) as e:
+        return {"error": str(e)}
+
+
+def restore_journal(path):
+    """An unfinished restore's journal (what it restores, how far it came); None when no restore is under way."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            journal = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return {"error": str(e)}
+    return {key: journal.get(key) for key in ("snapshot", "phase", "host")}
+
+
 def main():
     spec = json.loads(sys.stdin.read() or "{}")
     facts = {
@@ -158,6 +183,8 @@ def main():
         "updates": updates(),
         "reboot": reboot(),
         "dkim": read_text(spec["dkim"]) if spec.get("dkim") else None,
+        "backup": backup_status(spec["backup"]) if spec.get("backup") else None,
+        "restore": restore_journal(spec["restore"]) if spec.get("restore") else None,
     }
     json.dump(facts, sys.stdout)
 

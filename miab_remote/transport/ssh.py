@@ -268,7 +268,10 @@ class Transport:
     def __init__(self, target: SSHTarget, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         if not target.host_keys:
             raise HostError(
-                f"{target.name}: no pinned host key in {target.path}; pin one with `miab-remote trust {target.name}`"
+                f"{target.name}: no host key is pinned in {target.path}, so it cannot be reached. A box destroyed with "
+                f"`destroy --keep-inventory` leaves no box: `miab-remote create --provider PROVIDER {target.name}` "
+                f"makes the new one; for a server you made, check its key out of band and pin it with "
+                f"`miab-remote trust {target.name}`"
             )
         self.target = target
         self.round_trips = 0

@@ -28,6 +28,16 @@ def generate_ed25519(comment: str) -> KeyPair:
     return KeyPair(private, f"{public.decode()} {comment}".strip())
 
 
+def public_line_of_private(private_openssh: str, comment: str) -> str:
+    """The public key line of an OpenSSH private key made by generate_ed25519 (for an authorized_keys)."""
+    try:
+        key = serialization.load_ssh_private_key(private_openssh.encode(), password=None)
+    except ValueError:
+        raise InputError("the stored key is not an OpenSSH private key (not shown)") from None
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{public.decode()} {comment}".strip()
+
+
 def parse_public_line(line: str) -> tuple[str, bytes]:
     """Split "TYPE BASE64 [comment]" into (type, blob); raise InputError if it is not a public key."""
     parts = line.split()

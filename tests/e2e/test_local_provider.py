@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -534,7 +535,7 @@ def test_create_destroys_its_box_when_the_inventory_cannot_be_written(
 
 def test_destroy_keeps_the_inventory_in_the_archive(cli_config: LocalConfig, cli_inventory: tuple[Path, Path]) -> None:
     """A destroy that destroys keeps the inventory as hosts/.archive/NAME.TIMESTAMP.toml (0600), unless
-    --keep-inventory leaves it in place; `hosts` and `--all` never see the archive."""
+    --keep-inventory leaves it in place, without the box's pinned key; `hosts` and `--all` never see the archive."""
     inv, key = cli_inventory
     try:
         helpers.create_box(inv, key, CLI_BOX)
@@ -543,7 +544,11 @@ def test_destroy_keeps_the_inventory_in_the_archive(cli_config: LocalConfig, cli
         res = helpers.cli(inv, "destroy", "--yes", "--keep-inventory", CLI_BOX)
         assert res.code == 0, res.err + res.out
         assert LocalProvider(cli_config).status(CLI_BOX) == "absent"
-        assert path.read_bytes() == text and "kept its inventory" in res.out
+        assert "kept its inventory" in res.out
+        before, kept = tomllib.loads(text.decode()), tomllib.loads(path.read_text())
+        assert before["host_keys"] and kept["host_keys"] == [], "the box is gone: no key pinned"
+        assert kept == before | {"host_keys": []}, "and nothing else changed"
+        text = path.read_bytes()
         res = helpers.cli(inv, "destroy", "--yes", CLI_BOX)  # the box is gone already: the file moves
         assert res.code == 0, res.err + res.out
         assert not path.exists()

@@ -10,10 +10,12 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import paramiko
 import yaml
 
+from miab_remote.transport.sshkeys import generate_ed25519
 from tests.standins.core import Booted
 from tests.unit.sshbox import NoPythonBox, accept_ssh
 
@@ -50,3 +52,11 @@ class LoopbackBoxes:
             listener.close()
 
 
+
+
+def write_operator_key(folder: Path) -> None:
+    """The operator's key pair a test's creates authorise: `folder/id_ed25519` (0600) and its `.pub`."""
+    key = generate_ed25519("operator@laptop")
+    (folder / "id_ed25519").write_bytes(key.private_openssh)
+    (folder / "id_ed25519").chmod(0o600)
+    (folder / "id_ed25519.pub").write_text(key.public_line + "\n")

@@ -1,7 +1,8 @@
 """An SSH server on loopback (paramiko's) standing in for a box without python3: it lets one key in and
 answers each command as `command -v python3 || exit 97` does there, after reading the command's input to
 its end. It records each command, what the test's `on_exec` saw when the command was asked for, and the
-input each got, so a test can tell what the laptop sent and when."""
+input each got, so a test can tell what the laptop sent and when. A test that stands in for the box's side
+of a script sets `answer`: (command, input) -> (stdout, exit status), given once the input ended."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class NoPythonBox(paramiko.ServerInterface):  # type: ignore[misc]
         self.inputs: list[bytes] = []  # each command's whole input, once it ended
         self.seen: list[object] = []  # what on_exec returned as each command was asked for
         self.on_exec: Callable[[], object] = lambda: None
+        self.answer: Callable[[str, bytes], tuple[bytes, int]] | None = None
         self.lock = threading.Lock()
 
     def get_allowed_auths(self, username: str) -> str:
@@ -43,6 +45,7 @@ class NoPythonBox(paramiko.ServerInterface):  # type: ignore[misc]
         with self.lock:
             self.commands.append(command.decode())
             self.seen.append(self.on_exec())
+        respond = self.answer
 
         def answer() -> None:
             data = bytearray()
@@ -50,8 +53,11 @@ class NoPythonBox(paramiko.ServerInterface):  # type: ignore[misc]
                 data += chunk
             with self.lock:
                 self.inputs.append(bytes(data))
+            out, status = respond(command.decode(), bytes(data)) if respond is not None else (b"", NO_PYTHON)
             with contextlib.suppress(EOFError, OSError):  # the laptop may have closed its end first
-                channel.send_exit_status(NO_PYTHON)
+                if out:
+                    channel.sendall(out)
+                channel.send_exit_status(status)
             channel.close()
 
         threading.Thread(target=answer, daemon=True).start()

@@ -23,28 +23,31 @@ import tomlkit
 import yaml
 
 from miab_remote import cli
-from miab_remote.transport.sshkeys import generate_ed25519
 from tests.standins import digitalocean
-from tests.standins.loopback import LoopbackBoxes
+from tests.standins.loopback import LoopbackBoxes, write_operator_key
 
 NAME = "box1.example.org"
 TOKEN = "dop_v1_" + "5ecre7" * 10  # distinctive: must appear in no output
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def standin_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **variables: str) -> Path:
+    """A laptop for creates against the stand-ins: its own config folder and operator key, the cloud
+    credentials given, no endpoint or debug variable of the caller's."""
     if os.geteuid() != 0:
         pytest.skip("the stand-in servers listen on port 22 of loopback addresses: run as root (as the CI does)")
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("MIAB_REMOTE_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
-    monkeypatch.delenv("MIAB_REMOTE_DIGITALOCEAN_ENDPOINT", raising=False)
-    monkeypatch.delenv("LIBCLOUD_DEBUG", raising=False)
-    key = generate_ed25519("operator@laptop")
-    (tmp_path / "id_ed25519").write_bytes(key.private_openssh)
-    (tmp_path / "id_ed25519").chmod(0o600)
-    (tmp_path / "id_ed25519.pub").write_text(key.public_line + "\n")
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    for variable in ("MIAB_REMOTE_DIGITALOCEAN_ENDPOINT", "AWS_DEFAULT_REGION", "LIBCLOUD_DEBUG"):
+        monkeypatch.delenv(variable, raising=False)
+    write_operator_key(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return standin_env(tmp_path, monkeypatch, DIGITALOCEAN_TOKEN=TOKEN)
 
 
 @pytest.fixture

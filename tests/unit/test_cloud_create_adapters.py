@@ -23,9 +23,8 @@ import yaml
 from miab_remote import cli
 from miab_remote.providers.cloud import adapter_for
 from miab_remote.providers.cloud.ec2 import key_name
-from miab_remote.transport.sshkeys import generate_ed25519
 from tests.standins import ec2, linode, vultr
-from tests.standins.loopback import LoopbackBoxes
+from tests.standins.loopback import LoopbackBoxes, write_operator_key
 
 NAME = "box1.example.org"
 TOKEN = "cl0ud-t0ken-" + "9a8b7c" * 6  # distinctive: must appear in no output
@@ -66,10 +65,7 @@ def cloud(
         monkeypatch.setenv(variable, value)
     for variable in ("AWS_DEFAULT_REGION", "LIBCLOUD_DEBUG"):
         monkeypatch.delenv(variable, raising=False)
-    key = generate_ed25519("operator@laptop")
-    (tmp_path / "id_ed25519").write_bytes(key.private_openssh)
-    (tmp_path / "id_ed25519").chmod(0o600)
-    (tmp_path / "id_ed25519.pub").write_text(key.public_line + "\n")
+    write_operator_key(tmp_path)
     with started(chosen.provider, LoopbackBoxes()) as front:
         yield chosen, front
 
