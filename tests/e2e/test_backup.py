@@ -269,14 +269,22 @@ def the_box(inv: Path, identity: Path) -> Box:
     return Box(str(doc["address"]), str(doc["host_keys"][0]), identity)
 
 
+def diagnosis(box: Box) -> str:
+    """What the box's failed units said, for an assertion's message."""
+    return box.run(
+        "systemctl --failed --no-pager; journalctl -n 60 --no-pager -u nginx -u dovecot -u postfix", check=False
+    )[1]
+
+
 def mail_of(box: Box) -> Mail:
     return Mail(box, NAME, box.run(f"cat {layout.TLS_CERT}")[1])
 
 
-def host_result(res: CLIResult) -> dict[str, Any]:
-    """One box's part of a --json run of backup/backups (the shape of every per-host command)."""
+def backup_now(inv: Path) -> dict[str, Any]:
+    """`backup NAME --json`: the box's program's result (snapshot, files, bytes, added, seconds, parent, forgot)."""
+    res = cli(inv, "backup", NAME, "--json")
     assert res.code == 0, res.errors()
-    got: dict[str, Any] = res.json()["hosts"][NAME]
+    got: dict[str, Any] = res.json()["hosts"][NAME]["result"]
     return got
 
 
@@ -286,7 +294,9 @@ def same_snapshot(a: str | None, b: str | None) -> bool:
 
 
 def snapshots(inv: Path) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = host_result(cli(inv, "backups", NAME, "--json"))["snapshots"]
+    res = cli(inv, "backups", NAME, "--json")
+    assert res.code == 0, res.err + res.out
+    listed: list[dict[str, Any]] = res.json()["snapshots"]
     return listed
 
 
@@ -360,7 +370,7 @@ def life(inv: Path, identity: Path, config_dir: Path, first: Deployed, targets: 
     rest = targets.rest
     assert rest.user and rest.password
     watches: dict[str, LeakWatch] = {}
-    with LeakWatch(rest.password, expect=b"miab-remote") as watches["backup-target set"]:
+    with LeakWatch(rest.password, expect=b"backup-target") as watches["backup-target set"]:
         set_target(inv, rest.url(NAME), [rest.user, rest.password])
     deployed = cli(inv, "deploy", NAME, "--json")
     assert deployed.code == 0, deployed.errors()
@@ -370,7 +380,7 @@ def life(inv: Path, identity: Path, config_dir: Path, first: Deployed, targets: 
     before = record(old, old_mail)
 
     with LeakWatch(password, rest.password, expect=b"restic") as watches["backup"]:
-        backed_up = host_result(cli(inv, "backup", NAME, "--json"))
+        backed_up = backup_now(inv)
 
     gone = cli(inv, "destroy", "--keep-inventory", "--yes", NAME)
     assert gone.code == 0, gone.err + gone.out
@@ -381,8 +391,8 @@ def life(inv: Path, identity: Path, config_dir: Path, first: Deployed, targets: 
     deployed_again = cli(inv, "deploy", NAME, "--json")
     assert deployed_again.code == 0, deployed_again.errors()
     with LeakWatch(password, rest.password, expect=b"restic") as watches["restore"]:
-        restored = cli(inv, "restore", NAME)
-    assert restored.code == 0, restored.err + restored.out
+        restored = cli(inv, "restore", NAME, "-v")
+    assert restored.code == 0, restored.err + restored.out + diagnosis(box)
     after = record(box, mail_of(box))
     return Life(before, after, deployed, backed_up, restored, box, watches, [password, rest.password])
 
@@ -456,7 +466,7 @@ def test_the_next_backup_is_incremental(life: Life, inv: Path, targets: Targets)
     mail = mail_of(life.box)
     RECORDED["rest"] = {user: mailbox_state(mail, user) for user in PASSWORDS}
     with LeakWatch(*life.secrets, expect=b"restic") as watch:
-        again = host_result(cli(inv, "backup", NAME, "--json"))
+        again = backup_now(inv)
     life.watches["second backup"] = watch
     first = life.backup
     assert same_snapshot(again["parent"], first["snapshot"]), (first, again)
@@ -545,7 +555,7 @@ def test_an_interrupted_restore_keeps_port_25_closed_and_running_it_again_finish
     assert conn.create("Big")[0] == "OK"
     assert conn.append("Big", "(\\Seen)", None, big_message(OTHER, ALICE, 12_000_000))[0] == "OK"
     conn.logout()
-    host_result(cli(inv, "backup", NAME, "--json"))
+    backup_now(inv)
     backed_up = {user: mailbox_state(mail, user) for user in PASSWORDS}
     mail.deliver_25(OTHER, [ALICE], message(OTHER, ALICE, "arrived after the backup"))
     mail.wait_for(ALICE, PASSWORDS[ALICE], "INBOX", lambda m: m["Subject"] == "arrived after the backup")
@@ -554,7 +564,7 @@ def test_an_interrupted_restore_keeps_port_25_closed_and_running_it_again_finish
     rest.bwlimit = "1M"  # about 10 s of restoring
     rest.restart()
     try:
-        proc = start_cli(inv, "restore", NAME, "--force", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = start_cli(inv, "restore", NAME, "--force", "-v", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = Output(proc)
         try:
             wait_until(lambda: "restoring" in out.text().lower(), "the restore reaches its restoring phase",
@@ -570,9 +580,10 @@ def test_an_interrupted_restore_keeps_port_25_closed_and_running_it_again_finish
         rest.bwlimit = None
         rest.restart()
 
-    again = cli(inv, "restore", NAME, "--force")
-    assert again.code == 0, again.out + again.err
-    assert "finishing the interrupted restore" in again.out + again.err, again.out
+    again = cli(inv, "restore", NAME, "--force", "-v")
+    assert again.code == 0, again.out + again.err + diagnosis(life.box)
+    said = again.out + again.err
+    assert re.search(r"note: (finishing the interrupted restore|the restore) of snapshot [0-9a-f]+", said), said
     assert life.box.run(f"test -e {JOURNAL}", check=False)[0] != 0
     assert life.box.run("nft list table inet miab_restore", check=False)[0] != 0
     assert {user: mailbox_state(mail, user) for user in PASSWORDS} == backed_up
@@ -589,11 +600,11 @@ def backup_then_restore(inv: Path, life: Life, watch: LeakWatch, *restore_args: 
     mail = mail_of(life.box)
     state = {user: mailbox_state(mail, user) for user in PASSWORDS}
     with watch:
-        done = host_result(cli(inv, "backup", NAME, "--json"))
+        done = backup_now(inv)
         mail.deliver_25(OTHER, [BOB], message(OTHER, BOB, "after this backup"))
         mail.wait_for(BOB, PASSWORDS[BOB], "INBOX", lambda m: m["Subject"] == "after this backup")
         restored = cli(inv, "restore", NAME, "--force", *restore_args)
-    assert restored.code == 0, restored.out + restored.err
+    assert restored.code == 0, restored.out + restored.err + diagnosis(life.box)
     assert {user: mailbox_state(mail, user) for user in PASSWORDS} == state
     assert watch.scans > 10 and not watch.hits, watch.hits
     return done
@@ -601,10 +612,11 @@ def backup_then_restore(inv: Path, life: Life, watch: LeakWatch, *restore_args: 
 
 def test_s3_target_through_moto(life: Life, inv: Path, config_dir: Path, targets: Targets) -> None:
     s3 = targets.s3
+    s3.make_bucket("backups", inv / "backup-ca.pem")
     set_target(inv, s3.url("backups", NAME), [s3.access_key_id, s3.secret_access_key])
     assert s3.secret_access_key not in (inv / f"{NAME}.toml").read_text()
     deployed = cli(inv, "deploy", NAME, "--json")
-    assert deployed.code == 0, deployed.errors()
+    assert deployed.code == 0, deployed.errors() + diagnosis(life.box)
     # restic reads the keys from its environment (the `env` file): watched for on command lines only.
     watch = LeakWatch(*life.secrets, s3.secret_access_key, s3.access_key_id, env_secrets=tuple(life.secrets),
                       expect=b"restic")  # fmt: skip
@@ -620,7 +632,7 @@ def test_append_only_target_refuses_forget_and_its_snapshot_survives_and_restore
     assert ao.user and ao.password
     set_target(inv, ao.url(NAME), [ao.user, ao.password], "--append-only")
     deployed = cli(inv, "deploy", NAME, "--json")
-    assert deployed.code == 0, deployed.errors()
+    assert deployed.code == 0, deployed.errors() + diagnosis(life.box)
     watch = LeakWatch(*life.secrets, ao.password, expect=b"restic")
     done = backup_then_restore(inv, life, watch)
     assert done["forgot"] is False

@@ -218,6 +218,21 @@ class S3Target(Server):
         """The restic repository string of `bucket` (and the folder `path` in it) on this server."""
         return f"s3:https://{self.host}:{self.port}/{bucket}" + (f"/{path}" if path else "")
 
+    def make_bucket(self, bucket: str, ca_file: Path) -> None:
+        """Make `bucket`, as an operator does at the provider before pointing restic at it (restic 0.18 asks a
+        missing bucket's location again and again for minutes before it gives up)."""
+        import boto3  # moto's own dependency
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"https://{self.host}:{self.port}",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name="us-east-1",
+            verify=str(ca_file),
+        )
+        client.create_bucket(Bucket=bucket)
+
     def restic_env(self) -> dict[str, str]:
         """The environment restic takes the keys from."""
         return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}

@@ -147,6 +147,8 @@ def test_rest_append_only_refuses_forget_with_403_and_the_snapshot_survives(
 def test_s3_through_moto_init_backup_snapshots_with_the_ca(tmp_path: Path, ca: CA, ca_file: Path, data: Path) -> None:
     with S3Target(tmp_path / "s3", ca, LOOPBACK) as target:
         restic = Restic(tmp_path / "client", target.url("backups", "box1"), ca_file, target.restic_env())
+        target.make_bucket("backups", ca_file)
+        assert "Is there a repository at the following location?" in restic("cat", "config", check=False).stderr
         restic("init")
         restic("backup", str(data), "--host", "box1.example.test")
         [snap] = restic.snapshots()
