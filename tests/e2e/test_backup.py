@@ -271,8 +271,11 @@ def the_box(inv: Path, identity: Path) -> Box:
 
 def diagnosis(box: Box) -> str:
     """What the box's failed units said, for an assertion's message."""
+    units = "opendkim spamd dovecot postgrey postfix nginx php8.2-fpm php8.4-fpm"
     return box.run(
-        "systemctl --failed --no-pager; journalctl -n 60 --no-pager -u nginx -u dovecot -u postfix", check=False
+        f"systemctl --failed --no-pager; systemctl show -p Id -p ActiveState -p Result -p ExecMainStatus {units}; "
+        "journalctl -n 60 --no-pager -u opendkim -u spamd -u nginx -u php8.4-fpm; journalctl -n 60 --no-pager",
+        check=False,
     )[1]
 
 
@@ -646,7 +649,7 @@ def test_append_only_target_refuses_forget_and_its_snapshot_survives_and_restore
     assert "403 Forbidden" in said and "unable to remove" in said, said  # restic 0.18 warns, and exits 0
     assert [s["id"] for s in snapshots(inv)] == [snap["id"]]
     restored = cli(inv, "restore", NAME, "--force", "--snapshot", snap["id"])
-    assert restored.code == 0, restored.out + restored.err
+    assert restored.code == 0, restored.out + restored.err + diagnosis(life.box)
     assert check_passes(inv)
 
 
