@@ -295,6 +295,9 @@ class Restic:
             "HOME": ENV.get("HOME", "/root"),
             "LC_ALL": "C.UTF-8",
             "RESTIC_CACHE_DIR": CACHE,
+            # restic's --json status comes 60 times a second unless told otherwise, which slowed a restore
+            # by a third; once a second is all the progress shown needs.
+            "RESTIC_PROGRESS_FPS": "1",
         }
         env.update(self.c.env)
         return env
@@ -828,8 +831,8 @@ def restore(req, own, config):
     close_port()
     phase_done("closing")
     _journal(journal, "stopping")
-    for unit in [*req.get("services", []), TIMER]:
-        systemctl("stop", unit)
+    # One call: systemd stops them all at once (one after the other took seconds per service).
+    systemctl("stop", "--", *dict.fromkeys([*req.get("services", []), TIMER]))
     phase_done("stopping")
     _journal(journal, "restoring")
     if os.path.lexists(new):
