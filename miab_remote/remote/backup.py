@@ -44,6 +44,8 @@ NFT = ENV.get("MIAB_BACKUP_NFT", "nft")
 CHOWN_LOG = ENV.get("MIAB_BACKUP_CHOWN_LOG")  # tests: owner changes written here instead of made
 KILL_AFTER = ENV.get("MIAB_BACKUP_KILL_AFTER")  # tests: the restore is killed once this phase is done
 HEARTBEAT = float(ENV.get("MIAB_BACKUP_HEARTBEAT", "15"))
+# How long a restore waits for a backup or restore that holds the lock (one whose laptop went away).
+RESTORE_LOCK_WAIT = float(ENV.get("MIAB_BACKUP_RESTORE_LOCK_WAIT", "3600"))
 
 STATUS = os.path.join(VAR, "backup", "status.json")
 HISTORY = os.path.join(VAR, "backup", "history.json")
@@ -193,15 +195,23 @@ def id_names(path):
     return out
 
 
-def take_lock(what):
+def take_lock(what, wait=0.0):
+    """The program's lock, else Stop(what, "busy"). With `wait`, up to that many seconds for it, saying so: a
+    restore whose laptop went away goes on to its end, and the restore run again takes up from there."""
     os.makedirs(os.path.dirname(LOCK), exist_ok=True)
     fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Stop(what, "busy") from None
-    return fd
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise Stop(what, "busy") from None
+            if OUT.phase != "waiting":
+                OUT.progress("waiting")  # for the run that holds the lock (the heartbeat goes on meanwhile)
+            time.sleep(0.2)
 
 
 def run_tool(argv, what, stdin=None):
@@ -779,7 +789,7 @@ def credentials_config(creds, settings):
 
 
 def cmd_restore(req):
-    lock = take_lock("a backup or restore is running already")
+    lock = take_lock("a backup or restore is running already", RESTORE_LOCK_WAIT)
     own = Config()
     folder = None
     try:

@@ -10,12 +10,8 @@ The relay listens on HOST_ADDRESS only (the bridge's gateway), which the boxes r
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import os
 import ssl
-import threading
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -26,15 +22,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from tests.e2e.helpers import HOST_ADDRESS, Box, cli, deployed_box, new_inventory, operator_key, wait_until
+from tests.e2e.leakwatch import LeakWatch
 from tests.e2e.mailclients import Mail, message
+from tests.standins.testca import CA
 
 pytestmark = [
     pytest.mark.e2e,
@@ -53,65 +47,7 @@ RELAY_PASSWORD = f"Rly-{uuid.uuid4().hex}-pw"
 OUTSIDE = "friend@elsewhere.example"
 
 
-# ------------------------------------------------------------------------------------ a test CA and a relay
-@dataclass
-class CA:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def make(cls, name: str) -> CA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
-
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def server_context(self, folder: Path, names: list[str], addresses: list[str]) -> ssl.SSLContext:
-        """A TLS server context with a certificate this CA signed for `names` and `addresses`."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        folder.mkdir(parents=True, exist_ok=True)
-        chain, private = folder / "relay.crt", folder / "relay.key"
-        chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        private.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(chain, private)
-        return context
-
-
+# ------------------------------------------------------------------------------------ a relay
 @dataclass
 class Received:
     mail_from: str
@@ -177,44 +113,6 @@ def start(running: list[Controller], relay: Relay) -> Relay:
     c.start()
     running.append(c)
     return relay
-
-
-# ------------------------------------------------------------------------------------ watching for a leak
-class LeakWatch:
-    """Scans every process's argv and environment on this machine (a local box's processes are among them)
-    while a command runs, for the password."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
-        self.hits: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> LeakWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or pid == me:
-                    continue
-                for part in ("cmdline", "environ"):
-                    try:
-                        data = Path(f"/proc/{pid}/{part}").read_bytes()
-                    except OSError:
-                        continue
-                    if self.secret in data:
-                        shown = data.replace(b"\0", b" ")[:200]
-                        self.hits.append(f"{pid} {part}: {shown!r}")
-            self.scans += 1
-            self._stop.wait(0.02)
 
 
 # ------------------------------------------------------------------------------------------------- the box

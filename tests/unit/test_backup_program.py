@@ -485,6 +485,38 @@ def test_a_restore_killed_right_after_the_swap_is_finished_without_restoring_aga
     assert not Path(str(new.state) + ".restore-new").exists()
 
 
+def test_a_restore_run_again_while_the_interrupted_one_still_runs_waits_for_it(box: Box, tmp_path: Path) -> None:
+    """The laptop that started a restore went away (its output is gone, the work goes on and holds the lock):
+    the restore run again waits for it, saying so, and then takes up from where it ended."""
+    snap = box.first["snapshot"]
+    new = new_box(tmp_path, box)
+    request = {"command": "restore", "snapshot": "latest", "host": NAME, "services": SERVICES}
+    with open(new.env["MIAB_BACKUP_LOCK"], "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first restore, still at work
+        again = subprocess.Popen(
+            [PYTHON, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=new.env
+        )
+        assert again.stdin is not None and again.stdout is not None
+        again.stdin.write(script_input("backup", json.dumps(request).encode()))
+        again.stdin.close()
+        assert json.loads(again.stdout.readline()) == {
+            "progress": {"phase": "waiting", "percent": None, "files": None, "bytes": None}
+        }
+        assert not new.journal.exists() and new.tool_log() == []
+    lines = [json.loads(line) for line in again.stdout.read().splitlines() if line.strip()]
+    assert again.wait(60) == 0 and lines[-1]["result"]["snapshot"] == snap
+    assert (new.state / "mail/dkim/mail.private").read_text() == "DKIM KEY\n"
+
+
+def test_a_restore_is_told_busy_once_its_wait_for_the_lock_is_over(box: Box, tmp_path: Path) -> None:
+    new = new_box(tmp_path, box)
+    with open(new.env["MIAB_BACKUP_LOCK"], "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rc, lines = new.run({"command": "restore", "host": NAME, "services": []}, MIAB_BACKUP_RESTORE_LOCK_WAIT="0.5")
+    assert rc == 1 and lines[-1] == {"error": "a backup or restore is running already", "code": "busy"}
+    assert not new.journal.exists()
+
+
 def test_restore_finish_refuses_an_unfinished_restore(box: Box, tmp_path: Path) -> None:
     new = new_box(tmp_path, box)
     new.run({"command": "restore", "host": NAME, "services": []}, MIAB_BACKUP_KILL_AFTER="stopping")
