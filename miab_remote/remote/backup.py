@@ -15,6 +15,7 @@ import ctypes
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -55,7 +56,7 @@ TIMER = "miab-backup.timer"
 NFT_TABLE = "miab_restore"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_SIDE = ("-journal", "-wal", "-shm")
-PHASES = ("closing", "stopping", "restoring", "fixing", "swapping", "swapped")
+PHASES = ("closing", "restoring", "fixing", "stopping", "swapping", "swapped")
 # dovecot's own files in a maildir: not copied by restore-user, so dovecot gives the messages new UIDs.
 DOVECOT_FILES = re.compile(r"^(dovecot[.-].*|subscriptions|maildirfolder)$")
 MASK = "***"
@@ -251,7 +252,7 @@ class Config:
         self.secrets = []
         self.env = {}
         self._secret(self._read("password").strip())  # the repository string: only its login's password
-        repo = self._read("repository").strip()
+        repo = self.repository = self._read("repository").strip()
         parts = urllib.parse.urlsplit(repo.split(":", 1)[1]) if ":" in repo else None
         if parts is not None and parts.password:
             self._secret(parts.password)
@@ -305,6 +306,9 @@ class Restic:
             "HOME": ENV.get("HOME", "/root"),
             "LC_ALL": "C.UTF-8",
             "RESTIC_CACHE_DIR": CACHE,
+            # restic's --json status comes 60 times a second unless told otherwise, which slowed a restore
+            # by a third; once a second is all the progress shown needs.
+            "RESTIC_PROGRESS_FPS": "1",
         }
         env.update(self.c.env)
         return env
@@ -514,8 +518,12 @@ def backup(config, started):
     OUT.progress("databases")
     databases = sqlite_files(state)
     copy_databases(state, databases)
+    # The guard reads the repository's snapshots once per tree and repository: once this tree has backed up
+    # there, a box with another tree (a new box of the name, not restored yet) still has no mark of its own.
+    mark = os.path.join(VAR, "backup", "guarded-" + hashlib.sha256(
+        (config.repository + "\0" + tid).encode()).hexdigest()[:16])  # fmt: skip
     OUT.progress("checking")
-    snaps = restic.snapshots(host)
+    snaps = [] if os.path.exists(mark) else restic.snapshots(host)
     if snaps and not any(f"tree-{tid}" in (s.get("tags") or []) for s in snaps):
         raise refused(
             f"the repository holds backups of {host} made by another box (a move?): restore them with "
@@ -552,19 +560,25 @@ def backup(config, started):
             "some files changed or vanished while they were read (mail moving between folders): "
             "the next backup has them; " + err.strip()[-400:]
         )
-    short = summary["snapshot_id"]
-    snap = next(iter(restic.json(["snapshots", short], "reading the new snapshot")), None) or {}
-    snapshot = snap.get("id", short)
-    forgot = False
+    short = summary["snapshot_id"]  # restic 0.14 gives the short id only
+    write_file(mark, short + "\n", 0o644)
+    forgot, kept = False, []
     if not config.settings.get("append_only"):
         keep = [f"--keep-{k}={int(v)}" for k, v in sorted(config.keep.items()) if int(v) > 0]
         if keep:
             OUT.progress("forgetting")
-            rc, _, err = restic.run(["forget", "--host", host, *keep, "--prune"])
+            rc, out, err = restic.run(["forget", "--host", host, *keep, "--prune", "--json"])
             if rc == 0:
                 forgot = True
+                kept = _kept_snapshots(out)
             else:
                 notes.append(f"forgetting old snapshots failed (restic exit {rc}): {err.strip()[-800:]}")
+    # The new snapshot's whole id and parent: from forget's list of what it kept, else asked for (one more
+    # opening of the repository, which costs its key derivation).
+    snap = next((k for k in kept if short in (k.get("short_id"), k.get("id"))), None)
+    if snap is None:
+        snap = next(iter(restic.json(["snapshots", short], "reading the new snapshot")), None) or {}
+    snapshot = snap.get("id", short)
     seconds = round(time.monotonic() - started, 1)
     stats = {
         "files": summary.get("total_files_processed"),
@@ -581,6 +595,15 @@ def backup(config, started):
         dict(stats, time=when, snapshot=snapshot),
     )
     return dict(stats, snapshot=snapshot, parent=snap.get("parent"), forgot=forgot, notes=notes)
+
+
+def _kept_snapshots(out):
+    """The snapshots `restic forget --json` kept (its first JSON line; prune's words may follow it)."""
+    for line in out.splitlines():
+        groups = _json_or_none(line)
+        if isinstance(groups, list):
+            return [k for g in groups if isinstance(g, dict) for k in (g.get("keep") or []) if isinstance(k, dict)]
+    return []
 
 
 def _json_or_none(line):
@@ -837,10 +860,6 @@ def restore(req, own, config):
     _journal(journal, "closing")
     close_port()
     phase_done("closing")
-    _journal(journal, "stopping")
-    for unit in [*req.get("services", []), TIMER]:
-        systemctl("stop", unit)
-    phase_done("stopping")
     _journal(journal, "restoring")
     if os.path.lexists(new):
         shutil.rmtree(new)
@@ -855,6 +874,12 @@ def restore(req, own, config):
     journal["notes"] = notes
     write_file(os.path.join(tree, "backup", "restore-marker"), journal["started"] + "\n", 0o600)
     phase_done("fixing")
+    # The services stop only now, for the swap: restoring into the new folder needs nothing of the live tree,
+    # and port 25 is closed since the start, so no mail arrives meanwhile.
+    _journal(journal, "stopping")
+    # One call: systemd stops them all at once (one after the other took seconds per service).
+    systemctl("stop", "--", *dict.fromkeys([*req.get("services", []), TIMER]))
+    phase_done("stopping")
     journal["before"] = (
         state + ".before-restore-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     )
