@@ -82,6 +82,21 @@ def check(argv, what, shell=False):
     return out
 
 
+def start_unit(verb, unit):
+    """`systemctl start|restart|reload UNIT`, once more after a second when systemd itself could not spawn the
+    service (its Result is "resources": e.g. "Failed to spawn executor", which systemd 257 in a container
+    sometimes says right after the unit was stopped, while the old cgroup is cleaned up)."""
+    rc, out = run(["systemctl", verb, unit])
+    if rc != 0 and run(["systemctl", "show", "-p", "Result", "--value", unit])[1].strip() == "resources":
+        run(["systemctl", "reset-failed", unit])
+        time.sleep(1.0)
+        rc, again = run(["systemctl", "start" if verb == "restart" else verb, unit])
+        out = out.strip() + "\n(tried again once: systemd could not spawn it)\n" + again
+    if rc != 0:
+        raise Failed(f"systemctl {verb} {unit} failed (exit {rc}):\n{out.strip()}")
+    return out
+
+
 def sha256_of(path):
     try:
         h = hashlib.sha256()
@@ -318,11 +333,10 @@ class Runner:
             did = True
         active = run(["systemctl", "is-active", "--quiet", unit])[0] == 0
         if a["restart"] and a["running"]:
-            verb = a["restart"] if active else "start"
-            check(["systemctl", verb, unit], f"systemctl {verb} {unit}")
+            start_unit(a["restart"] if active else "start", unit)
             did = True
         elif a["running"] and not active:
-            check(["systemctl", "start", unit], f"systemctl start {unit}")
+            start_unit("start", unit)
             did = True
         elif not a["running"] and active:
             check(["systemctl", "stop", unit], f"systemctl stop {unit}")
