@@ -58,6 +58,6 @@ def test_a_start_systemd_could_not_spawn_is_tried_once_more(
             "start nginx.service",
         ]
     else:
-        with pytest.raises(ns["Failed"], match="systemctl restart nginx.service failed"):
+        with pytest.raises(ns["Failed"], match=r"systemctl restart nginx\.service failed"):
             ns["start_unit"]("restart", "nginx.service")
         assert log.read_text().splitlines() == ["restart nginx.service", "show -p Result --value nginx.service"]
