@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -342,8 +343,25 @@ class Restic:
     def check(self, args, what, on_line=None, ok=(0,)):
         rc, out, err = self.run(args, on_line)
         if rc not in ok:
-            raise Stop(f"{what} failed (restic exit {rc}): {self.c.mask(err.strip())[-1500:]}", "restic")
+            raise Stop(f"{what} failed (restic exit {rc}): {self.explain(err)}", "restic")
         return out
+
+    def explain(self, err):
+        """restic's words of a failure and, for an sftp target, ssh's own: restic may say only that the server
+        closed the connection when ssh refused the target's host key (its words race restic's exit)."""
+        text = err.strip()[-1500:]
+        command = self.c.settings.get("sftp_command")
+        if command and "host key" not in text.lower():
+            try:
+                proc = subprocess.run(
+                    shlex.split(command), stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env=self.environ()
+                )
+                said = proc.stderr.decode("utf-8", "replace").strip()
+                if proc.returncode != 0 and said:
+                    text += f"; ssh to the target says: {said[-500:]}"
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        return self.c.mask(text)
 
     def json(self, args, what):
         out = self.check([*args, "--json"], what)
@@ -554,7 +572,7 @@ def backup(config, started):
         os.unlink(exclude)
     summary = next((m for m in map(_json_or_none, out.splitlines()) if m and m.get("message_type") == "summary"), None)
     if rc not in (0, 3) or summary is None:
-        raise Stop(f"restic backup failed (exit {rc}): {err.strip()[-1500:]}", "restic")
+        raise Stop(f"restic backup failed (exit {rc}): {restic.explain(err)}", "restic")
     if rc == 3:
         notes.append(
             "some files changed or vanished while they were read (mail moving between folders): "
