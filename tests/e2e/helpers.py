@@ -180,6 +180,18 @@ class Box:
         return self.run(f"sha256sum {path} | cut -d' ' -f1")[1].strip()
 
 
+@contextlib.contextmanager
+def private_config(tmp_path_factory: Any, label: str) -> Iterator[Path]:
+    """The tool's private folder (secrets, recovery sheets) of its own for every CLI run of a test module
+    (cli() passes os.environ on): a module fixture's body, `with private_config(...) as folder: yield folder`."""
+    import pytest
+
+    folder = tmp_path_factory.mktemp(label) / "miab-remote"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(folder))
+        yield folder
+
+
 def operator_key(folder: Path) -> Path:
     """A fresh operator SSH key pair in `folder`."""
     from miab_remote.transport.sshkeys import generate_ed25519

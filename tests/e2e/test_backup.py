@@ -52,6 +52,7 @@ from tests.e2e.helpers import (
     deployed_box,
     new_inventory,
     operator_key,
+    private_config,
     start_cli,
     wait_until,
 )
@@ -194,9 +195,7 @@ def message_ids(state: dict[str, Folder]) -> set[str]:
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tool's private folder (secrets, recovery sheets) for every CLI run of this module."""
-    folder = tmp_path_factory.mktemp("backup-config") / "miab-remote"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(folder))
+    with private_config(tmp_path_factory, "backup-config") as folder:
         yield folder
 
 

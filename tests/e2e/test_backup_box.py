@@ -19,7 +19,7 @@ from miab_remote.fleet import secrets
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from miab_remote.remote import BOOTSTRAP, script_input
-from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key
+from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key, private_config
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +32,7 @@ SERVICES = ["postfix", "dovecot"]
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("backup-box-config") / "miab-remote"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(folder))
+    with private_config(tmp_path_factory, "backup-box-config") as folder:
         yield folder
 
 

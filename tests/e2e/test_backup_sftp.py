@@ -20,7 +20,7 @@ from miab_remote.fleet import secrets
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
 from miab_remote.transport.sshkeys import generate_ed25519
-from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key
+from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key, private_config
 
 pytestmark = pytest.mark.e2e
 
@@ -37,9 +37,7 @@ def pinned_key(inv: Path, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("backup-sftp-config") / "miab-remote"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(folder))
+    with private_config(tmp_path_factory, "backup-sftp-config") as folder:
         yield folder
 
 

@@ -25,7 +25,16 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
-from tests.e2e.helpers import HOST_ADDRESS, Box, cli, deployed_box, new_inventory, operator_key, wait_until
+from tests.e2e.helpers import (
+    HOST_ADDRESS,
+    Box,
+    cli,
+    deployed_box,
+    new_inventory,
+    operator_key,
+    private_config,
+    wait_until,
+)
 from tests.e2e.leakwatch import LeakWatch
 from tests.e2e.mailclients import Mail, message
 from tests.standins.testca import CA
@@ -119,9 +128,7 @@ def start(running: list[Controller], relay: Relay) -> Relay:
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[Path]:
     """The tool's private folder for every CLI run of this module (cli() passes os.environ on)."""
-    folder = tmp_path_factory.mktemp(f"relay-config-{image}") / "miab-remote"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MIAB_REMOTE_CONFIG_DIR", str(folder))
+    with private_config(tmp_path_factory, f"relay-config-{image}") as folder:
         yield folder
 
 
