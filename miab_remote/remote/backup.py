@@ -878,6 +878,10 @@ def restore(req, own, config):
     _journal(journal, "closing")
     close_port()
     phase_done("closing")
+    units = list(dict.fromkeys([*req.get("services", []), TIMER]))
+    # The services begin to stop now, while restic restores (stopping them takes seconds); the swap below
+    # waits until they have.
+    systemctl("stop", "--no-block", "--", *units)
     _journal(journal, "restoring")
     if os.path.lexists(new):
         shutil.rmtree(new)
@@ -892,11 +896,10 @@ def restore(req, own, config):
     journal["notes"] = notes
     write_file(os.path.join(tree, "backup", "restore-marker"), journal["started"] + "\n", 0o600)
     phase_done("fixing")
-    # The services stop only now, for the swap: restoring into the new folder needs nothing of the live tree,
-    # and port 25 is closed since the start, so no mail arrives meanwhile.
+    # Stopped before the swap: one call, which waits for the stops begun above (or makes them, on a run
+    # that finishes an interrupted one).
     _journal(journal, "stopping")
-    # One call: systemd stops them all at once (one after the other took seconds per service).
-    systemctl("stop", "--", *dict.fromkeys([*req.get("services", []), TIMER]))
+    systemctl("stop", "--", *units)
     phase_done("stopping")
     journal["before"] = (
         state + ".before-restore-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
