@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from miab_remote.engine.recipes import RecipeContext
 from miab_remote.engine.resources import Command, Directory, File, Group, Package, Resource, Service, User
-from miab_remote.mail import backup, dnszones, layout, mailmaps, ports, relay
+from miab_remote.mail import acme, backup, dnszones, layout, mailmaps, mtasts, ports, relay, secondary
 from miab_remote.remote import script
 
 __all__ = [
@@ -22,11 +22,14 @@ __all__ = [
     "Resource",
     "Service",
     "User",
+    "acme",
     "backup",
     "dnszones",
     "layout",
     "mailmaps",
+    "mtasts",
     "ports",
     "relay",
     "script",
+    "secondary",
 ]

@@ -28,6 +28,10 @@ MAPS = ("virtual_mailboxes", "virtual_aliases", "sender_logins")
 GUARD = "miab-sender-guard"
 GUARD_PROGRAM = f"/usr/local/sbin/{GUARD}"
 GUARD_PORT = 8895
+# Outgoing MTA-STS (RFC 8461): Debian's postfix-mta-sts-resolver answers postfix's TLS policy lookups on loopback.
+MTA_STS = "postfix-mta-sts-resolver"
+MTA_STS_CONFIG = "/etc/mta-sts-daemon.yml"
+MTA_STS_PORT = 8461
 
 
 def resources(ctx: RecipeContext) -> Iterator[Resource]:
@@ -54,8 +58,11 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
         yield File(path, content=contents[name], mode=0o644, tags=("accounts",), notify=(f"command:postmap-{name}",))
     yield from _sender_guard()
     yield from _relay_files(ctx)
+    yield from _mta_sts_client(ctx)
     context = {
         "guard_port": GUARD_PORT,
+        "mta_sts_port": MTA_STS_PORT,
+        "system_cas": relay.SYSTEM_CAS,  # what a policy's verification checks a server's certificate against
         "system_alias_domain": mailmaps.system_alias_domain(host),
         "relay": relay.postfix_settings(host.relay),
     }
@@ -100,6 +107,24 @@ def _relay_files(ctx: RecipeContext) -> Iterator[Resource]:
     )
     if host.relay.ca_file is not None:
         yield File(relay.CA_FILE, content=relay.ca_pem(host), mode=0o644, notify=("service:postfix",))
+
+
+def _mta_sts_client(ctx: RecipeContext) -> Iterator[Resource]:
+    """Outgoing mail honours the recipient domains' MTA-STS policies: a domain in enforce mode gets TLS with
+    a certificate that chains to the system's CAs and names its MX, or no delivery (deferred, then bounced).
+
+    Debian's postfix-mta-sts-resolver (bookworm 1.1, trixie 1.5) rather than code of ours: it fetches and
+    caches the policies (sqlite, in /var/lib/mta-sts) and answers postfix's socketmap lookups. DANE, the
+    other way a domain asks for verified TLS, needs a DNSSEC-validating resolver on the box, which the box
+    does not run yet (postfix stays at `may` for domains without a policy). Through a relay, the relay's own
+    verified TLS applies and no policy is looked up."""
+    if ctx.host.relay is not None:
+        yield Package(MTA_STS, present=False)
+        return
+    yield Package(MTA_STS)
+    yield Package("ca-certificates")
+    yield File(MTA_STS_CONFIG, context={"port": MTA_STS_PORT}, notify=(f"service:{MTA_STS}",))
+    yield Service(MTA_STS)
 
 
 def _sender_guard() -> Iterator[Resource]:

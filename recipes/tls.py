@@ -1,5 +1,6 @@
-"""The box's TLS certificate: self-signed until ACME arrives, for the hostname and the client
-autoconfiguration names of every hosted domain.
+"""The box's TLS certificate: self-signed, for the hostname and the client autoconfiguration names of every
+hosted domain; with [acme], the bootstrap the services start with until recipes/acme.py installs the CA's
+certificate (then this recipe leaves it alone; without [acme] again, it makes a self-signed one again).
 
 The key is made once in the box's life and never regenerated. The certificate is an end-entity one
 (`CA:FALSE`, keyUsage, extendedKeyUsage serverAuth, subjectAltName): strict verifiers (webpki, rustls,
@@ -14,7 +15,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 
-from miab_remote.api import Command, Directory, Package, RecipeContext, Resource, layout
+from miab_remote.api import Command, Directory, Package, RecipeContext, Resource, acme, layout
 
 DAYS = 3650
 RENEW_DAYS = 30  # a certificate this close to its end is re-issued (from the same key)
@@ -29,9 +30,7 @@ USERS = (("dovecot", "dovecot"), ("postfix", "postfix"), ("webmail", "nginx"))
 
 def names(ctx: RecipeContext) -> list[str]:
     """The certificate's DNS names: the hostname first, then autoconfig./autodiscover. of each domain."""
-    host = ctx.host.hostname.lower()
-    extra = {f"{sub}.{d.lower()}" for d in ctx.host.domains for sub in ("autoconfig", "autodiscover")}
-    return [host, *sorted(extra - {host})]
+    return acme.certificate_names(ctx.host, acme.CLIENT_SUBDOMAINS)
 
 
 def certificate_guard(dns_names: list[str]) -> str:
@@ -71,12 +70,15 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     )
     exts = " ".join(f"-addext {shlex.quote(e)}" for e in EXTENSIONS)
     san = "subjectAltName=" + ",".join(f"DNS:{n}" for n in dns_names)
+    guard = certificate_guard(dns_names)
+    if ctx.host.acme is not None:  # the CA's certificate, once installed, is not replaced
+        guard = f"{acme.RUN} --installed 2>/dev/null || {{\n{guard}\n}}"
     yield Command(
         "tls-certificate",
         run=(
             f"openssl req -x509 -new -key {key} -sha256 -days {DAYS} -subj {shlex.quote('/CN=' + dns_names[0])} "
             f"{exts} -addext {shlex.quote(san)} -out {cert}.new && chmod 644 {cert}.new && mv {cert}.new {cert}"
         ),
-        unless=certificate_guard(dns_names),
+        unless=guard,
         notify=tuple(f"service:{svc}" for recipe, svc in USERS if recipe in ctx.host.recipes),
     )

@@ -5,6 +5,8 @@
   submission (587, STARTTLS) on the box itself, verifying the box's certificate by name.
 - Thunderbird-style autoconfiguration: `https://HOSTNAME/.well-known/autoconfig/mail/config-v1.1.xml` and
   `https://autoconfig.DOMAIN/mail/config-v1.1.xml` for every hosted domain.
+- With [acme] (unless mta_sts = "none"): the MTA-STS policy at `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`
+  (mail/mtasts.py; its DNS record is published once the certificate covers the name, mail/dnszones.py).
 
 roundcube's state (its sqlite database, and the des_key that encrypts the IMAP passwords kept in its
 sessions) lives in the state tree, in `ROUNDCUBE`. The des_key is made once on the box and never leaves
@@ -16,7 +18,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-from miab_remote.api import Command, Directory, File, Package, RecipeContext, Resource, Service, layout
+from miab_remote.api import (
+    Command,
+    Directory,
+    File,
+    Package,
+    RecipeContext,
+    Resource,
+    Service,
+    acme,
+    layout,
+    mtasts,
+)
 
 # roundcube's part of the state tree (to move into miab_remote/layout.py).
 ROUNDCUBE = layout.ROUNDCUBE
@@ -50,8 +63,12 @@ def _context(ctx: RecipeContext) -> dict[str, object]:
         "roundcube_secrets": ROUNDCUBE_SECRETS,
         "roundcube_webroot": ROUNDCUBE_WEBROOT,
         "autoconfig_root": AUTOCONFIG_ROOT,
+        "acme_webroot": acme.WEBROOT,
+        "roundcube_cafile": acme.local_trust(ctx.host),
         "php_fpm_socket": ctx.profile.paths["php_fpm_socket"],
         "upload_mb": _upload_limit_mb(ctx),
+        "mta_sts_names": mtasts.policy_names(ctx.host),
+        "mta_sts_root": mtasts.ROOT,
     }
 
 
@@ -122,6 +139,10 @@ def resources(ctx: RecipeContext) -> Iterator[Resource]:
     yield Directory(AUTOCONFIG_ROOT)
     yield Directory(f"{AUTOCONFIG_ROOT}/mail")
     yield File(AUTOCONFIG_XML)
+    if mtasts.enabled(ctx.host):
+        yield Directory(mtasts.ROOT)
+        yield Directory(f"{mtasts.ROOT}/.well-known")
+        yield File(mtasts.POLICY_FILE, content=mtasts.policy(ctx.host), mode=0o644)
 
     yield File("/etc/nginx/nginx.conf", notify=("service:nginx",))
     yield File("/etc/nginx/conf.d/miab-remote-webmail.conf", context=_context(ctx), notify=("service:nginx",))

@@ -15,10 +15,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cryptography import x509
+
 from miab_remote.checks.result import Check, warn
 from miab_remote.engine.resources import Resource, Service
 from miab_remote.fleet.model import Host
-from miab_remote.mail import dnszones
+from miab_remote.mail import acme, dnszones
 
 DISK_MIN_FREE = 0.10
 MEMORY_MIN = 200 * 1024 * 1024
@@ -26,6 +28,14 @@ MEMORY_MIN = 200 * 1024 * 1024
 UFW_CHAINS = {"v4": "ufw-user-input", "v6": "ufw6-user-input"}
 UFW_FILES = {"v4": "/etc/ufw/user.rules", "v6": "/etc/ufw/user6.rules"}
 _ALLOW = re.compile(r"-A \S+ -p (tcp|udp) --dport (\d+) -j ACCEPT")
+CERT_MIN_DAYS = 14  # a certificate closer to its end than this is a warning
+# [acme]: the status the box's ACME program writes after each order or install ({"names": [...], "left_out":
+# {NAME: why}, "directory", "ordered", "installed"}), the unit Debian's certbot.timer starts to renew, and
+# how long before the end it renews (the program sets renew_before_expiry so).
+ACME_STATUS = acme.STATUS
+ACME_UNIT = "certbot.service"
+ACME_LINEAGE = acme.LIVE_CHAIN
+ACME_RENEW_DAYS = 30
 
 
 def size(n: float) -> str:
@@ -316,3 +326,109 @@ def restore_check(host: Host, fact: Mapping[str, Any] | None) -> Check | None:
         f"{fact.get('phase')}): port 25 stays closed meanwhile",
         fix,
     )
+
+
+# -- ACME ---------------------------------------------------------------------------------------------------------
+def _certificate(pem: str | None) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()) if pem else None
+    except ValueError:
+        return None
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+
+
+def certificate_names(fact: Mapping[str, Any] | None) -> set[str] | None:
+    """The names of the certificate the box serves (from status.py's [acme] facts); None when unknown."""
+    if fact is None:
+        return None
+    cert = _certificate(fact.get("certificate"))
+    return set(_dns_names(cert)) if cert is not None else set()
+
+
+def acme_checks(host: Host, fact: Mapping[str, Any] | None, now: datetime.datetime) -> list[Check]:
+    """[acme]: the certificate ordered and in use with days to spare, certbot's last renewal, the names left
+    out of it (they do not resolve to the box); nothing when the box could not be asked (said elsewhere)."""
+    if host.acme is None or fact is None:
+        return []
+    read = fact.get("status") or {}
+    status = read.get("status") or {}
+    out = [_acme_certificate(host, fact, now), _acme_renewal(fact.get("renewal") or {})]
+    if status:
+        left = status.get("left_out") or {}
+        if left:
+            fix = (
+                f"point each name at the box (`miab-remote dns {host.name}` says how), then `miab-remote deploy "
+                f"{host.name}` orders them"
+            )
+            out.append(warn("ACME names", "left out: " + ", ".join(f"{n} ({w})" for n, w in sorted(left.items())), fix))
+        else:
+            out.append(Check("ACME names", True, "all covered: " + ", ".join(status.get("names") or [])))
+    return out
+
+
+_RENEW_FIX = "`journalctl -u certbot.service` on the box says more; `systemctl start certbot.service` there tries again"
+
+
+def self_signed(cert: x509.Certificate) -> bool:
+    """The box's own certificate (made before ACME, or without it): its issuer is itself."""
+    return cert.issuer == cert.subject
+
+
+def _acme_certificate(host: Host, fact: Mapping[str, Any], now: datetime.datetime) -> Check:
+    name = "ACME certificate"
+    order = (
+        f"`miab-remote deploy {host.name}` orders one once the names resolve to the box (`miab-remote dns "
+        f"{host.name}` says how)"
+    )
+    read = fact.get("status") or {}
+    if "error" in read:
+        return Check(name, False, f"could not read the ACME status: {read['error']}", order)
+    status = read.get("status") or {}
+    cert = _certificate(fact.get("certificate"))
+    made_here = cert is not None and self_signed(cert)
+    if not status.get("names") and (cert is None or made_here):
+        return warn(name, "none ordered yet: the box serves its self-signed certificate", order)
+    directory = status.get("directory") or (host.acme.directory if host.acme else "?")
+    if cert is None:
+        return Check(name, False, "could not read the certificate in use", f"miab-remote deploy {host.name}")
+    if made_here:
+        detail = f"the box serves a self-signed certificate, not the one ordered from {directory}"
+        return Check(name, False, detail, f"`miab-remote deploy {host.name}` installs it")
+    end = cert.not_valid_after_utc
+    newer = _certificate(fact.get("lineage"))
+    if newer is not None and fact.get("lineage") != fact.get("certificate") and newer.not_valid_after_utc > end:
+        # certbot renewed, but its deploy hook (the box's install) failed: certbot.service still succeeds.
+        detail = (
+            f"certbot renewed it (valid until {newer.not_valid_after_utc:%Y-%m-%d}) but the box serves the one "
+            f"before (valid until {end:%Y-%m-%d}): the install after the renewal failed"
+        )
+        return Check(name, False, detail, f"`miab-remote deploy {host.name}` installs it or says why not")
+    if end <= now:
+        return Check(name, False, f"from {directory}, expired on {end:%Y-%m-%d}", _RENEW_FIX)
+    days, count = (end - now).days, len(_dns_names(cert))
+    if days < CERT_MIN_DAYS:
+        detail = f"from {directory}, {count} names, expires in {days} days: certbot.service should have renewed it"
+        return warn(name, f"{detail} ({ACME_RENEW_DAYS} days before it ends)", _RENEW_FIX)
+    detail = f"from {directory}, {count} names, valid for {days} more days"
+    return Check(name, True, f"{detail} (certbot.service renews it {ACME_RENEW_DAYS} days before it ends)")
+
+
+def _acme_renewal(fact: Mapping[str, Any]) -> Check:
+    name = "ACME renewal"
+    if "error" in fact:
+        return warn(name, f"could not ask systemd: {fact['error']}", _RENEW_FIX)
+    result, finished = fact.get("result") or "", fact.get("finished") or ""
+    if result in ("", "success"):
+        if not finished:
+            return Check(name, True, "certbot.service has not run yet (its timer runs it twice a day)")
+        return Check(name, True, f"certbot.service's last run succeeded ({finished})")
+    said = " / ".join(fact.get("lines") or [])
+    detail = f"certbot.service's last run failed ({result}, {finished or 'time unknown'})"
+    return Check(name, False, f"{detail}: {said}" if said else detail, _RENEW_FIX)

@@ -10,6 +10,7 @@ check says ok, or what is wrong and how to fix it; a warning (miab_remote/checkr
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import re
 import socket
 import ssl
@@ -25,10 +26,12 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 import paramiko
 from cryptography import x509
 
 from miab_remote.checks import box as boxchecks
+from miab_remote.checks.dnssec import dnssec_checks
 from miab_remote.checks.result import Check, warn
 from miab_remote.engine.resources import Resource
 from miab_remote.errors import HostError, MiabError
@@ -38,10 +41,10 @@ from miab_remote.mail import backup, dnszones, layout
 from miab_remote.profiles import assumed_profile
 from miab_remote.transport.ssh import PinnedKeyPolicy, Transport, disabled_host_key_algorithms
 
-__all__ = ["Check", "dkim_rdata_from_box", "run_checks"]
+__all__ = ["Check", "dkim_rdata_from_box", "run_checks", "served_tlsa"]
 
 TIMEOUT = 5.0
-CERT_MIN_DAYS = 14
+CERT_MIN_DAYS = boxchecks.CERT_MIN_DAYS
 
 
 def dkim_rdata(public_file: str | None) -> str | None:
@@ -65,16 +68,28 @@ def desired(host: Host) -> tuple[list[Resource], dict[str, bytes]]:
     return build(host, assumed_profile(host.os), host.path.parent)
 
 
-def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) -> dict[str, Any]:
-    """The box's health facts and its DKIM key, in one SSH round trip."""
-    spec = {
+def status_spec(host: Host, resources: Sequence[Resource]) -> dict[str, Any]:
+    """What remote/status.py is asked to read on the box."""
+    acme = {
+        "status": boxchecks.ACME_STATUS,
+        "certificate": layout.TLS_CERT,
+        "lineage": boxchecks.ACME_LINEAGE,
+        "unit": boxchecks.ACME_UNIT,
+    }
+    return {
         "services": boxchecks.running_services(resources),
         "chains": boxchecks.UFW_CHAINS,
         "disk": ["/", layout.STATE],
         "dkim": layout.DKIM_PUBLIC,
         **({"backup": backup.STATUS} if host.backup else {}),
         "restore": backup.RESTORE_JOURNAL,
+        **({"acme": acme} if host.acme else {}),
     }
+
+
+def box_facts(host: Host, resources: Sequence[Resource], timeout: float = 10.0) -> dict[str, Any]:
+    """The box's health facts and its DKIM key, in one SSH round trip."""
+    spec = status_spec(host, resources)
     with Transport(host.target, connect_timeout=timeout) as t:
         facts: dict[str, Any] = t.run_json("status", spec, idle_timeout=150)
     return facts
@@ -108,15 +123,26 @@ def _same(rtype: str, got: list[str], want: list[str]) -> bool:
     return [g.lower() for g in got] == sorted(w.lower() for w in want)
 
 
-def dns_checks(host: Host, dkim: str | None) -> list[Check]:
-    """Every expected record, asked of the box's own nameserver (or the system resolver for external)."""
-    external = host.options["dns"] == "external"
-    server = public_address(host)
+def expected_records(
+    host: Host, dkim: str | None, covered: set[str] | None, tlsa: str | None = None
+) -> dict[tuple[str, str], list[str]]:
+    """What the box's DNS should answer, by (name, type): [] for a record that must not be there (an _mta-sts
+    record while the certificate does not cover its name). `covered`: the certificate's names (None: unknown,
+    so such records are not expected either way). `tlsa`: the TLSA data of the certificate the box serves
+    (None: unknown, so its records are not checked)."""
     expected: dict[tuple[str, str], list[str]] = {}
-    for zone_records in dnszones.records(host, dkim or dnszones.DKIM_PLACEHOLDER).values():
+    for zone_records in dnszones.records(
+        host, dkim or dnszones.DKIM_PLACEHOLDER, tlsa or dnszones.TLSA_PLACEHOLDER
+    ).values():
         for rec in zone_records:
-            if rec.value == dnszones.DKIM_PLACEHOLDER:
+            if rec.value in dnszones.PLACEHOLDERS:
                 continue
+            if rec.when_cert_covers is not None:
+                if covered is None:
+                    continue
+                if rec.when_cert_covers not in covered:
+                    expected.setdefault((rec.name, rec.type), [])
+                    continue
             expected.setdefault((rec.name, rec.type), []).append(
                 dns.rdata.from_text(
                     dns.rdataclass.IN,
@@ -126,6 +152,16 @@ def dns_checks(host: Host, dkim: str | None) -> list[Check]:
                     relativize=False,
                 ).to_text()
             )
+    return expected
+
+
+def dns_checks(
+    host: Host, dkim: str | None, covered: set[str] | None = None, tlsa: str | None = None
+) -> list[Check]:
+    """Every expected record, asked of the box's own nameserver (or the system resolver for external)."""
+    external = host.options["dns"] == "external"
+    server = public_address(host)
+    expected = expected_records(host, dkim, covered, tlsa)
     out: list[Check] = []
     if dkim is None:
         out.append(Check("DNS DKIM key", False, "the box has no DKIM key yet", f"miab-remote deploy {host.name}"))
@@ -145,11 +181,13 @@ def dns_checks(host: Host, dkim: str | None) -> list[Check]:
         except (MiabError, dns.exception.DNSException) as e:
             out.append(Check(label, False, f"no answer from {where}: {e}", fix))
             continue
-        if _same(rtype, got, want):
+        if not want and not got:
+            out.append(Check(label, True, "not published: the box's certificate does not cover its policy's name"))
+        elif _same(rtype, got, want):
             out.append(Check(label, True, "; ".join(want) if rtype != "TXT" or len(want[0]) < 60 else "as expected"))
         else:
-            shown = "; ".join(got) or "nothing"
-            out.append(Check(label, False, f"{where} answers {shown[:120]}, expected {'; '.join(want)[:120]}", fix))
+            shown, wanted = "; ".join(got) or "nothing", "; ".join(want) or "nothing"
+            out.append(Check(label, False, f"{where} answers {shown[:120]}, expected {wanted[:120]}", fix))
     return out
 
 
@@ -160,7 +198,7 @@ def port_checks(host: Host) -> list[Check]:
     if "webmail" in host.recipes:
         ports[443] = "HTTPS (webmail)"
         ports[80] = "HTTP (redirects to HTTPS)"
-    if host.options["dns"] == "nsd" and "nsd" in host.recipes:
+    if host.serves_dns:
         ports[53] = "DNS (TCP)"
     address = public_address(host)
     out = []
@@ -180,21 +218,40 @@ def port_checks(host: Host) -> list[Check]:
     return out
 
 
-def certificate_check(host: Host) -> Check:
-    """The certificate served on 993 names the box and stays valid for a while."""
+def served_certificate(host: Host) -> bytes:
+    """The certificate the box serves on 993 (DER), unverified: a self-signed one is expected before ACME,
+    and `check` judges it itself. Every TLS port serves the same one (recipes/tls.py)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # we inspect it ourselves; a self-signed one is expected before ACME
-    try:
-        with (
-            socket.create_connection((public_address(host), 993), timeout=TIMEOUT) as sock,
-            ctx.wrap_socket(sock, server_hostname=host.hostname) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except OSError as e:
-        return Check("TLS certificate", False, f"could not read it on port 993: {e}", f"miab-remote deploy {host.name}")
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((public_address(host), 993), timeout=TIMEOUT) as sock,
+        ctx.wrap_socket(sock, server_hostname=host.hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return judge_certificate(host, x509.load_der_x509_certificate(der), datetime.datetime.now(datetime.UTC))
+    return der
+
+
+def served_tlsa(host: Host) -> tuple[str | None, bool]:
+    """The TLSA data of the certificate the box serves (None when it cannot be read), and whether that
+    certificate is the box's self-signed one."""
+    try:
+        der = served_certificate(host)
+    except OSError:
+        return None, False
+    return dnszones.tlsa_of(der), boxchecks.self_signed(x509.load_der_x509_certificate(der))
+
+
+def certificate_check(host: Host) -> tuple[Check, str | None]:
+    """The certificate served on 993 names the box and stays valid for a while; and its TLSA data."""
+    try:
+        der = served_certificate(host)
+    except OSError as e:
+        fix = f"miab-remote deploy {host.name}"
+        return Check("TLS certificate", False, f"could not read it on port 993: {e}", fix), None
+    judged = judge_certificate(host, x509.load_der_x509_certificate(der), datetime.datetime.now(datetime.UTC))
+    return judged, dnszones.tlsa_of(der)
 
 
 def judge_certificate(host: Host, cert: x509.Certificate, now: datetime.datetime) -> Check:
@@ -206,7 +263,7 @@ def judge_certificate(host: Host, cert: x509.Certificate, now: datetime.datetime
     except x509.ExtensionNotFound:
         names = []
     days = (cert.not_valid_after_utc - now).days
-    self_signed = cert.issuer == cert.subject
+    self_signed = boxchecks.self_signed(cert)
     kind = "self-signed" if self_signed else f"issued by {cert.issuer.rfc4514_string()}"
     if host.hostname not in names:
         return Check(
@@ -254,7 +311,48 @@ def ssh_password_check(host: Host) -> Check:
     return Check(name, True, f"off (offers {', '.join(allowed) or 'nothing before auth'})")
 
 
-def run_checks(host: Host) -> list[Check]:
+def world_resolver(resolvers: Sequence[str] = ()) -> dns.resolver.Resolver:
+    """A resolver asking `resolvers` (the provider's view of the world's DNS), or the laptop's own ones."""
+    resolver = dns.resolver.Resolver(configure=not resolvers)
+    if resolvers:
+        resolver.nameservers = list(resolvers)
+    resolver.lifetime = TIMEOUT
+    return resolver
+
+
+def ptr_checks(host: Host, resolver: dns.resolver.Resolver) -> list[Check]:
+    """The reverse DNS of each published address, asked as a receiving server asks it (world_resolver): it
+    should name the box's hostname, or receivers refuse or distrust its mail (Gmail refuses IPv6 mail without
+    it). A missing or other name is a warning: the provider sets it, not a deploy. A private address of a box
+    not on this machine is skipped: no resolver out there knows it (address_checks already flags it)."""
+    fix = f"set the reverse DNS (PTR) of {{ip}} to {host.hostname} at the provider (its console or API)"
+    out = []
+    for ip in dnszones.addresses(host):
+        if not ip or (host.provider != "local" and not ipaddress.ip_address(ip).is_global):
+            continue
+        label = f"reverse DNS {ip}"
+        try:
+            names = sorted(
+                rd.to_text().rstrip(".").lower() for rd in resolver.resolve(dns.reversename.from_address(ip), "PTR")
+            )
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            names = []
+        except dns.exception.DNSException as e:
+            out.append(warn(label, f"could not ask: {e}", fix.format(ip=ip)))
+            continue
+        if names == [host.hostname]:
+            out.append(Check(label, True, host.hostname))
+        elif not names:
+            out.append(warn(label, "no PTR record: receivers may refuse the box's mail", fix.format(ip=ip)))
+        else:
+            out.append(warn(label, f"names {', '.join(names)}, not {host.hostname}", fix.format(ip=ip)))
+    return out
+
+
+def run_checks(host: Host, resolvers: Sequence[str] = ()) -> list[Check]:
+    """Every check of the box; `resolvers`: where the world's DNS is asked (the reverse DNS, and whether the
+    registrar has the zones' DS): the provider's stand-in for the world's, or () for the laptop's own."""
+    world = world_resolver(resolvers)
     resources, rendered = desired(host)
     facts: dict[str, Any] | None
     try:
@@ -265,8 +363,10 @@ def run_checks(host: Host) -> list[Check]:
         ssh = Check("SSH key login", False, str(e), "")
     out = [ssh, ssh_password_check(host)]
     out += boxchecks.address_checks(host)
+    out += ptr_checks(host, world)
     out += port_checks(host)
-    out.append(certificate_check(host))
+    certificate, tlsa = certificate_check(host)
+    out.append(certificate)
     if facts is not None:
         out += boxchecks.box_checks(host, facts, resources, rendered)
         since = secrets.get(host.name, secrets.BACKUP_SINCE)
@@ -275,7 +375,11 @@ def run_checks(host: Host) -> list[Check]:
             out.append(judged)
         if (unfinished := boxchecks.restore_check(host, facts.get("restore"))) is not None:
             out.append(unfinished)
-    out += dns_checks(host, dkim_rdata(facts.get("dkim")) if facts else None)
+        out += boxchecks.acme_checks(host, facts.get("acme"), now)
+    covered = boxchecks.certificate_names(facts.get("acme")) if facts else None
+    out += dns_checks(host, dkim_rdata(facts.get("dkim")) if facts else None, covered, tlsa)
+    if host.options["dns"] != "external":
+        out += dnssec_checks(host, public_address(host), world)
     out += admin_mail_checks(host)
     return out
 

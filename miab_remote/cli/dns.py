@@ -12,7 +12,7 @@ from rich.table import Table
 from miab_remote.cli.commands import summary
 from miab_remote.cli.common import inventory_of
 from miab_remote.cli.output import stdout_console
-from miab_remote.jobs.dns import dns_info
+from miab_remote.jobs.dns import dns_info, zone_file_lines
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
@@ -24,27 +24,36 @@ def cmd_dns(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
+    if "warning" in data:
+        out.print(f"warning: {data['warning']}", style="yellow", markup=False)
     if not external:
         reg = data
         out.print(f"{host.name} is the DNS server of its domains. At each domain's registrar:", markup=False)
         out.print("1. Glue records (also called host records or child nameservers):", markup=False)
         for g in reg["glue"]:
-            out.print(f"     {g['name']}  {g['type']}  {g['value']}", markup=False)
+            whose = "" if g["box"] == host.name else f"   (at the registrar of {g['box']}'s domain: its secondary)"
+            out.print(f"     {g['name']}  {g['type']}  {g['value']}{whose}", markup=False)
         out.print("2. Nameservers of the domain:", markup=False)
         for zone, ns in reg["delegations"].items():
             out.print(f"     {zone}: {', '.join(ns)}", markup=False)
+        if reg["dnssec"]:
+            out.print("3. DNSSEC: the DS record of each domain (or its DNSKEY, if the registrar asks for that):")
+            for zone, key in reg["dnssec"].items():
+                # One line each, never wrapped: they are copied into the registrar's form as they are.
+                out.print(f"     {zone}  (key tag {key['keytag']}, algorithm {key['algorithm_name']})", markup=False)
+                out.print(f"       DS      {key['ds']}", markup=False, soft_wrap=True)
+                out.print(f"       DNSKEY  {key['dnskey']}", markup=False, soft_wrap=True)
         out.print(f"Then `miab-remote check {host.name}` verifies what the world sees.", markup=False)
         return 0
-    if "warning" in data:
-        out.print(f"warning: {data['warning']}", style="yellow", markup=False)
     out.print(f'{host.name} uses another DNS host (dns = "external"). Enter these records there.', markup=False)
     for zone, recs in data["records"].items():
         out.print(f"\n; zone {zone}, in zone-file syntax", markup=False)
+        for line in zone_file_lines(host, recs):
+            out.print(line, markup=False)
+        table = Table("name", "type", "value", "TTL", "when", box=None, title=f"zone {zone}", title_justify="left")
         for r in recs:
-            out.print(f"{r['name']}. {r['ttl']} IN {r['type']} {r['value']}", markup=False)
-        table = Table("name", "type", "value", "TTL", box=None, title=f"zone {zone}", title_justify="left")
-        for r in recs:
-            table.add_row(r["name"], r["type"], r["value"], str(r["ttl"]))
+            when = f"only while the box's certificate covers {r['when_cert_covers']}" if "when_cert_covers" in r else ""
+            table.add_row(r["name"], r["type"], r["value"], str(r["ttl"]), when)
         out.print(table)
     return 0
 

@@ -226,6 +226,8 @@ def _run_apply(
                 state["error"] = f"{actions[event['index']]['resource']}: {mask(event['error'])}"
             else:
                 state["error"] = mask(event["error"])
+        elif kind == "note":  # a command's line for the operator (wire.NOTE_PREFIX)
+            run.notes.append(mask(event["text"]))
         elif kind == "stale":
             state["stale"] = event["path"]
         elif kind == "pending":
@@ -283,18 +285,26 @@ def push_accounts(host: Host, inventory_root: Path, report: Report, transport: T
     newer one. The box compares and replaces under its deploy lock; unchanged files are not touched.
     `transport`: a connection opened (or opening) before the edit, which changes no [ssh] setting.
     """
+    return push_tagged(host, inventory_root, report, "accounts", "users and aliases", transport)
+
+
+def push_tagged(
+    host: Host, inventory_root: Path, report: Report, tag: str, what: str, transport: Transport | None = None
+) -> HostRun:
+    """Push only the files tagged `tag` (and reload what they notify), in one round trip without a probe:
+    the accounts of `user`/`alias`, or ("secondary") the zones a box serves for its primaries."""
     name = host.name
 
     def job(host: Host, transport: Transport, run: HostRun) -> None:
         profile = profile_by_id(host.os) if host.os else None
         if profile is None:
             raise HostError(f"{name}: never deployed (no os recorded); run `miab-remote deploy {name}` first")
-        resources, rendered = build(host, profile, inventory_root, "accounts")
-        actions = push_wire(resources, rendered, "accounts")
+        resources, rendered = build(host, profile, inventory_root, tag)
+        actions = push_wire(resources, rendered, tag)
         if not actions:
-            run.notes.append("no recipe of this box renders users or aliases: nothing to push")
+            run.notes.append(f"no recipe of this box renders {what}: nothing to push")
             return
-        report(name, "pushing users and aliases")
+        report(name, f"pushing {what}")
         _run_apply(transport, actions, rendered, 300.0, run, report, secret_mask_for(host))
 
     return with_transport(host, job, transport=transport)

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from miab_remote.fleet import secrets
 from miab_remote.fleet.model import Host
+from miab_remote.mail import secondary
 
 MASK = "********"
 
@@ -29,10 +30,12 @@ class SecretMask:
 
 def secret_mask_for(host: Host) -> SecretMask:
     """The mask of a box's secrets the laptop knows: its users' password hashes, and every secret the
-    laptop's store holds for it (the relay password, the backup's password and credentials), also as they
+    laptop's store holds for it (the relay password, the backup's password and credentials, the TSIG keys of
+    its own and its primaries' zone transfers), also as they
     appear in a URL (percent-encoded: the REST login in the backup's repository string) and, for a key,
     line by line."""
     stored = [v for k, v in secrets.read_all(host.name).items() if k not in secrets.NOT_SECRET]
+    stored += secondary.foreign_secrets(host)  # the TSIG keys of the boxes whose zones it copies
     return SecretMask([*(u.password_hash for u in host.users), *(form for v in stored for form in _forms(v))])
 
 

@@ -13,6 +13,10 @@ import dns.tokenizer
 
 EXTRA_TYPES: tuple[str, ...] = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "CAA", "TLSA", "NS", "SSHFP")
 
+# The DNSSEC algorithms a box may sign with ([dns] dnssec_algorithm): number -> mnemonic (RFC 8624's
+# recommended ones that ldns signs with; 13 is the default, the smallest and the most widely validated).
+DNSSEC_ALGORITHMS: dict[int, str] = {13: "ECDSAP256SHA256", 8: "RSASHA256", 14: "ECDSAP384SHA384", 15: "ED25519"}
+
 # The selector of the box's DKIM key: its file on the box (mail/layout.py) and its TXT name in DNS.
 DKIM_SELECTOR = "mail"
 # Names under each mail domain where mail clients fetch their settings from the box (webmail's nginx
@@ -26,6 +30,18 @@ MAIL_SERVICES: tuple[tuple[str, int], ...] = (
     ("_imaps._tcp", 993),
     ("_imap._tcp", 0),
 )
+
+
+def dnssec_algorithm(value: object) -> tuple[int | None, str | None]:
+    """([dns] dnssec_algorithm as its number, None) or (None, what is wrong with it and what is accepted):
+    a number or its mnemonic (any case)."""
+    for number, mnemonic in DNSSEC_ALGORITHMS.items():
+        if (isinstance(value, int) and not isinstance(value, bool) and value == number) or (
+            isinstance(value, str) and value.strip().upper() in (mnemonic, str(number))
+        ):
+            return number, None
+    accepted = ", ".join(f"{n} ({m})" for n, m in DNSSEC_ALGORITHMS.items())
+    return None, f"{value!r} is not a DNSSEC algorithm the box signs with; accepted: {accepted}, as number or name"
 
 
 def zones_for(hostname: str, domains: tuple[str, ...]) -> list[str]:

@@ -8,7 +8,18 @@ from typing import Any
 
 from miab_remote.transport.target import SSHSettings, SSHTarget
 
-__all__ = ["DEFAULT_RECIPES", "Alias", "Backup", "DNSRecord", "Host", "MailUser", "Relay", "SSHSettings"]
+__all__ = [
+    "DEFAULT_RECIPES",
+    "Acme",
+    "Alias",
+    "Backup",
+    "DNSRecord",
+    "DNSSettings",
+    "Host",
+    "MailUser",
+    "Relay",
+    "SSHSettings",
+]
 
 DEFAULT_RECIPES: tuple[str, ...] = (
     "base",
@@ -21,6 +32,7 @@ DEFAULT_RECIPES: tuple[str, ...] = (
     "dovecot",
     "postfix",
     "webmail",
+    "acme",
     "backup",
 )
 
@@ -46,6 +58,18 @@ class DNSRecord:
     type: str
     value: str
     ttl: int = 1800
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    """The [dns] table's settings beside its records. `dnssec_algorithm`: the DNSSEC algorithm number the
+    box signs its zones with (fleet/dnsrules.DNSSEC_ALGORITHMS; 13 unless a TLD wants another).
+    `secondaries`: the hostnames of other boxes of the same inventory folder whose nsd serves this box's
+    zones as a secondary (AXFR with a TSIG key, NOTIFY on change); that they exist and run nsd is checked
+    against their inventories (fleet/peers.py)."""
+
+    dnssec_algorithm: int = 13
+    secondaries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,23 @@ class Backup:
 
 
 @dataclass(frozen=True)
+class Acme:
+    """A trusted certificate from an ACME CA ([acme]), ordered and renewed by certbot on the box.
+
+    `directory` is the CA's directory URL (the inventory's words `production` and `staging` are Let's
+    Encrypt's); `email` the account's contact (None: the box's admin address, or none at all); `ca_file` a PEM
+    on the laptop, the only CA the directory's own HTTPS certificate is checked against (absolute; None: the
+    system's CAs), for a private CA; `caa` the CA's CAA domain published as `issue` (None: no CAA records);
+    `mta_sts` the MTA-STS policy mode (`testing`, `enforce`, or `none` for no policy)."""
+
+    directory: str
+    email: str | None = None
+    ca_file: Path | None = None
+    caa: str | None = "letsencrypt.org"
+    mta_sts: str = "testing"
+
+
+@dataclass(frozen=True)
 class Host:
     """One box. `name` is the inventory file's stem and equals `hostname` (the box's FQDN)."""
 
@@ -100,10 +141,18 @@ class Host:
     ipv4: str | None = None
     ipv6: str | None = None
     dns_records: tuple[DNSRecord, ...] = ()
+    dns: DNSSettings = field(default_factory=DNSSettings)
     # The cloud server a provider made: id, region, size, image, and what else its destroy needs.
     node: dict[str, str] = field(default_factory=dict)
     relay: Relay | None = None
     backup: Backup | None = None
+    acme: Acme | None = None
+
+    @property
+    def serves_dns(self) -> bool:
+        """Whether the box's own nsd serves its zones (dns = "nsd" and the nsd recipe): what its NS records,
+        its registrar's delegation and a primary that names it as its secondary rely on."""
+        return self.options.get("dns", "nsd") == "nsd" and "nsd" in self.recipes
 
     @property
     def has_box(self) -> bool:

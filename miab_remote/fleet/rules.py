@@ -290,3 +290,38 @@ def backup_keep_problem(value: int) -> str | None:
     if 0 <= value <= BACKUP_KEEP_MAX:
         return None
     return f"{value} is out of range; accepted: 0..{BACKUP_KEEP_MAX}"
+
+
+# [acme]: the directories named by a word, and the CAA domain of the CAs whose directories are known (a
+# CAA `issue` record names the CA; a wrong one makes the CA refuse to issue, so no other URL gets a guess).
+ACME_DIRECTORIES: dict[str, str] = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+ACME_CAA: dict[str, str] = {
+    "https://acme-v02.api.letsencrypt.org/directory": "letsencrypt.org",
+    "https://acme-staging-v02.api.letsencrypt.org/directory": "letsencrypt.org",
+    "https://acme.zerossl.com/v2/DV90": "sectigo.com",
+    "https://api.buypass.com/acme/directory": "buypass.com",
+    "https://dv.acme-v02.api.pki.goog/directory": "pki.goog",
+}
+ACME_DIRECTORIES_ACCEPTED = "accepted: 'production' or 'staging' (Let's Encrypt's), or a directory URL 'https://...'"
+MTA_STS_MODES: tuple[str, ...] = ("testing", "enforce", "none")
+
+
+def acme_directory(value: str) -> str | None:
+    """The directory URL that an [acme] `directory` names, or None when it names none."""
+    if value in ACME_DIRECTORIES:
+        return ACME_DIRECTORIES[value]
+    split = urlsplit(value)
+    if split.scheme != "https" or not split.hostname or any(c.isspace() or not c.isprintable() for c in value):
+        return None
+    return value
+
+
+def caa_domain_problem(value: str) -> str | None:
+    """Why `value` is not a CAA issuer domain (RFC 8659: a domain name, like letsencrypt.org)."""
+    if value and names.is_fqdn(value.lower()):
+        return None
+    expected = "expected a domain like 'letsencrypt.org', or '' for no CAA records"
+    return f"{short(value)} is not a CA's CAA domain; {expected}"

@@ -15,20 +15,37 @@ from typing import Any, TypeVar
 from miab_remote import names
 from miab_remote.errors import InputError
 from miab_remote.fleet import dnsrules
-from miab_remote.fleet.model import DEFAULT_RECIPES, Alias, Backup, DNSRecord, Host, MailUser, Relay, SSHSettings
+from miab_remote.fleet.model import (
+    DEFAULT_RECIPES,
+    Acme,
+    Alias,
+    Backup,
+    DNSRecord,
+    DNSSettings,
+    Host,
+    MailUser,
+    Relay,
+    SSHSettings,
+)
 from miab_remote.fleet.options import OPTION_SPECS
 from miab_remote.fleet.positions import KeyPath, field_name, line_map
 from miab_remote.fleet.problems import InventoryError, Problem, or_list, short, toml_type
 from miab_remote.fleet.rules import (
+    ACME_CAA,
+    ACME_DIRECTORIES,
+    ACME_DIRECTORIES_ACCEPTED,
     BACKUP_KEEP_MAX,
     BACKUP_TARGETS_ACCEPTED,
+    MTA_STS_MODES,
     PASSWORD_SCHEMES,
     PROVIDERS,
     RELAY_PORTS_ACCEPTED,
+    acme_directory,
     address_problem,
     backup_keep_problem,
     backup_kind,
     backup_target_problem,
+    caa_domain_problem,
     default_domain,
     destination,
     is_served,
@@ -62,14 +79,16 @@ TOP_KEYS: tuple[str, ...] = (
     "node",
     "relay",
     "backup",
+    "acme",
 )
+ACME_KEYS: tuple[str, ...] = ("email", "directory", "ca_file", "caa", "mta_sts")
 RELAY_KEYS: tuple[str, ...] = ("host", "port", "user", "ca_file")
 BACKUP_KEYS: tuple[str, ...] = ("target", "keep", "append_only", "ca_file", "host_key")
 BACKUP_KEEP_KEYS: tuple[str, ...] = ("daily", "weekly", "monthly")
 # Keys an operator may reach for to put a credential here: each refused with where it goes instead.
 SECRET_KEYS: tuple[str, ...] = ("password", "pass", "secret")
 BACKUP_SECRET_KEYS: tuple[str, ...] = (*SECRET_KEYS, "user", "access_key_id", "secret_access_key", "key")
-DNS_KEYS: tuple[str, ...] = ("records",)
+DNS_KEYS: tuple[str, ...] = ("records", "dnssec_algorithm", "secondaries")
 DNS_RECORD_KEYS: tuple[str, ...] = ("name", "type", "value", "ttl")
 # The cloud server a provider made (what its destroy needs): provider-made, so checked for shape only.
 NODE_KEYS: tuple[str, ...] = ("id", "region", "size", "image", "endpoint", "security_group", "elastic_ip", "key_name")
@@ -205,9 +224,11 @@ class Checker:
         ipv4 = self.check_ip("ipv4", 4)
         ipv6 = self.check_ip("ipv6", 6)
         dns_records = self.check_dns_records(hostname, domains)
+        dns_settings = self.check_dns_settings(hostname, options)
         node = self.check_node()
         relay = self.check_relay()
         backup = self.check_backup()
+        acme = self.check_acme(recipes)
         if self.found or hostname is None or address is None:
             return None
         return Host(
@@ -227,9 +248,11 @@ class Checker:
             ipv4=ipv4,
             ipv6=ipv6,
             dns_records=dns_records,
+            dns=dns_settings,
             node=node,
             relay=relay,
             backup=backup,
+            acme=acme,
         )
 
     def check_node(self) -> dict[str, str]:
@@ -298,6 +321,51 @@ class Checker:
             at_name.setdefault(key, []).append((field_name(at), rtype.upper()))
             out.append(DNSRecord(key, rtype.upper(), value, ttl or 1800))
         return tuple(out)
+
+    def check_dns_settings(self, hostname: str | None, options: dict[str, Any]) -> DNSSettings:
+        """[dns]'s settings (its records aside; the table's shape and unknown keys are checked with them):
+        the DNSSEC algorithm (dnsrules.dnssec_algorithm) and the secondaries."""
+        table = self.data.get("dns")
+        if not isinstance(table, dict):
+            return DNSSettings()
+        algorithm = DNSSettings.dnssec_algorithm
+        if "dnssec_algorithm" in table:
+            number, problem = dnsrules.dnssec_algorithm(table["dnssec_algorithm"])
+            if number is None:
+                self.fail(("dns", "dnssec_algorithm"), problem or "")
+            else:
+                algorithm = number
+        return DNSSettings(dnssec_algorithm=algorithm, secondaries=self.check_secondaries(table, hostname, options))
+
+    def check_secondaries(
+        self, table: dict[str, Any], hostname: str | None, options: dict[str, Any]
+    ) -> tuple[str, ...]:
+        """[dns] secondaries: other boxes' hostnames, each once, not this box, and only where this box runs
+        nsd. Whether each is an inventory of the folder that runs nsd is checked with the folder
+        (fleet/peers.py): one file cannot know."""
+        if "secondaries" not in table:
+            return ()
+        expected = "another box's hostname, like 'box2.example.com'"
+        entries = self.string_list(table, ("dns",), "secondaries", expected)
+        if entries and options.get("dns") == "external":
+            self.fail(
+                ("dns", "secondaries"),
+                'this box serves no zones (options dns = "external"), so no box can be its secondary; '
+                "accepted: secondaries with dns = \"nsd\", or no secondaries",
+            )
+            return ()
+        seen: dict[str, int] = {}
+        for index, name in entries:
+            key: KeyPath = ("dns", "secondaries", index)
+            if problem := names.fqdn_problem(name, "a box's hostname", "box2.example.com"):
+                self.fail(key, f"{problem}; expected {expected}")
+            elif hostname is not None and name == hostname:
+                self.fail(key, f"{name!r} is this box; expected {expected}")
+            elif name in seen:
+                self.fail(key, f"{name!r} is listed twice (also dns.secondaries[{seen[name]}])")
+            else:
+                seen[name] = index
+        return tuple(seen)
 
     def check_relay(self) -> Relay | None:
         """[relay]: the smarthost for all outgoing mail. Its password is never here (the secrets store)."""
@@ -382,6 +450,46 @@ class Checker:
         ca_path = None if ca_file is None else Path(os.path.abspath(self.path.parent / Path(ca_file).expanduser()))
         daily, weekly, monthly = keep
         return Backup(target, kind, daily, weekly, monthly, bool(append_only), ca_path, host_key)
+
+    def check_acme(self, recipes: tuple[str, ...]) -> Acme | None:
+        """[acme]: a trusted certificate ordered by certbot on the box (HTTP-01, so nginx must answer port 80)."""
+        table = self.typed(self.data, (), "acme", dict, "a table ([acme] section)")
+        if table is None:
+            return None
+        at: KeyPath = ("acme",)
+        before = len(self.found)
+        self.unknown_keys(table, at, ACME_KEYS, "key in [acme]")
+        email = self.typed(table, at, "email", str, "the ACME account's contact address")
+        if email is not None and (problem := names.email_problem(email, served=False)):
+            self.fail((*at, "email"), f"{problem}; expected the ACME account's contact address")
+        word = self.typed(table, at, "directory", str, ACME_DIRECTORIES_ACCEPTED)
+        directory = ACME_DIRECTORIES["production"] if word is None else acme_directory(word)
+        if directory is None:
+            self.fail((*at, "directory"), f"{short(word)} is not an ACME directory; {ACME_DIRECTORIES_ACCEPTED}")
+        ca_file = self.typed(
+            table, at, "ca_file", str, "a path to a PEM file of the CA that signs the directory's certificate"
+        )
+        if ca_file is not None and (not ca_file.strip() or "\0" in ca_file):
+            self.fail((*at, "ca_file"), f"{ca_file!r} is not a path; expected like 'acme-ca.pem' or '~/ca/acme.pem'")
+        caa = self.typed(table, at, "caa", str, "the CA's CAA domain, like 'letsencrypt.org' ('' for no CAA records)")
+        if caa is not None and caa != "" and (problem := caa_domain_problem(caa)):
+            self.fail((*at, "caa"), problem)
+        if caa is None and "caa" not in table and directory is not None and directory not in ACME_CAA:
+            self.fail(
+                (*at, "directory"),
+                "the CAA domain of this directory's CA is not known; set caa to the one its documentation gives "
+                "(like caa = 'letsencrypt.org'), or caa = '' to publish no CAA records",
+            )
+        mode = self.typed(table, at, "mta_sts", str, f"the MTA-STS policy mode, one of {or_list(MTA_STS_MODES)}")
+        if mode is not None and mode not in MTA_STS_MODES:
+            self.fail((*at, "mta_sts"), f"{mode!r} is not an MTA-STS mode; accepted: {or_list(MTA_STS_MODES)}")
+        if "webmail" not in recipes:
+            self.fail(at, "needs the webmail recipe: nginx answers the CA's HTTP-01 challenge on port 80")
+        if len(self.found) > before or directory is None:
+            return None
+        ca_path = None if ca_file is None else Path(os.path.abspath(self.path.parent / Path(ca_file).expanduser()))
+        issuer = ACME_CAA.get(directory) if caa is None else (caa.lower() or None)
+        return Acme(directory, email, ca_path, issuer, mode or "testing")
 
     def check_backup_keep(self, table: dict[str, Any], at: KeyPath) -> tuple[int, int, int] | None:
         """[backup] keep: snapshots kept per day, week and month (a count left out of a given table is 0);

@@ -45,6 +45,9 @@ BACKUP_CREDENTIALS: dict[str, tuple[str, ...]] = {
     "sftp": (BACKUP_SFTP_KEY,),
     "local": (),
 }
+# A box's TSIG key (base64, hmac-sha256) for the zone transfers to its [dns] secondaries, made by the first
+# deploy that needs it; its secondaries get it too (mail/secondary.py).
+DNS_TSIG_SECRET = "dns_tsig_secret"
 # Kept beside the secrets but no secret: never masked (a time would mask every text that names it).
 NOT_SECRET: tuple[str, ...] = (BACKUP_SINCE,)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

@@ -295,6 +295,8 @@ def new_document(
         "# 465, user, ca_file), written by `miab-remote relay set`, which keeps the password out of this file.",
         "# Nightly encrypted backups: a [backup] table (target, keep, append_only, ca_file, host_key), written",
         "# by `miab-remote backup-target set`, which keeps the credentials out of this file.",
+        "# A trusted certificate (Let's Encrypt unless told otherwise), renewed by the box itself: an [acme]",
+        "# table (email, directory, ca_file, caa, mta_sts); without it the box's certificate is self-signed.",
         "",
         "# The box's fully qualified domain name; it must equal this file's name.",
         f"hostname = {_toml(hostname)}",

@@ -91,11 +91,14 @@ def state_services(host: Host, inventory_root: Path) -> list[str]:
 
 
 def _uses_state(resources: Sequence[Resource], rendered: dict[str, bytes]) -> bool:
+    """A file or folder in the state tree, or a rendered file naming it that is not a program run on demand
+    (nsd's zones-rebuild names the DKIM key it reads, as the zone commands do; nsd itself reads no state)."""
     tree = layout.STATE
     inside = any(
         isinstance(r, File | Directory) and (r.path == tree or r.path.startswith(tree + "/")) for r in resources
     )
-    return inside or any(tree.encode() in content for content in rendered.values())
+    programs = {r.path for r in resources if isinstance(r, File) and r.mode & 0o111}
+    return inside or any(tree.encode() in content for path, content in rendered.items() if path not in programs)
 
 
 def source_host(inv: Inventory, name: str) -> tuple[Host, str]:

@@ -24,6 +24,11 @@ TLS_CERT = f"{SSL}/ssl_certificate.pem"
 TLS_KEY = f"{SSL}/ssl_private_key.pem"
 DKIM_KEY = f"{DKIM}/{DKIM_SELECTOR}.private"
 DKIM_PUBLIC = f"{DKIM}/{DKIM_SELECTOR}.txt"
+# The zones' DNSSEC keys (ldns-keygen's K<zone>.+<alg>+<tag>.key/.private), made once on the box by
+# remote/zone_build.py: in the state tree, so a backup and a restore carry them (the registrar's DS stays).
+DNS = f"{STATE}/dns"
+DNSSEC_KEYS = f"{DNS}/dnssec"
+ZONE_BUILDER = "/usr/local/lib/miab-remote/zone-build"  # remote/zone_build.py, installed by the nsd recipe
 
 
 def mailbox_dir(email: str) -> str:

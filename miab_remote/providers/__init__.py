@@ -54,9 +54,25 @@ def get(name: str, options: CreateOptions | None = None) -> Provider:
     return factory(options or CreateOptions())
 
 
+def before_deploy(host: Host) -> list[str]:
+    """The part of the box's provider before it is deployed (for local boxes, the same as after_deploy: the
+    box's ACME order during the deploy needs its zones delegated). No provider, or a manual box: no notes."""
+    if host.provider not in _FACTORIES:
+        return []
+    return get(host.provider).before_deploy(host)
+
+
 def after_deploy(host: Host) -> list[str]:
     """The part of the box's provider once it is deployed (for local boxes, the registrar's: their
     resolver delegates the box's zones to its nsd). No provider, or a manual box: no notes."""
     if host.provider not in _FACTORIES:
         return []
     return get(host.provider).after_deploy(host)
+
+
+def public_resolvers(host: Host) -> tuple[str, ...]:
+    """Where `check` asks the world's DNS about the box (its reverse DNS): the local boxes' own resolver, or ()
+    for the laptop's resolvers (a cloud's box, a manual one)."""
+    if host.provider not in _FACTORIES:
+        return ()
+    return get(host.provider).public_resolvers()

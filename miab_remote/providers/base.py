@@ -123,6 +123,16 @@ class Provider(Protocol):
         """Whether the box runs, is partly left, or is gone."""
         ...
 
+    def before_deploy(self, host: Host) -> list[str]:
+        """The provider's part before `host` is deployed (e.g. its DNS delegation, which the box's ACME order
+        needs: the CA resolves the box's names through it); notes for the operator."""
+        ...
+
     def after_deploy(self, host: Host) -> list[str]:
         """The provider's part once `host` is deployed (e.g. publishing its DNS delegation); notes for the operator."""
+        ...
+
+    def public_resolvers(self) -> tuple[str, ...]:
+        """The nameservers through which the laptop sees the DNS of this provider's boxes as the world does
+        (delegations, reverse DNS); () for the laptop's own resolvers."""
         ...

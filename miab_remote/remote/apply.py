@@ -1,7 +1,7 @@
 # Runs on the box as root: carries out a plan made on the laptop, in order, stopping at the first failure.
 # Input on stdin (after this script): a wire.ApplySpec as one JSON line, then the bytes of each file it
 # carries (wire.encode_apply). Output: JSON lines on stdout, one wire.Event each: hb (heartbeat), lock,
-# stale, pending, start, done, fail, end; exit codes wire.STALE, wire.LOCK_TIMEOUT, wire.FAILED.
+# stale, pending, start, note, done, fail, end; exit codes wire.STALE, wire.LOCK_TIMEOUT, wire.FAILED.
 # It first copies the carried files into its stage (a folder on /run readable by root only), then takes
 # the box's deploy lock, checks that the files it replaces are still what the plan saw (else it reports
 # "stale" and changes nothing), keeps a backup of every replaced file, and puts those back when a
@@ -83,18 +83,36 @@ def check(argv, what, shell=False):
 
 
 def start_unit(verb, unit):
-    """`systemctl start|restart|reload UNIT`, once more after a second when systemd itself could not spawn the
-    service (its Result is "resources": e.g. "Failed to spawn executor", which systemd 257 in a container
-    sometimes says right after the unit was stopped, while the old cgroup is cleaned up)."""
+    """`systemctl start|restart|reload UNIT`, and once more when that failed: after a second when systemd
+    itself could not spawn the service (its Result is "resources": e.g. "Failed to spawn executor", which
+    systemd 257 in a container sometimes says right after the unit was stopped, while the old cgroup is
+    cleaned up), after START_RETRY_PAUSE when the service's own process failed to start (seen once in
+    many runs: Debian 12's mta-sts-daemon on a busy machine, with a config its own check passes). A second
+    failure is the deploy's, with the unit's last journal lines (both attempts), which say why."""
     rc, out = run(["systemctl", verb, unit])
-    if rc != 0 and run(["systemctl", "show", "-p", "Result", "--value", unit])[1].strip() == "resources":
-        run(["systemctl", "reset-failed", unit])
-        time.sleep(1.0)
-        rc, again = run(["systemctl", "start" if verb == "restart" else verb, unit])
-        out = out.strip() + "\n(tried again once: systemd could not spawn it)\n" + again
     if rc != 0:
-        raise Failed(f"systemctl {verb} {unit} failed (exit {rc}):\n{out.strip()}")
+        spawn = run(["systemctl", "show", "-p", "Result", "--value", unit])[1].strip() == "resources"
+        run(["systemctl", "reset-failed", unit])
+        time.sleep(1.0 if spawn else START_RETRY_PAUSE)
+        rc, again = run(["systemctl", "start" if verb == "restart" else verb, unit])
+        why = "systemd could not spawn it" if spawn else "its process failed to start"
+        out = f"{out.strip()}\n(tried again once: {why})\n{again}"
+    if rc != 0:
+        raise Failed(f"systemctl {verb} {unit} failed (exit {rc}):\n{out.strip()}\n{journal_tail(unit)}".rstrip())
     return out
+
+
+START_RETRY_PAUSE = 3.0
+JOURNAL_LINES = 12
+
+
+def journal_tail(unit):
+    """The unit's last journal lines (its own messages and systemd's about it), or nothing."""
+    try:
+        rc, out = run(["journalctl", "-u", unit, "-n", str(JOURNAL_LINES), "--no-pager", "-o", "short"])
+    except OSError:
+        return ""
+    return f"its journal:\n{out.strip()}" if rc == 0 and out.strip() else ""
 
 
 def sha256_of(path):
@@ -362,7 +380,12 @@ class Runner:
         if a["unless"] and run(a["unless"], shell=True)[0] == 0:
             return False
         self.journal.owe(a["resource"], a.get("notify", []))
-        check(["/bin/sh", "-c", a["run"]], "command")
+        rc, out = run(["/bin/sh", "-c", a["run"]])
+        for line in out.splitlines():
+            if line.startswith(wire.NOTE_PREFIX):
+                emit(event="note", text=line[len(wire.NOTE_PREFIX) :].strip())
+        if rc != 0:
+            raise Failed(f"command failed (exit {rc}):\n{out.strip()}")
         return True
 
     def forget(self, a):

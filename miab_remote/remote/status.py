@@ -1,7 +1,8 @@
 # Runs on the box as root for `miab-remote check`: reads the box's health in one round trip, changes nothing.
 # Input: one JSON object on stdin (after this script): {"services": [unit, ...], "disk": [path, ...],
 # "dkim": path, "chains": {"v4": chain, "v6": chain}, "backup": the backup program's status file,
-# "restore": the restore journal}.
+# "restore": the restore journal, "acme": {"status": the ACME script's status file, "certificate": the
+# certificate in use, "unit": certbot's renewal unit}}.
 # Output: one JSON object on stdout; each part that cannot be read says why ("error") instead of failing
 # the whole script.
 # stdlib only, Python >= 3.8.
@@ -149,8 +150,8 @@ def read_text(path):
         return None
 
 
-def backup_status(path):
-    """The backup program's status file as it is: {"missing": true} before its first run."""
+def status_file(path):
+    """A program's JSON status file as it is: {"missing": true} before its first run."""
     try:
         with open(path, encoding="utf-8") as f:
             return {"status": json.load(f)}
@@ -158,6 +159,31 @@ def backup_status(path):
         return {"missing": True}
     except (OSError, ValueError) as e:
         return {"error": str(e)}
+
+
+def renewal(unit):
+    """The renewal unit's last run: its result, when it ended and, when it failed, its last lines."""
+    out, err = run(["systemctl", "show", "--property=Result,ExecMainExitTimestamp,InvocationID", "--", unit])
+    if err:
+        return {"error": err}
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    fact = {"result": props.get("Result", ""), "finished": props.get("ExecMainExitTimestamp", "")}
+    if fact["result"] not in ("", "success"):
+        # That run's own output (certbot's), else the unit's latest lines.
+        which = ["_SYSTEMD_INVOCATION_ID=" + props["InvocationID"]] if props.get("InvocationID") else ["-u", unit]
+        lines, err = run(["journalctl", "--no-pager", "--quiet", "-o", "cat", "-n", "40", *which])
+        fact["lines"] = [line.strip() for line in (lines or err or "").splitlines() if line.strip()][-8:]
+    return fact
+
+
+def acme(spec):
+    """[acme]: the ACME script's status file, the certificate in use (PEM, judged on the laptop), renewals."""
+    return {
+        "status": status_file(spec["status"]),
+        "certificate": read_text(spec["certificate"]),
+        "lineage": read_text(spec["lineage"]) if spec.get("lineage") else None,
+        "renewal": renewal(spec["unit"]),
+    }
 
 
 def restore_journal(path):
@@ -183,8 +209,9 @@ def main():
         "updates": updates(),
         "reboot": reboot(),
         "dkim": read_text(spec["dkim"]) if spec.get("dkim") else None,
-        "backup": backup_status(spec["backup"]) if spec.get("backup") else None,
+        "backup": status_file(spec["backup"]) if spec.get("backup") else None,
         "restore": restore_journal(spec["restore"]) if spec.get("restore") else None,
+        "acme": acme(spec["acme"]) if spec.get("acme") else None,
     }
     json.dump(facts, sys.stdout)
 

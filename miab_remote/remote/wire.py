@@ -18,6 +18,9 @@ JOURNAL_PATH = "/var/lib/miab-remote/pending.json"
 STAGE_ROOT = "/run/miab-remote"
 # A push's `expect`: whatever is there; the box compares under its lock and leaves an identical file alone.
 ANY = "*"
+# A command's stdout line that starts so is a note for the operator: apply.py passes it on as a `note`
+# event (its text without the prefix) and the deploy lists it (any Command may say notes, e.g. acme's order).
+NOTE_PREFIX = "miab-note: "
 
 
 class _Step(TypedDict):
@@ -144,7 +147,7 @@ class ProbeSpec(TypedDict):
 
 
 class Event(TypedDict, total=False):
-    """One JSON line apply.py writes: hb, lock, stale, pending, start, done, fail, end."""
+    """One JSON line apply.py writes: hb, lock, stale, pending, start, note, done, fail, end."""
 
     event: str
     index: int
@@ -154,6 +157,7 @@ class Event(TypedDict, total=False):
     ids: List[str]
     state: str  # lock: waiting | acquired | timeout
     seconds: float
+    text: str  # note: a line a command said for the operator
 
 
 def carried(actions: List[Action]) -> List[FileAction]:

@@ -20,15 +20,19 @@ from typing import Any
 import paramiko
 
 from miab_remote.providers.local.config import DEFAULT_IMAGE, IMAGES
+from tests.standins.pebble import Pebble
 
 FIXTURES = Path(__file__).parent / "fixture_inventory"
 
 # The e2e boxes live on their own bridge, subnet and state folder, so a leftover of a developer's own
 # boxes (or of a killed earlier run) never collides with them. MIAB_E2E_LANE=N (1-9) moves a run onto
 # bridge miabe2eN and subnet 10.78.N.0/24, so that several developers' runs on one machine stay apart.
-LANE = int(os.environ.get("MIAB_E2E_LANE") or 0)
+# Under pytest-xdist (scripts/test runs two workers) worker gwK takes lane N+K: each worker's boxes, bridge,
+# resolver and stand-ins are its own, as two developers' runs would be.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+LANE = int(os.environ.get("MIAB_E2E_LANE") or 0) + WORKER
 if not 0 <= LANE <= 9:
-    raise SystemExit(f"MIAB_E2E_LANE={LANE}: use 0 to 9")
+    raise SystemExit(f"MIAB_E2E_LANE={LANE - WORKER} with xdist worker {WORKER}: the lanes are 0 to 9")
 SUBNET_PREFIX = f"10.78.{LANE}"
 HOST_ADDRESS = f"{SUBNET_PREFIX}.1"  # this machine's address on the test bridge
 E2E_ENV = {
@@ -250,6 +254,13 @@ class Deployed:
         run: dict[str, Any] = self.first_deploy.json()["hosts"][name]
         return run
 
+    def deploy(self, inv: Path) -> None:
+        """The first deploy of every box, in one `deploy --json`, which must succeed; its wall time is kept."""
+        started = time.monotonic()
+        self.first_deploy = cli(inv, "deploy", *self.boxes, "--json")
+        self.deploy_seconds = time.monotonic() - started
+        assert self.first_deploy.code == 0, self.first_deploy.errors()
+
 
 @contextlib.contextmanager
 def deployed_box(
@@ -276,10 +287,7 @@ def deployed_box(
                 edit_inventory(inv, name, **top)
         made = Deployed(boxes)
         if deploy:
-            started = time.monotonic()
-            made.first_deploy = cli(inv, "deploy", *names, "--json")
-            made.deploy_seconds = time.monotonic() - started
-            assert made.first_deploy.code == 0, made.first_deploy.errors()
+            made.deploy(inv)
         yield made
         failed = False
     finally:
@@ -317,3 +325,33 @@ def _create_boxes(inv: Path, identity: Path, names: list[str], image: str) -> di
     if errors:
         raise errors[0]
     return {n: made[n] for n in names}
+
+
+@contextlib.contextmanager
+def acme_boxes(
+    inv: Path,
+    identity: Path,
+    inventories: Mapping[str, Mapping[str, Any]],
+    folder: Path,
+    validity: int = 90 * 86400,
+    image: str = E2E_IMAGE,
+) -> Iterator[tuple[Deployed, Pebble]]:
+    """deployed_box for boxes whose certificates come from ACME: a pebble of their own (validity in seconds,
+    Let's Encrypt's 90 days unless told), started once the boxes are made (it listens on the lane's bridge,
+    which exists once a box is up), each inventory's [acme] pointed at it (its directory; as ca_file, like a
+    private CA's root, its listener's CA for the directory and its root for the box's own clients such as
+    roundcube; no CAA records, pebble has no CAA domain, unless the caller's [acme] gives `caa`), then one
+    deploy. Yields the boxes and the pebble, whose root() is what a client verifies the boxes' certificates
+    with; pebble ends before the boxes go."""
+    with (
+        deployed_box(inv, identity, inventories, deploy=False, image=image) as made,
+        Pebble(folder, HOST_ADDRESS, validity) as pebble,
+    ):
+        ca_file = folder / "trusted.pem"
+        ca_file.write_text(pebble.listener_ca.read_text() + pebble.root())
+        for name in made.boxes:
+            acme = {"caa": "", **inventories[name].get("acme", {})}
+            acme |= {"directory": pebble.directory, "ca_file": str(ca_file)}
+            edit_inventory(inv, name, acme=acme)
+        made.deploy(inv)
+        yield made, pebble

@@ -1,4 +1,5 @@
-"""Real SMTP and IMAP clients for the mail e2e tests, verifying the box's certificate by pinning it."""
+"""Real SMTP and IMAP clients for the mail e2e tests, verifying the box's certificate and its name: against the
+box's own certificate (pinned: a self-signed box) or a CA's root (a box with a certificate from ACME)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.e2e.helpers import Box
 
@@ -62,13 +64,19 @@ class _ManageSieve:
 
 
 class Mail:
-    """Talks to one box as a mail client would: SMTP on 25/465/587, IMAPS on 993."""
+    """Talks to one box as a mail client would: SMTP on 25/465/587, IMAPS on 993. It trusts either the box's
+    own certificate `cert_pem` (a self-signed box: exactly that certificate) or the CA whose root is in
+    `ca_file` (a box with [acme]: only that root, not the system's); the name is checked either way."""
 
-    def __init__(self, box: Box, hostname: str, cert_pem: str) -> None:
+    def __init__(self, box: Box, hostname: str, cert_pem: str | None = None, *, ca_file: Path | None = None) -> None:
+        if (cert_pem is None) == (ca_file is None):
+            raise TypeError("Mail: give the box's own certificate (cert_pem) or a CA's root (ca_file), one of them")
         self.box = box
         self.hostname = hostname
-        # The certificate is self-signed until ACME: trust exactly it, and check that it names the box.
-        self.tls = ssl.create_default_context(cadata=cert_pem)
+        if ca_file is not None:
+            self.tls = ssl.create_default_context(cafile=str(ca_file))
+        else:
+            self.tls = ssl.create_default_context(cadata=cert_pem)
         self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def smtp(self, port: int = 587) -> smtplib.SMTP:

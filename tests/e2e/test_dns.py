@@ -1,11 +1,14 @@
-"""The box as its own DNS, against two real local boxes: every record answered by nsd, a serial that moves
-only with the content, two boxes mailing each other by MX lookup with DKIM and SPF passing, `check`, and
-`dns` (registrar glue, or the full record set for an external DNS host)."""
+"""The box as its own DNS, against two real local boxes: every record answered by nsd (the hostname's
+TLSA records matching the certificate it serves, its SSHFP records what OpenSSH's `ssh-keygen -r` makes of
+its pinned host key), a serial that moves only with the content, two boxes mailing each other by MX lookup
+with DKIM and SPF passing, `check`, and `dns` (registrar glue, or the full record set for an external DNS
+host)."""
 
 from __future__ import annotations
 
 import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -13,9 +16,11 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from miab_remote.fleet.store import Inventory
-from miab_remote.mail import layout
+from miab_remote.mail import dnszones, layout
 from miab_remote.mail.passwords import hash_password
 from miab_remote.profiles import PROFILES
 from tests.e2e.helpers import Box, cli, deployed_box, edit_inventory, new_inventory, operator_key
@@ -61,7 +66,7 @@ def serial(box: Box, zone: str) -> int:
     return int(ask(box, zone, "SOA")[0].split()[2])
 
 
-def test_every_record_is_answered_by_the_box(boxes: dict[str, Box]) -> None:
+def test_every_record_is_answered_by_the_box(inv: Path, boxes: dict[str, Box]) -> None:
     b = boxes[B]
     dkim_txt = "".join(re.findall(r'"([^"]*)"', b.run(f"cat {layout.DKIM_PUBLIC}")[1]))
     for domain in ("beta-dns.test", "second-beta.test"):
@@ -88,6 +93,16 @@ def test_every_record_is_answered_by_the_box(boxes: dict[str, Box]) -> None:
         assert ask(b, name, "MX") == ["0 ."], name
         assert ask(b, name, "TXT") == ['"v=spf1 -all"'], name
     assert ask(b, B, "TXT") == ['"v=spf1 a -all"'] and ask(b, B, "MX") == []
+    # DANE: TLSA 3 1 1 of the TLS key, for every TLS port of the hostname.
+    cert = x509.load_pem_x509_certificate(b.run(f"cat {layout.TLS_CERT}")[1].encode())
+    for port in dnszones.TLSA_PORTS:
+        assert ask(b, f"_{port}._tcp.{B}", "TLSA") == [dnszones.tlsa_of(cert.public_bytes(Encoding.DER))], port
+    # SSHFP of the pinned host key, as OpenSSH computes it (SHA-256 only).
+    pinned = Inventory(inv).load(B).host_keys
+    keygen = subprocess.run(["ssh-keygen", "-r", B, "-f", "/dev/stdin"], input="\n".join(pinned) + "\n",
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    want = sorted(" ".join(line.split()[3:]) for line in keygen.splitlines() if line.split()[4] == "2")
+    assert ask(b, B, "SSHFP") == want and want
 
 
 def test_serial_moves_only_with_the_content(inv: Path, boxes: dict[str, Box]) -> None:
@@ -128,6 +143,7 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     inside += [f"service {u}" for u in (php_fpm, "fail2ban", "nginx", "nsd", "ufw", "ssh")]
     inside += ["LMTP delivery to dovecot", "firewall (ufw)", "port 80 HTTP (redirects to HTTPS)"]
     inside += ["port 4190 ManageSieve", "disk /", "memory", "reboot", "published ipv4"]
+    inside += [f"DNSSEC {zone}" for zone in ("beta-dns.test", "second-beta.test")]  # the chain, on each release
     for name in inside:
         assert name in by_name and by_name[name]["status"] == "ok", by_name.get(name)
     assert "4190/tcp" in by_name["firewall (ufw)"]["detail"]
@@ -136,6 +152,8 @@ def test_check_passes_then_names_what_broke(inv: Path, boxes: dict[str, Box]) ->
     assert by_name["security updates"]["status"] in ("ok", "warning"), by_name["security updates"]
     assert any(c["name"] == "DNS MX second-beta.test" and c["ok"] for c in checks)
     assert any(c["name"] == "DNS MX www.second-beta.test" and c["ok"] and c["detail"] == "0 ." for c in checks)
+    assert by_name[f"DNS TLSA _25._tcp.{B}"]["status"] == "ok", "matches the certificate served"
+    assert by_name[f"DNS SSHFP {B}"]["status"] == "ok"
     boxes[B].run("systemctl stop nsd")
     try:
         res = cli(inv, "check", B)
@@ -197,9 +215,20 @@ def test_dns_lists_the_glue_and_the_full_set_for_an_external_host(inv: Path, box
     assert 'mail._domainkey.alpha-dns.test. 1800 IN TXT "v=DKIM1;' in res.out
     assert "_dmarc.alpha-dns.test. 1800 IN TXT" in res.out
     assert "www.alpha-dns.test. 1800 IN MX 0 ." in res.out
+    assert f"_25._tcp.{A}. 1800 IN TLSA 3 1 1 " in res.out  # from the certificate the box serves
     assert 'autoconfig.alpha-dns.test. 1800 IN TXT "v=spf1 -all"' in res.out
     data = cli(inv, "dns", A, "--json").json()
     assert {r["type"] for r in data["records"]["alpha-dns.test"]} >= {"A", "MX", "TXT", "SRV", "NS"}
+    assert "warning" not in data, data["warning"]
+    # With [acme] not deployed yet, the TLSA shown is of the self-signed certificate's key, which the first
+    # ACME certificate replaces: `dns` says to enter the records after that deploy.
+    edit_inventory(inv, A, acme={"email": "admin@alpha-dns.test", "directory": "staging"})
+    try:
+        data = cli(inv, "dns", A, "--json").json()
+        assert "the TLSA records change with the deploy that installs it" in data.get("warning", ""), data
+    finally:
+        with Inventory(inv).edit(A) as doc:
+            del doc["acme"]
 
 
 def test_an_operators_cname_takes_the_place_of_the_generated_records(inv: Path, boxes: dict[str, Box]) -> None:

@@ -1,7 +1,9 @@
 """The hardened box against a real local box: a port scan finds only the allowed ports open, fail2ban bans
 an address that keeps failing IMAP (and SASL) logins and `miab-remote unban` lifts it, SSH takes keys only,
 time sync is reported not applicable in a container, unattended security upgrades are on, testssl.sh finds
-no protocol below TLS 1.2 and no severe finding, and a second deploy changes nothing."""
+no protocol below TLS 1.2 and no severe finding (the box's certificate from ACME, pebble, as a box on the
+internet has one: trusted through pebble's root, a 90-day life, an OCSP address), and a second deploy changes
+nothing."""
 
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from tests.e2e.helpers import (
     HOST_ADDRESS,
     SUBNET_PREFIX,
     Box,
+    acme_boxes,
     cli,
-    deployed_box,
     new_inventory,
     operator_key,
 )
@@ -65,15 +67,26 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_deploy(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, dict[str, Any]]]:
+def first_deploy(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, dict[str, Any], Path]]:
+    """The box deployed with [acme] from a pebble of its own (Let's Encrypt's 90 days), its first deploy's
+    report and pebble's root (a PEM file)."""
     inventory = {"users": [{"email": USER, "password_hash": hash_password(PASSWORD)}]}
-    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
-        yield made.box, made.host_run(NAME)
+    key = operator_key(tmp_path_factory.mktemp("operator"))
+    folder = tmp_path_factory.mktemp("pebble")
+    with acme_boxes(inv, key, {NAME: inventory}, folder) as (made, pebble):
+        root = folder / "root.pem"
+        root.write_text(pebble.root())
+        yield made.box, made.host_run(NAME), root
 
 
 @pytest.fixture(scope="module")
-def box(first_deploy: tuple[Box, dict[str, Any]]) -> Box:
+def box(first_deploy: tuple[Box, dict[str, Any], Path]) -> Box:
     return first_deploy[0]
+
+
+@pytest.fixture(scope="module")
+def root(first_deploy: tuple[Box, dict[str, Any], Path]) -> Path:
+    return first_deploy[2]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +95,8 @@ def recipes(inv: Path, box: Box) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def mail(box: Box) -> Mail:
-    return Mail(box, NAME, box.run(f"cat {layout.TLS_CERT}")[1])
+def mail(box: Box, root: Path) -> Mail:
+    return Mail(box, NAME, ca_file=root)
 
 
 @pytest.fixture
@@ -253,7 +266,7 @@ def test_ssh_takes_keys_only(box: Box) -> None:
 
 
 # -- time and upgrades -----------------------------------------------------------------------------------------
-def test_time_sync_is_not_applicable_in_a_container(first_deploy: tuple[Box, dict[str, Any]], box: Box) -> None:
+def test_time_sync_is_not_applicable_in_a_container(first_deploy: tuple[Box, dict[str, Any], Path], box: Box) -> None:
     run = first_deploy[1]
     assert run["failed"] == 0 and run["error"] is None
     why = {u["resource"]: u["why"] for u in run["unchanged"]}
@@ -281,13 +294,7 @@ def test_unattended_security_upgrades_are_on(inv: Path, box: Box) -> None:
 
 
 # -- TLS -------------------------------------------------------------------------------------------------------
-# Findings about where the certificate comes from, not about the TLS configuration: the box's certificate is
-# self-signed (made once, for 10 years) until ACME replaces it with a CA's, which has a short life and an
-# OCSP/CRL address. Tolerated only while the certificate is self-signed.
-SELF_SIGNED_FINDINGS = {"cert_validityPeriod", "cert_revocation"}
-
-
-def run_testssl(box: Box, port: int, cert: Path, starttls: str | None) -> list[dict[str, Any]]:
+def run_testssl(box: Box, port: int, root: Path, starttls: str | None) -> list[dict[str, Any]]:
     ARTIFACTS.mkdir(exist_ok=True)
     report = ARTIFACTS / f"testssl-{NAME}-{port}.json"
     report.unlink(missing_ok=True)
@@ -303,7 +310,7 @@ def run_testssl(box: Box, port: int, cert: Path, starttls: str | None) -> list[d
         "--ip",
         box.address,
         "--add-ca",
-        str(cert),  # trust the box's self-signed certificate: a chain finding would hide real ones
+        str(root),  # pebble's root, as a client trusts Let's Encrypt's: the chain is checked like a real one
         "-p",  # protocols
         "-s",  # cipher categories (NULL, export, LOW, 3DES, ...)
         "-S",  # server defaults, the certificate
@@ -320,22 +327,12 @@ def run_testssl(box: Box, port: int, cert: Path, starttls: str | None) -> list[d
 
 
 @pytest.mark.skipif(shutil.which("testssl") is None, reason="needs testssl.sh (scripts/setup-host --test)")
-def test_testssl_finds_tls_12_at_least_and_nothing_severe(box: Box, recipes: tuple[str, ...], tmp_path: Path) -> None:
-    cert = tmp_path / "box.pem"
-    cert.write_text(box.run(f"cat {layout.TLS_CERT}")[1])
-    self_signed = (
-        box.run(
-            f'test "$(openssl x509 -noout -subject -in {layout.TLS_CERT} | cut -d= -f2-)" = '
-            f'"$(openssl x509 -noout -issuer -in {layout.TLS_CERT} | cut -d= -f2-)"',
-            check=False,
-        )[0]
-        == 0
-    )
+def test_testssl_finds_tls_12_at_least_and_nothing_severe(box: Box, recipes: tuple[str, ...], root: Path) -> None:
     targets: dict[int, str | None] = {465: None, 993: None, 587: "smtp"}
     if "webmail" in recipes:
         targets[443] = None
     with ThreadPoolExecutor(len(targets)) as pool:
-        futures = {port: pool.submit(run_testssl, box, port, cert, starttls) for port, starttls in targets.items()}
+        futures = {port: pool.submit(run_testssl, box, port, root, starttls) for port, starttls in targets.items()}
         reports = {port: f.result() for port, f in futures.items()}
     problems = []
     for port, findings in reports.items():
@@ -345,10 +342,11 @@ def test_testssl_finds_tls_12_at_least_and_nothing_severe(box: Box, recipes: tup
             if by_id[old]["finding"] != "not offered":
                 problems.append(f"{port}: {old} {by_id[old]['finding']}")
         assert by_id["TLS1_2"]["finding"] == "offered", f"{port}: TLS 1.2 {by_id['TLS1_2']['finding']}"
+        # The chain checked against pebble's root, up from a certificate the box did not issue itself.
+        assert by_id["cert_chain_of_trust"]["finding"].startswith("passed"), by_id["cert_chain_of_trust"]
+        assert by_id["cert_caIssuers"]["finding"] != NAME, by_id["cert_caIssuers"]
         for f in findings:
             if f["severity"] in ("HIGH", "CRITICAL", "FATAL"):
-                if self_signed and f["id"] in SELF_SIGNED_FINDINGS:
-                    continue
                 problems.append(f"{port}: {f['id']} {f['severity']}: {f['finding']}")
     assert not problems, "\n".join(problems) + f"\n(reports in {ARTIFACTS})"
 
@@ -387,11 +385,13 @@ def test_failed_sasl_logins_on_587_ban_submission(inv: Path, box: Box, mail: Mai
     mail.submit(USER, PASSWORD, message(USER, USER, "after the ban"))
 
 
-def test_failed_webmail_logins_ban_the_web_ports(inv: Path, box: Box, recipes: tuple[str, ...], no_bans: None) -> None:
+def test_failed_webmail_logins_ban_the_web_ports(
+    inv: Path, box: Box, recipes: tuple[str, ...], root: Path, no_bans: None
+) -> None:
     if "webmail" not in recipes:
         pytest.skip("no webmail recipe on this box")
-    tls = ssl.create_default_context(cadata=box.run(f"cat {layout.TLS_CERT}")[1])
-    tls.check_hostname = False  # reached by address; the certificate is still checked: the box's own, pinned
+    tls = ssl.create_default_context(cafile=str(root))
+    tls.check_hostname = False  # reached by address; the chain is still checked, against pebble's root only
     for _ in range(MAXRETRY):
         failed_webmail_login(box, tls)
     wait_for_state(box.address, 443, "refused")
@@ -422,44 +422,48 @@ def served_certificate(box: Box, port: int) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def assert_strict_verifiers_accept(box: Box, pem: str, ports: list[int]) -> None:
-    """OpenSSL with X509_STRICT and `cryptography`'s verifier (webpki rules, which refuse a CA certificate
-    as a server's), each with the box's certificate as the only trust anchor."""
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    verifier = PolicyBuilder().store(Store([cert])).build_server_verifier(x509.DNSName(NAME))
-    verifier.verify(cert, [])
+def assert_strict_verifiers_accept(box: Box, chain_pem: str, root: Path, ports: list[int]) -> None:
+    """`cryptography`'s verifier (webpki rules, which refuse a CA certificate as a server's) on the box's chain,
+    and OpenSSL with X509_STRICT on what each port serves, each with pebble's root as the only trust anchor."""
+    leaf, *intermediates = x509.load_pem_x509_certificates(chain_pem.encode())
+    anchors = Store(x509.load_pem_x509_certificates(root.read_bytes()))
+    PolicyBuilder().store(anchors).build_server_verifier(x509.DNSName(NAME)).verify(leaf, intermediates)
     for port in ports:
-        ctx = ssl.create_default_context(cadata=pem)
+        ctx = ssl.create_default_context(cafile=str(root))
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
         with (
             socket.create_connection((box.address, port), timeout=10) as sock,
             ctx.wrap_socket(sock, server_hostname=NAME) as tls,
         ):
-            assert tls.getpeercert(binary_form=True) == cert.public_bytes(serialization.Encoding.DER)
+            assert tls.getpeercert(binary_form=True) == leaf.public_bytes(serialization.Encoding.DER), port
 
 
 def assert_end_entity(cert: x509.Certificate) -> None:
     basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert basic.critical and basic.value.ca is False
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.digital_signature and usage.key_encipherment and not usage.key_cert_sign
-    assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
-        [ExtendedKeyUsageOID.SERVER_AUTH]
-    )
+    assert usage.digital_signature and not usage.key_cert_sign
+    assert ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    assert sorted(names) == sorted([NAME, f"autoconfig.{DOMAIN}", f"autodiscover.{DOMAIN}"])
+    # mta-sts.DOMAIN too once the box's zone gives it the box's address (which names are ordered is test_acme's).
+    want = {NAME, f"autoconfig.{DOMAIN}", f"autodiscover.{DOMAIN}"}
+    assert want <= set(names) <= want | {f"mta-sts.{DOMAIN}"} and len(names) == len(set(names)), names
+    assert cert.issuer != cert.subject, "the CA's certificate, not a self-signed one"
 
 
-def test_certificate_is_an_end_entity_one_reissued_from_the_same_key(
-    inv: Path, box: Box, recipes: tuple[str, ...]
+def test_certificate_is_the_cas_end_entity_one_and_a_deploy_puts_it_back(
+    inv: Path, box: Box, recipes: tuple[str, ...], root: Path
 ) -> None:
     ports = [993, 465] + ([443] if "webmail" in recipes else [])
-    pem = box.run(f"cat {layout.TLS_CERT}")[1]
+    chain = box.run(f"cat {layout.TLS_CERT}")[1]
+    leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+    assert_end_entity(leaf)
     for port in ports:
-        assert_end_entity(served_certificate(box, port))
-    assert_strict_verifiers_accept(box, pem, ports)
-    # A box deployed before has a CA:TRUE certificate (openssl req's default extensions): the next deploy
-    # re-issues it from the same key and reloads what serves it; the deploy after changes nothing.
+        assert served_certificate(box, port) == leaf, port
+    assert_strict_verifiers_accept(box, chain, root, ports)
+    # A certificate replaced on the box (here a CA:TRUE self-signed one, as the first versions of the tls
+    # recipe made) is replaced by the CA's again at the next deploy, from the same key; the deploy after it
+    # changes nothing (test_second_deploy_changes_nothing).
     key = box.sha256(layout.TLS_KEY)
     box.run(
         f"openssl req -x509 -new -key {layout.TLS_KEY} -sha256 -days 3650 -subj /CN={NAME} "
@@ -470,12 +474,12 @@ def test_certificate_is_an_end_entity_one_reissued_from_the_same_key(
     res = cli(inv, "deploy", NAME, "--json")
     assert res.code == 0, res.errors()
     changed = {a["resource"] for a in res.json()["hosts"][NAME]["actions"]}
-    assert {"command:tls-certificate", "service:dovecot"} <= changed and "command:tls-key" not in changed, changed
+    assert "command:tls-key" not in changed, changed
     assert box.sha256(layout.TLS_KEY) == key
-    pem = box.run(f"cat {layout.TLS_CERT}")[1]
+    assert box.run(f"cat {layout.TLS_CERT}")[1] == chain
     for port in ports:
-        assert_end_entity(served_certificate(box, port))
-    assert_strict_verifiers_accept(box, pem, ports)
+        assert served_certificate(box, port) == leaf, port
+    assert_strict_verifiers_accept(box, chain, root, ports)
 
 
 # -- idempotence -----------------------------------------------------------------------------------------------

@@ -203,6 +203,10 @@ def test_parallel_create(config: LocalConfig, boxes: dict[str, CreatedBox]) -> N
         assert LocalProvider(config).status(box.name) == "running"
         rec = record(config, box.name)
         assert rec["address"] == box.address
+        # Its IPv6 address: the same host part in the bridge's own ULA /64 (derived from the bridge's name).
+        assert config.subnet6 == LocalConfig(bridge=BRIDGE).subnet6 and config.subnet6.network_address.packed[0] == 0xFD
+        assert box.ipv6 == rec["ipv6"] == str(config.ipv6_of(ipaddress.IPv4Address(box.address)))
+        assert ipaddress.IPv6Address(box.ipv6) in config.subnet6
         assert len(rec["veth"]) <= 15
         assert rec["netns"] in netns_list()
         assert link_exists(rec["veth"])
@@ -261,9 +265,20 @@ def test_boxes_reach_each_other(boxes: dict[str, CreatedBox], operator: KeyPair)
     for src, dst in ((a, b), (b, a)):
         client = connect(src.address, src.host_key_public, operator)
         try:
-            rc, out, err = run(client, probe + dst.address)
-            assert rc == 0, err
-            assert out.startswith("SSH-2.0-"), out
+            for address in (dst.address, str(dst.ipv6)):
+                rc, out, err = run(client, probe + address)
+                assert rc == 0, err
+                assert out.startswith("SSH-2.0-"), out
+            # Over IPv6 a box reaches the bridge's /64 only: no default route, so nothing outside this machine.
+            rc, out, err = run(client, "ip -6 route get 2001:db8::1")
+            assert rc != 0 and "unreachable" in err.lower(), out + err
+        finally:
+            client.close()
+    # This machine (the laptop of its boxes) reaches each box over IPv6 on the bridge.
+    for box in (a, b):
+        client = connect(str(box.ipv6), box.host_key_public, operator)
+        try:
+            assert run(client, "hostname")[1].strip() == box.name
         finally:
             client.close()
 
@@ -318,6 +333,7 @@ def test_second_configuration_coexists(
     box = LocalProvider(other).create(BOX_A, operator.public_line)  # same name, other configuration
     try:
         assert box.address == str(OTHER_SUBNET.network_address + 2)
+        assert other.subnet6 != config.subnet6 and box.ipv6 == str(other.subnet6.network_address + 2)
         assert record(other, BOX_A)["netns"] != record(config, BOX_A)["netns"]
         client = connect(box.address, box.host_key_public, operator)
         try:
@@ -335,18 +351,24 @@ def test_second_configuration_coexists(
     assert LocalProvider(config).status(BOX_A) == "running"
 
 
-def test_subnet_colliding_with_a_host_route_is_refused(config: LocalConfig, operator: KeyPair, tmp_path: Path) -> None:
-    routes = json.loads(subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, check=True).stdout)
+@pytest.mark.parametrize("family", [4, 6])
+def test_subnet_colliding_with_a_host_route_is_refused(
+    config: LocalConfig, operator: KeyPair, tmp_path: Path, family: int
+) -> None:
+    routes = json.loads(subprocess.run(["ip", "-j", f"-{family}", "route"], capture_output=True, check=True).stdout)
     nets = [
-        ipaddress.IPv4Network(r["dst"], strict=False)
+        ipaddress.ip_network(r["dst"], strict=False)
         for r in routes
         if r.get("dst") not in (None, "default") and not str(r.get("dev", "")).startswith("miab")
     ]
-    nets = [n for n in nets if n.prefixlen <= 29]
+    nets = [n for n in nets if n.prefixlen <= (29 if family == 4 else 64) and not n.is_link_local]
     if not nets:
-        pytest.skip("no host route of /29 or larger to collide with")
-    other = dataclasses.replace(config, state_dir=tmp_path / "state", subnet=nets[0], bridge=COLLIDE_BRIDGE)
-    with pytest.raises(ProviderError, match="collides with the host's route"):
+        pytest.skip(f"no host IPv{family} route of {'/29' if family == 4 else '/64'} or larger to collide with")
+    # IPv6: with an IPv4 subnet no bridge is on now (the second configuration's), so IPv6 is what collides.
+    field = {"subnet": nets[0]} if family == 4 else {"subnet": OTHER_SUBNET, "subnet6_given": nets[0]}
+    other = dataclasses.replace(config, state_dir=tmp_path / "state", bridge=COLLIDE_BRIDGE, **field)
+    variable = "MIAB_REMOTE_LOCAL_SUBNET" if family == 4 else "MIAB_REMOTE_LOCAL_SUBNET6"
+    with pytest.raises(ProviderError, match=f"collides with the host's route .*{variable}$"):
         LocalProvider(other).create("collide.example.test", operator.public_line)
     assert not link_exists(COLLIDE_BRIDGE)
     assert LocalProvider(other).list_boxes() == []
@@ -356,7 +378,8 @@ def test_after_deploy_goes_to_the_hosts_provider(
     config: LocalConfig, boxes: dict[str, CreatedBox], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """providers.after_deploy (what a deploy calls) finds the local provider through the registry, and its
-    hook makes the boxes' resolver delegate the box's zones to it (the box's nsd answers them)."""
+    hook makes the boxes' resolver delegate the box's zones to it (the box's nsd answers them) and answer the
+    reverse lookups of its addresses (a cloud's reverse DNS)."""
     box = boxes[BOX_A]
     monkeypatch.setenv("MIAB_REMOTE_LOCAL_DIR", str(config.state_dir))
     monkeypatch.setenv("MIAB_REMOTE_LOCAL_SUBNET", str(config.subnet))
@@ -370,19 +393,28 @@ def test_after_deploy_goes_to_the_hosts_provider(
         recipes=("base", "nsd"),
         provider="local",
         options={"dns": "nsd"},
+        ipv6=box.ipv6,
     )
+    assert box.ipv6 is not None
     zones = ["mail-a.example.test", box.name]
     delegation = config.state_dir / ".resolver" / "delegations" / f"{box.name}.conf"
+    ptr = f"and answers PTR {box.name} for {box.address} and {box.ipv6}"
+    ptr_lines = "".join(
+        f"ptr-record={ipaddress.ip_address(ip).reverse_pointer},{box.name}\n" for ip in (box.address, box.ipv6)
+    )
     try:
-        assert providers.after_deploy(host) == [f"local resolver now delegates {', '.join(zones)} to {box.address}"]
-        assert delegation.read_text() == "".join(f"server=/{zone}/{box.address}\n" for zone in zones)
+        assert providers.after_deploy(host) == [
+            f"local resolver now delegates {', '.join(zones)} to {box.address}, {ptr}"
+        ]
+        assert delegation.read_text() == "".join(f"server=/{zone}/{box.address}\n" for zone in zones) + ptr_lines
         assert providers.after_deploy(host) == [], "nothing changed: no restart, no note"
         assert providers.after_deploy(dataclasses.replace(host, provider="manual")) == []
     finally:
+        # A box whose DNS is elsewhere keeps its reverse DNS (the cloud's part, not the registrar's).
         assert providers.after_deploy(dataclasses.replace(host, options={"dns": "none"})) == [
-            f"local resolver now delegates nothing to {box.address}"
+            f"local resolver now delegates nothing to {box.address}, {ptr}"
         ]
-    assert not delegation.exists()
+    assert delegation.read_text() == ptr_lines
 
 
 def test_destroy_removes_everything_and_is_idempotent(config: LocalConfig, boxes: dict[str, CreatedBox]) -> None:

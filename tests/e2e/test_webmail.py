@@ -1,12 +1,12 @@
-"""Webmail and autoconfiguration against a real local box: a headless Chromium logs into roundcube, reads a
-message sent over SMTP and replies from the browser; HTTP goes to HTTPS, HSTS, TLS 1.2 at least, the
-autoconfiguration documents, roundcube's state in the state tree with a des_key made on the box, no apache,
-and a second deploy that touches nothing."""
+"""Webmail and autoconfiguration against a real local box with a certificate from ACME (pebble, as a box on the
+internet has one from Let's Encrypt): a headless Chromium logs into roundcube, reads a message sent over SMTP
+and replies from the browser, which verifies the box's certificate against pebble's root (and refuses one
+from another CA); HTTP goes to HTTPS, HSTS, TLS 1.2 at least, the autoconfiguration documents on every name
+the certificate covers, roundcube's state in the state tree with a des_key made on the box, no apache, and a
+second deploy that touches nothing."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import http.client
 import re
 import socket
@@ -20,26 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from playwright.sync_api import Error
 
 from miab_remote.mail import layout
 from miab_remote.mail.passwords import hash_password
-from tests.e2e.helpers import Box, cli, deployed_box, new_inventory, operator_key
+from tests.e2e.browser import chromium, goto, https_page
+from tests.e2e.helpers import Box, acme_boxes, cli, new_inventory, operator_key
 from tests.e2e.mailclients import Mail, message
+from tests.standins.testca import CA
 
 pytestmark = pytest.mark.e2e
 
 NAME = "web.webtest.test"
 DOMAIN = "webtest.test"
 OTHER = "webother.test"
+IMPOSTOR = f"www.{DOMAIN}"  # a page on this machine's loopback, its certificate from another CA
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{OTHER}"
 PASSWORDS = {ALICE: "alice-web-secret-1", BOB: "bob-web-secret-22"}
 ROUNDCUBE = f"{layout.STATE}/roundcube"
 SECRETS = f"{ROUNDCUBE}/secrets.inc.php"
 DATABASE = f"{ROUNDCUBE}/db/roundcube.sqlite"
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 FIRST_DEPLOY: dict[str, Any] = {}
 
@@ -50,33 +51,44 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def box(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+def acme(inv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, Path]]:
+    """The box, deployed with [acme] from a pebble of its own (Let's Encrypt's 90 days), and pebble's root (a
+    PEM file)."""
     inventory = {
         "domains": [DOMAIN, OTHER],
         "users": [{"email": e, "password_hash": hash_password(p)} for e, p in PASSWORDS.items()],
         "options": {"greylist_delay": 2},
     }
-    with deployed_box(inv, operator_key(tmp_path_factory.mktemp("operator")), {NAME: inventory}) as made:
+    key = operator_key(tmp_path_factory.mktemp("operator"))
+    folder = tmp_path_factory.mktemp("pebble")
+    with acme_boxes(inv, key, {NAME: inventory}, folder) as (made, pebble):
         FIRST_DEPLOY.update(made.host_run(NAME), wall=made.deploy_seconds)
-        yield made.box
+        root = folder / "root.pem"
+        root.write_text(pebble.root())
+        yield made.box, root
 
 
 @pytest.fixture(scope="module")
-def cert_pem(box: Box) -> str:
-    return box.run(f"cat {layout.TLS_CERT}")[1]
+def box(acme: tuple[Box, Path]) -> Box:
+    return acme[0]
 
 
 @pytest.fixture(scope="module")
-def tls(cert_pem: str) -> ssl.SSLContext:
-    """Trusts exactly the box's certificate and checks that it names the box."""
-    ctx = ssl.create_default_context(cadata=cert_pem)
+def root(acme: tuple[Box, Path]) -> Path:
+    return acme[1]
+
+
+@pytest.fixture(scope="module")
+def tls(root: Path) -> ssl.SSLContext:
+    """Trusts pebble's root only (not the system's) and checks that the certificate names the box."""
+    ctx = ssl.create_default_context(cafile=str(root))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
 @pytest.fixture(scope="module")
-def mail(box: Box, cert_pem: str) -> Mail:
-    return Mail(box, NAME, cert_pem)
+def mail(box: Box, root: Path) -> Mail:
+    return Mail(box, NAME, ca_file=root)
 
 
 @dataclass
@@ -98,13 +110,6 @@ def get(box: Box, host: str, path: str, tls: ssl.SSLContext | None = None, sni: 
         return Response(resp.status, resp.headers, resp.read())
     finally:
         conn.close()
-
-
-def spki_sha256(cert_pem: str) -> str:
-    """The base64 SHA-256 of the certificate's public key, as Chromium's SPKI allow list takes it."""
-    key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
 def test_first_deploy_installs_no_apache(box: Box) -> None:
@@ -179,45 +184,49 @@ def check_autoconfig(resp: Response) -> None:
     ]
 
 
-def test_autoconfig_on_the_box_and_for_every_domain(box: Box, tls: ssl.SSLContext, cert_pem: str) -> None:
+def test_autoconfig_on_the_box_and_for_every_domain(box: Box, tls: ssl.SSLContext) -> None:
     check_autoconfig(get(box, NAME, "/.well-known/autoconfig/mail/config-v1.1.xml", tls))
-    # The certificate does not name autoconfig.DOMAIN yet: check that it is the box's certificate, by pin.
-    pinned = ssl.create_default_context(cadata=cert_pem)
-    pinned.check_hostname = False
+    # The certificate names autoconfig.DOMAIN (the names resolve to the box): verified by name, as a client does.
     for domain in (DOMAIN, OTHER):
-        resp = get(box, f"autoconfig.{domain}", "/mail/config-v1.1.xml?emailaddress=x%40" + domain, pinned)
+        resp = get(box, f"autoconfig.{domain}", "/mail/config-v1.1.xml?emailaddress=x%40" + domain, tls)
         check_autoconfig(resp)
-        assert get(box, f"autoconfig.{domain}", "/mail/", pinned).status == 404
+        assert get(box, f"autoconfig.{domain}", "/mail/", tls).status == 404
 
 
-def test_browser_reads_a_message_and_replies(box: Box, mail: Mail, cert_pem: str) -> None:
-    from playwright.sync_api import sync_playwright
+def test_browser_trusts_the_ca_it_is_given_and_no_other(box: Box, root: Path, tmp_path: Path) -> None:
+    """The browser verifies certificates (no error ignored, no key pinned by a flag): trusting pebble's root, it
+    loads the box's page and refuses a page whose certificate is right but for its CA; trusting that CA, the
+    reverse."""
+    other = CA.make("another e2e CA")
+    with https_page(other.server_context(tmp_path / "impostor", [IMPOSTOR], [])) as port:
+        hosts = {NAME: box.address, IMPOSTOR: "127.0.0.1"}
+        box_page, impostor_page = f"https://{NAME}/mail/", f"https://{IMPOSTOR}:{port}/"
+        runs = {
+            "pebble": (root.read_text(), box_page, impostor_page),
+            "other": (other.pem().decode(), impostor_page, box_page),
+        }
+        for label, (trusted_pem, trusted, refused) in runs.items():
+            with chromium(tmp_path / label, trusted_pem, hosts) as browser:
+                page = browser.new_page()
+                response = goto(page, trusted)
+                assert response is not None and response.ok, trusted
+                with pytest.raises(Error, match="net::ERR_CERT_AUTHORITY_INVALID"):
+                    goto(page, refused)
 
+
+def test_browser_reads_a_message_and_replies(box: Box, mail: Mail, root: Path, tmp_path: Path) -> None:
     token = uuid.uuid4().hex[:12]
     subject = f"Lunch on Friday? {token}"
     mail.submit(BOB, PASSWORDS[BOB], message(BOB, ALICE, subject, "Hi Alice,\nare you free on Friday?\n"))
     mail.wait_for(ALICE, PASSWORDS[ALICE], "INBOX", lambda m: m["Subject"] == subject)
     ARTIFACTS.mkdir(exist_ok=True)
 
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        # Trust exactly the box's key, and reach the box by its name without any DNS.
-        f"--ignore-certificate-errors-spki-list={spki_sha256(cert_pem)}",
-        f"--host-resolver-rules=MAP {NAME} {box.address}",
-    ]
-    with sync_playwright() as p:
-        # Playwright gives each launch a fresh temporary profile (its own --user-data-dir).
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+    # Verifies the box's certificate against pebble's root, and reaches the box by its name without any DNS.
+    with chromium(tmp_path, root.read_text(), {NAME: box.address}) as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(30_000)
         try:
-            page.goto(f"http://{NAME}/")  # plain HTTP, redirected to https://NAME/mail/
+            goto(page, f"http://{NAME}/")  # plain HTTP, redirected to https://NAME/mail/
             assert page.url == f"https://{NAME}/mail/"
             page.fill("#rcmloginuser", ALICE)
             page.fill("#rcmloginpwd", PASSWORDS[ALICE])
@@ -238,14 +247,12 @@ def test_browser_reads_a_message_and_replies(box: Box, mail: Mail, cert_pem: str
             page.locator("#messagelist tbody tr", has_text=subject).wait_for()
             page.screenshot(path=str(ARTIFACTS / "webmail-after-send.png"))
             # The filters (managesieve plugin) reach dovecot's ManageSieve: a failure is in roundcube's log.
-            page.goto(f"https://{NAME}/mail/?_task=settings&_action=plugin.managesieve")
+            goto(page, f"https://{NAME}/mail/?_task=settings&_action=plugin.managesieve")
             page.locator("#filtersetslist").wait_for(state="attached")
             page.screenshot(path=str(ARTIFACTS / "webmail-filters.png"))
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "webmail-failure.png"))
             raise
-        finally:
-            browser.close()
 
     reply = mail.wait_for(BOB, PASSWORDS[BOB], "INBOX", lambda m: m["Subject"] == f"Re: {subject}")
     assert ALICE in reply["From"]

@@ -49,6 +49,7 @@ class Booted:
     address: str
     prefixlen: int
     gateway: str
+    ipv6: str | None = None  # its IPv6 address (a /64 of its own, as the clouds give), when it has one
 
     @property
     def netmask(self) -> str:
@@ -87,7 +88,7 @@ class LocalBoxes:
             name, user_data, image=image, boot_timeout=self.boot_timeout, public_keys=public_keys
         )
         cfg = self.provider.config()
-        return Booted(box.address, cfg.subnet.prefixlen, str(cfg.gateway))
+        return Booted(box.address, cfg.subnet.prefixlen, str(cfg.gateway), box.ipv6)
 
     def remove(self, name: str) -> None:
         self.provider.destroy(name)
@@ -113,7 +114,7 @@ class PaperBoxes:
         with self._lock:
             self.made[name] = user_data
             self.public_keys[name] = list(public_keys)
-            return Booted(f"192.0.2.{len(self.made)}", 24, "192.0.2.254")
+            return Booted(f"192.0.2.{len(self.made)}", 24, "192.0.2.254", f"2001:db8::{len(self.made)}")
 
     def remove(self, name: str) -> None:
         with self._lock:

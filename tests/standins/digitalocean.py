@@ -175,16 +175,18 @@ class DigitalOceanStandIn(JsonFront):
     def droplet(self, node: Node) -> dict[str, Any]:
         """A droplet as DigitalOcean shows it (every field libcloud's _to_node reads)."""
         status = {"new": "new", "active": "active", "failed": "off"}[node.state]
-        v4 = []
+        v4, v6 = [], []
         if (up := node.booted) is not None:
             v4 = [{"ip_address": up.address, "netmask": up.netmask, "gateway": up.gateway, "type": "public"}]
+            if node.extra.get("ipv6") and up.ipv6:  # asked for at create, as DigitalOcean gives it
+                v6 = [{"ip_address": up.ipv6, "netmask": 64, "gateway": "", "type": "public"}]
         size = _size(node.size)
         return {
             "id": node.id,
             "name": node.name,
             "status": status,
             "created_at": node.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "networks": {"v4": v4, "v6": []},
+            "networks": {"v4": v4, "v6": v6},
             "region": _region(node.region),
             "image": _image(node.extra["slug"]),
             "size": size,

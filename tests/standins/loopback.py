@@ -44,7 +44,7 @@ class LoopbackBoxes:
             self.listeners[name] = listener
             # no login happens: the handshake is all
             threading.Thread(target=accept_ssh, args=(listener, host_key, NoPythonBox(host_key)), daemon=True).start()
-        return Booted(address, 8, "127.0.0.1")
+        return Booted(address, 8, "127.0.0.1", f"2001:db8::{n + 2:x}")  # IPv6 is only recorded: nothing dials it
 
     def remove(self, name: str) -> None:
         listener = self.listeners.pop(name, None)

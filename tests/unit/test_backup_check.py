@@ -85,7 +85,7 @@ def status_script_namespace() -> dict[str, Any]:
 
 
 def test_the_box_reads_its_status_file(tmp_path: Path) -> None:
-    read = status_script_namespace()["backup_status"]
+    read = status_script_namespace()["status_file"]
     path = tmp_path / "status.json"
     assert read(str(path)) == {"missing": True}
     path.write_text("{not json")

@@ -207,7 +207,10 @@ def restored(p: dict[str, Any]) -> tuple[bytes, int]:
                              "before": "/home/user-data.before-restore-20261201T120000Z", "notes": []}}), 0  # fmt: skip
 
 
-STATE_SERVICES = ["opendkim", "spamd", "dovecot", "postgrey", "miab-sender-guard", "postfix", "php8.4-fpm", "nginx",
+# nsd and its re-signing timer: the zones' DNSSEC keys are in the state tree.
+STATE_SERVICES = ["opendkim", "nsd", "miab-zones-resign.timer", "spamd", "dovecot", "postgrey", "miab-sender-guard",
+                  "postfix-mta-sts-resolver",
+                  "postfix", "php8.4-fpm", "nginx",
                   # the backup recipe's own timer (its settings name the state tree), once it is a default recipe
                   *(["miab-backup.timer"] if "backup" in DEFAULT_RECIPES else [])]  # fmt: skip
 

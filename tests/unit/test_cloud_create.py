@@ -86,13 +86,15 @@ def test_create_pins_the_key_it_handed_over_and_destroy_removes_the_droplet(
     assert sent["ssh_authorized_keys"] == [(env / "id_ed25519.pub").read_text().strip()]
     [node] = cloud.nodes.values()
     assert doc["address"] == doc["ipv4"] == node.booted.address
+    assert doc["ipv6"] == node.booted.ipv6, "the droplet's public IPv6 (asked for) is recorded"
     assert doc["provider"] == "digitalocean" and doc["os"] == "debian-13" and doc["ssh"]["user"] == "root"
     assert doc["node"] == {
         "id": str(node.id), "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-13-x64", "endpoint": standin.url,
     }  # fmt: skip
     assert f"next: miab-remote deploy {NAME}" in text and "port 25" in text
     ip = node.booted.address
-    assert f"glue records ns1.{NAME} A {ip}, ns2.{NAME} A {ip}" in text
+    v6 = node.booted.ipv6
+    assert f"glue records ns1.{NAME} A {ip}, ns1.{NAME} AAAA {v6}, ns2.{NAME} A {ip}, ns2.{NAME} AAAA {v6}" in text
     assert f"nameservers of example.org: ns1.{NAME}" in text
     assert len(cloud.requests_to("POST", "/v2/account/keys")) == 1
     assert len(cloud.requests_to("GET", "/v2/images")) == 1, "the images are listed once (they are many)"

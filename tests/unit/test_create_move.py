@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import tomlkit
 
-from miab_remote import cli
+from miab_remote import cli, providers
 from miab_remote.errors import InputError
+from miab_remote.fleet.model import Host
 from miab_remote.fleet.store import Inventory, new_document
 from miab_remote.jobs import create
 from miab_remote.transport.sshkeys import generate_ed25519
@@ -129,8 +130,17 @@ def test_a_box_moves_to_another_cloud_and_release_keeping_what_the_operator_wrot
     assert code == 0 and json.loads(text)["hosts"][NAME]["box"] is False, text
     code, text = run(env, capsys, "hosts")
     assert code == 0 and "no box" in text and before["address"] not in text, text
-    code, text = run(env, capsys, "deploy", NAME)
+    asked: list[str] = []
+
+    def before_deploy(host: Host) -> list[str]:
+        asked.append(host.name)
+        return []
+
+    with monkeypatch.context() as m:
+        m.setattr(providers, "before_deploy", before_deploy)
+        code, text = run(env, capsys, "deploy", NAME)
     assert code == 1 and "no box" in text and f"miab-remote create --provider PROVIDER {NAME}" in text, text
+    assert asked == [], "no box: nothing for the provider to do before the deploy (the local one would delegate)"
 
     with ec2.start(LoopbackBoxes()) as aws:
         code, text = create_on(env, capsys, "ec2", aws.url, "--image", "debian-13")

@@ -295,3 +295,48 @@ def test_a_cname_beside_the_operators_own_records_at_its_name_is_refused(tmp_pat
     text = head + '\n[[dns.records]]\nname = "s1._domainkey.alpha.test"\ntype = "CNAME"\nvalue = "s1.dkim.example."\n'
     host = validate(text, tmp_path / "mx.alpha.test.toml")
     assert "s1._domainkey 1800 IN CNAME s1.dkim.example." in dnszones.zone_body(host, "alpha.test")
+
+
+def test_the_hostname_gets_tlsa_for_its_tls_ports_and_sshfp_for_its_pinned_keys(tmp_path: Path) -> None:
+    """SSHFP as OpenSSH's own `ssh-keygen -r` prints it for the same keys (SHA-256 lines only)."""
+    import subprocess
+
+    lines = []
+    for kind in ("ed25519", "ecdsa"):
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(tmp_path / kind)], check=True)
+        lines.append((tmp_path / f"{kind}.pub").read_text().strip())
+    ssh_keygen = []
+    for kind in ("ed25519", "ecdsa"):
+        out = subprocess.run(["ssh-keygen", "-r", "mx.alpha.test", "-f", str(tmp_path / f"{kind}.pub")],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        ssh_keygen += [" ".join(line.split()[3:]) for line in out.splitlines() if line.split()[4] == "2"]
+    r = by_key(box(host_keys=(*lines, lines[0], "ssh-unknown AAAA x", "not a key")))
+    assert r[("mx.alpha.test", "SSHFP")] == ssh_keygen and len(ssh_keygen) == 2  # once each, the others left out
+    assert ("mx.alpha.test", "SSHFP") not in by_key(box())
+    for port in (25, 465, 587, 993):
+        assert r[(f"_{port}._tcp.mx.alpha.test", "TLSA")] == [dnszones.TLSA_PLACEHOLDER]
+    tlsa = "3 1 1 " + "ab" * 32
+    assert dnszones.records(box(), tlsa=tlsa)["alpha.test"][-1].value  # renders with the box's value
+    assert {r.value for r in dnszones.records(box(), tlsa=tlsa)["alpha.test"] if r.type == "TLSA"} == {tlsa}
+    assert not [r for r in dnszones.records(box())["beta.test"] if r.type in ("TLSA", "SSHFP")], "the hostname's zone"
+
+
+def test_tlsa_of_a_certificate_is_the_sha256_of_its_public_key(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=mx.alpha.test"], check=True, capture_output=True)  # fmt: skip
+    der = subprocess.run(["openssl", "x509", "-in", str(cert), "-outform", "DER"], check=True, capture_output=True)
+    spki = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
+                          capture_output=True).stdout  # fmt: skip
+    assert dnszones.tlsa_of(der.stdout) == "3 1 1 " + hashlib.sha256(spki).hexdigest()
+
+
+def test_check_expects_the_tlsa_of_the_served_certificate_and_skips_it_when_unknown() -> None:
+    from miab_remote.checks import outside
+
+    tlsa = "3 1 1 " + "cd" * 32
+    assert outside.expected_records(box(), None, None, tlsa)[("_25._tcp.mx.alpha.test", "TLSA")] == [tlsa]
+    assert not [k for k in outside.expected_records(box(), None, None) if k[1] == "TLSA"]

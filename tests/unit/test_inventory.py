@@ -145,13 +145,13 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     # -- unknown keys
     ("unknown-top", HEAD + 'domain = ["example.test"]\n',
      f"{P}:3: domain: unknown key (did you mean 'domains'?); accepted: hostname, address, provider, ssh, "
-     "host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup"),
+     "host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup, acme"),
     ("unknown-top-table", HEAD + "\n[sshd]\nport = 22\n",
      f"{P}:4: sshd: unknown key (did you mean 'ssh'?); accepted: hostname, address, provider, ssh, "
-     "host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup"),
+     "host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup, acme"),
     ("unknown-quoted-key", HEAD + '"odd key" = 1\n',
      f'{P}:3: "odd key": unknown key; accepted: hostname, address, provider, ssh, '
-     "host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup"),
+     "host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, backup, acme"),
     # -- [ssh]
     ("ssh-type", HEAD + 'ssh = "root"\n',
      f"{P}:3: ssh: expected a table ([ssh] section), got a string 'root'"),
@@ -859,7 +859,7 @@ def test_edit_appending_keeps_everything_before(hosts: Inventory) -> None:
          "{ARGON2ID}$argon2id$"),
         (lambda d: d.__setitem__("colour", "blue"), f"{P}:9: colour: unknown key; accepted: hostname, address, "
          "provider, ssh, host_keys, os, domains, recipes, users, aliases, options, ipv4, ipv6, dns, node, relay, "
-         "backup"),
+         "backup, acme"),
         (lambda d: d.remove("address"), f"{P}:1: address: required key is missing; expected an IP address or "
          "DNS name to reach the box at"),
     ],

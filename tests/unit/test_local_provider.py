@@ -8,6 +8,8 @@ import dataclasses
 import ipaddress
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from miab_remote import cli
 from miab_remote.errors import InputError, ProviderError
 from miab_remote.fleet.store import new_document
 from miab_remote.profiles import DEBIAN_12, DEBIAN_13, OSProfile
-from miab_remote.providers.local import LocalConfig, LocalProvider, rootfs
+from miab_remote.providers.local import LocalConfig, LocalProvider, network, rootfs
 from miab_remote.transport.sshkeys import generate_ed25519
 
 CLI_BOX = "tpcli.example.test"
@@ -59,11 +61,36 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("MIAB_REMOTE_LOCAL_BRIDGE", "a-bridge-name-too-long"),
         ("MIAB_REMOTE_DEBIAN_MIRROR", "ftp://deb.debian.org/debian"),
         ("MIAB_REMOTE_APT_PROXY", "10.77.0.1:3142"),
+        ("MIAB_REMOTE_LOCAL_SUBNET6", "fd12:3456:789a:1::1/64"),
+        ("MIAB_REMOTE_LOCAL_SUBNET6", "10.77.0.0/24"),
+        ("MIAB_REMOTE_LOCAL_SUBNET6", "fd12:3456:789a:1::/96"),
+        ("MIAB_REMOTE_LOCAL_SUBNET6", "fe80::/64"),
+        ("MIAB_REMOTE_LOCAL_SUBNET6", "ff02::/64"),
     ):
         with monkeypatch.context() as m:
             m.setenv(var, bad)
             with pytest.raises(InputError, match=var):
                 LocalConfig.from_env()
+
+
+def test_ipv6_subnet_is_derived_from_the_bridge_or_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bridge its own ULA /64 (RFC 4193: fd00::/8), the same on every run; a box's IPv6 address is its
+    IPv4 host part in it; MIAB_REMOTE_LOCAL_SUBNET6 sets another."""
+    for var in ("MIAB_REMOTE_LOCAL_SUBNET", "MIAB_REMOTE_LOCAL_SUBNET6"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_BRIDGE", "miabx0")
+    cfg = LocalConfig.from_env()
+    assert cfg.subnet6 == LocalConfig(bridge="miabx0").subnet6 == ipaddress.IPv6Network("fd0c:c6fa:9109::/64")
+    assert LocalConfig(bridge="miabx1").subnet6 != cfg.subnet6
+    assert cfg.subnet6.prefixlen == 64 and cfg.subnet6.network_address in ipaddress.IPv6Network("fd00::/8")
+    assert str(cfg.gateway6) == "fd0c:c6fa:9109::1"
+    assert str(cfg.ipv6_of(ipaddress.IPv4Address("10.77.0.9"))) == "fd0c:c6fa:9109::9"
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_SUBNET", "10.77.4.0/22")
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_SUBNET6", "fd12:3456:789a:1::/64")
+    cfg = LocalConfig.from_env()
+    assert cfg.subnet6 == ipaddress.IPv6Network("fd12:3456:789a:1::/64")
+    assert str(cfg.gateway6) == "fd12:3456:789a:1::1"
+    assert str(cfg.ipv6_of(ipaddress.IPv4Address("10.77.5.3"))) == "fd12:3456:789a:1::103"
 
 
 @pytest.mark.parametrize("profile", [DEBIAN_13, DEBIAN_12], ids=lambda p: p.id)
@@ -243,3 +270,27 @@ def test_the_cloud_init_tree_keeps_no_state_keys_or_host_name_and_reads_only_the
     assert (root / "etc/hostname").read_text() == "localhost\n"
     assert (root / "etc/locale.gen").read_text() == "en_US.UTF-8 UTF-8\n"
     assert ran == [["chroot", str(root), "locale-gen"]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="nft's check mode needs root")
+def test_the_nft_script_parses_and_keeps_ipv6_on_the_bridge() -> None:
+    """nft itself checks the script (`nft -c`: nothing is applied); IPv6 is dropped beyond the bridge both ways."""
+    cfg = LocalConfig(bridge="miabx0")
+    script = network._nft_script(cfg)
+    proc = subprocess.run(["nft", "-c", "-f", "-"], input=script, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f'ip6 saddr {cfg.subnet6} oifname != "miabx0" counter drop' in script
+    assert f'ip6 daddr {cfg.subnet6} iifname != "miabx0" counter drop' in script
+
+
+def test_a_box_killed_after_its_stop_timeout_says_what_its_shutdown_waited_for(tmp_path: Path) -> None:
+    from miab_remote.providers.local import machine
+
+    paths = machine.BoxPaths(tmp_path, tmp_path / "rootfs", tmp_path / "box.json", tmp_path / "console.log")
+    assert machine._waiting_for(paths) == ""  # no console log: nothing to add
+    paths.console.write_text(
+        "[  OK  ] Stopped ssh.service.\n"
+        "[ \x1b[0;31m*\x1b[0m] A stop job is running for Postfix (1min 2s / 1min 30s)\n"
+        "[\x1b[0;1;31m***\x1b[0m ] A stop job is running for Postfix (1min 3s / 1min 30s)\n"
+    )
+    assert machine._waiting_for(paths) == "; its console: [*** ] A stop job is running for Postfix (1min 3s / 1min 30s)"

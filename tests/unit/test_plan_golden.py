@@ -27,18 +27,20 @@ from miab_remote.profiles import DEBIAN_12
 
 GOLDEN = Path(__file__).parent / "golden"
 NAME = "mail.example.org"
+# The box's inventory folder, and the prefix of its fixtures: the golden box, and the same with [acme].
+BOXES = {"": GOLDEN, "acme-": GOLDEN / "acme"}
 OWED = {"by": ["file:/etc/x"]}
 
 Built = tuple[list[Resource], dict[str, bytes]]
 
 
-@pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Built:
+@pytest.fixture(scope="module", params=BOXES)
+def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Built]:
     hosts = tmp_path_factory.mktemp("golden") / "hosts"
     hosts.mkdir()
-    shutil.copy(GOLDEN / f"{NAME}.toml", hosts / f"{NAME}.toml")
+    shutil.copy(BOXES[request.param] / f"{NAME}.toml", hosts / f"{NAME}.toml")
     inventory = Inventory(hosts)
-    return build(inventory.load(NAME), DEBIAN_12, inventory.root)
+    return request.param, build(inventory.load(NAME), DEBIAN_12, inventory.root)
 
 
 def empty_box(resources: list[Resource], rendered: dict[str, bytes]) -> dict[str, Any]:
@@ -143,9 +145,10 @@ CASES: dict[str, Callable[[list[Resource], dict[str, bytes]], Any]] = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_same_plan_as_captured(box: Built, case: str) -> None:
-    text = json.dumps(CASES[case](*box), indent=1) + "\n"
-    path = GOLDEN / f"{case}.json"
+def test_same_plan_as_captured(box: tuple[str, Built], case: str) -> None:
+    prefix, built = box
+    text = json.dumps(CASES[case](*built), indent=1) + "\n"
+    path = GOLDEN / f"{prefix}{case}.json"
     if os.environ.get("MIAB_GOLDEN_WRITE") == "1":
         path.write_text(text)
     assert text == path.read_text()

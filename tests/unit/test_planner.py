@@ -371,6 +371,26 @@ def test_restart_when_not_reloadable_or_not_running() -> None:
     assert p.actions[-1].wire["restart"] == "restart"
 
 
+def test_a_notifier_a_reload_does_not_apply_restarts_a_reloadable_service() -> None:
+    # nsd: a zone file's change is a SIGHUP, nsd.conf's a restart (nsd reads it only when it starts).
+    nsd = Service("nsd", reload=True, restart_on=("file:/etc/conf",))
+    zone = File("/etc/zone", content=CONF, notify=("service:nsd",))
+    conf = File("/etc/conf", content=CONF, notify=("service:nsd",))
+    old = {"/etc/zone": fact_file(b"old"), "/etc/conf": fact_file()}
+    rendered = {"/etc/zone": CONF, "/etc/conf": CONF}
+    p = plan([zone, conf, nsd], rendered, facts(files=old, services={"nsd": RUNNING}))
+    assert p.actions[-1].wire["restart"] == "reload"
+    old = {"/etc/zone": fact_file(), "/etc/conf": fact_file(b"old")}
+    p = plan([zone, conf, nsd], rendered, facts(files=old, services={"nsd": RUNNING}))
+    assert p.actions[-1].wire["restart"] == "restart"
+    assert p.actions[-1].why == "nsd: restart (changed: file:/etc/conf)"
+    # A push that carries the conf restarts (if it changed on the box); one without it reloads.
+    tagged = [File("/etc/conf", content=CONF, notify=("service:nsd",), tags=("t",)), nsd]
+    assert push_wire(tagged, {"/etc/conf": CONF}, "t")[-1]["restart"] == "restart"
+    tagged = [File("/etc/zone", content=CONF, notify=("service:nsd",), tags=("t",)), conf, nsd]
+    assert push_wire(tagged, {"/etc/zone": CONF}, "t")[-1]["restart"] == "reload"
+
+
 def test_metadata_only_change_does_not_restage() -> None:
     res = [File("/etc/x", content=CONF, mode=0o600)]
     p = plan(res, {"/etc/x": CONF}, facts(files={"/etc/x": fact_file()}))

@@ -6,6 +6,7 @@ provider that drifts from the protocol, or a registry that forgets one, fails he
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -27,7 +28,9 @@ PROTOCOL_CALLS: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {
     "create": (("box1.example.test", "ssh-ed25519 AAAA op"), {"progress": print, "image": "debian-13"}),
     "destroy": (("box1.example.test",), {}),
     "status": (("box1.example.test",), {}),
+    "before_deploy": ((Host("b.example.test", Path("b.toml"), "b.example.test", "192.0.2.1"),), {}),
     "after_deploy": ((Host("b.example.test", Path("b.toml"), "b.example.test", "192.0.2.1"),), {}),
+    "public_resolvers": ((), {}),
 }
 
 
@@ -35,7 +38,12 @@ PROTOCOL_CALLS: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {
 def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The local provider reads its configuration from the environment: point it at an empty folder."""
     monkeypatch.setenv("MIAB_REMOTE_LOCAL_DIR", str(tmp_path / "state"))
-    for var in ("MIAB_REMOTE_LOCAL_SUBNET", "MIAB_REMOTE_LOCAL_BRIDGE", "MIAB_REMOTE_DEBIAN_MIRROR"):
+    for var in (
+        "MIAB_REMOTE_LOCAL_SUBNET",
+        "MIAB_REMOTE_LOCAL_SUBNET6",
+        "MIAB_REMOTE_LOCAL_BRIDGE",
+        "MIAB_REMOTE_DEBIAN_MIRROR",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -46,6 +54,18 @@ def test_registry_knows_local_and_the_clouds() -> None:
         assert providers.get(name).name == name
     with pytest.raises(InputError, match="'aws' is not a provider"):
         providers.get("aws")
+
+
+def test_check_sees_a_local_boxs_dns_through_the_bridges_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` asks the world's DNS (reverse DNS) of a local box at the bridge's dnsmasq, the one resolver that
+    knows the boxes; of a cloud's or a manual box, through the laptop's own resolvers."""
+    host = Host("b.example.test", Path("b.toml"), "b.example.test", "192.0.2.1", provider="local")
+    assert providers.public_resolvers(host) == ("10.77.0.1",)
+    monkeypatch.setenv("MIAB_REMOTE_LOCAL_SUBNET", "10.78.7.0/24")
+    assert providers.public_resolvers(host) == ("10.78.7.1",)
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", "a-token-for-the-test")
+    for other in ("digitalocean", "manual", None):
+        assert providers.public_resolvers(dataclasses.replace(host, provider=other)) == ()
 
 
 @pytest.mark.parametrize("name", providers.names())
@@ -97,3 +117,4 @@ def test_created_box_is_the_value_create_returns() -> None:
 def test_after_deploy_without_a_registered_provider_has_no_notes(provider: str | None) -> None:
     host = Host("b.example.test", Path("b.toml"), "b.example.test", "192.0.2.1", provider=provider)
     assert providers.after_deploy(host) == []
+    assert providers.before_deploy(host) == []

@@ -4,6 +4,7 @@ profile, the password kept in the secrets store and masked, and the `relay` comm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -21,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from miab_remote import cli
 from miab_remote.engine.converge import build
 from miab_remote.engine.redact import MASK, secret_mask_for
-from miab_remote.engine.resources import Command, File, Resource
+from miab_remote.engine.resources import Command, File, Package, Resource
 from miab_remote.errors import InputError
 from miab_remote.fleet import secrets
 from miab_remote.fleet.model import Host, Relay
@@ -166,6 +167,10 @@ def test_postfix_sends_through_the_relay_on_587_verified_against_the_system_cas(
     assert isinstance(table, File) and table.secret and table.mode == 0o600 and table.owner == "root"
     assert {"package:libsasl2-modules", "package:ca-certificates"} <= resources.keys()
     assert "file:/etc/postfix/relay_ca.pem" not in resources
+    # Through the relay no recipient's MTA-STS policy is looked up: the relay's own verified TLS applies.
+    assert "smtp_tls_policy_maps" not in main and "/etc/mta-sts-daemon.yml" not in rendered
+    resolver = resources["package:postfix-mta-sts-resolver"]
+    assert isinstance(resolver, Package) and not resolver.present
     forget = resources["command:forget-relay"]
     assert isinstance(forget, Command) and forget.run == "rm -f -- /etc/postfix/relay_ca.pem"
 
@@ -194,7 +199,16 @@ def test_without_relay_postfix_delivers_directly_and_the_relay_files_go(tmp_path
     resources, rendered = built(host, profile)
     main = postconf(rendered["/etc/postfix/main.cf"].decode())
     assert main["smtp_tls_security_level"] == "may"
-    assert not set(RELAY_SETTINGS) - {"smtp_tls_security_level"} & main.keys()
+    assert not set(RELAY_SETTINGS) - {"smtp_tls_security_level", "smtp_tls_CAfile"} & main.keys()
+    # Straight to the recipients' servers: their MTA-STS policies apply, certificates checked against the
+    # system's CAs, the policies from postfix-mta-sts-resolver on loopback (running before postfix uses it).
+    assert main["smtp_tls_policy_maps"] == "socketmap:inet:127.0.0.1:8461:postfix"
+    assert main["smtp_tls_CAfile"] == "/etc/ssl/certs/ca-certificates.crt"
+    daemon = rendered["/etc/mta-sts-daemon.yml"].decode()
+    assert "host: 127.0.0.1\nport: 8461\n" in daemon and "strict_testing: false" in daemon
+    assert {"package:postfix-mta-sts-resolver", "package:ca-certificates"} <= resources.keys()
+    ids = list(resources)
+    assert ids.index("service:postfix-mta-sts-resolver") < ids.index("service:postfix")
     assert "/etc/postfix/relay_password" not in rendered
     forget = resources["command:forget-relay"]
     assert isinstance(forget, Command)
@@ -445,3 +459,13 @@ def test_without_a_terminal_the_password_must_come_from_stdin(boxes: Path) -> No
     assert res.code == 2
     assert "no terminal to ask for the password on; pipe it in with --password-stdin" in res.err
     assert Inventory(boxes / "hosts").load(NAME).relay is None
+
+
+def test_outgoing_mail_prefers_ipv6_only_where_the_box_publishes_it(tmp_path: Path) -> None:
+    """With an AAAA (and so SPF and, set at the provider, PTR) for its IPv6, the box sends over it; without,
+    over IPv4: an unpublished IPv6 address fails receivers' checks."""
+    host = relay_box(tmp_path, "", password=None)
+    profile = next(iter(PROFILES.values()))
+    assert postconf(built(host, profile)[1]["/etc/postfix/main.cf"].decode())["smtp_address_preference"] == "ipv4"
+    with_v6 = dataclasses.replace(host, ipv6="2001:db8::7")
+    assert postconf(built(with_v6, profile)[1]["/etc/postfix/main.cf"].decode())["smtp_address_preference"] == "ipv6"

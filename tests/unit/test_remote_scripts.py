@@ -16,16 +16,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from miab_remote.engine.converge import HostRun, _run_apply
 from miab_remote.engine.planner import command_action, file_action
+from miab_remote.engine.redact import MASK, SecretMask
 from miab_remote.engine.resources import File
 from miab_remote.remote import BOOTSTRAP, script_input, wire
+from miab_remote.transport.ssh import Result, Transport
 
 # When the tests run as root, the scripts run as nobody: they must not need root for what is tested here.
 AS_ROOT = os.geteuid() == 0
@@ -311,6 +314,37 @@ def test_a_failed_command_stops_the_run_there(box: Box) -> None:
     (fail,) = events_of(events, "fail")
     assert fail["index"] == 0 and "command failed (exit 4)" in fail["error"] and "broken" in fail["error"]
     assert not after.exists()
+
+
+def test_a_commands_note_lines_become_note_events_also_when_it_fails(box: Box) -> None:
+    says = "echo working; echo 'miab-note: left out: a.example.test'; echo 'miab-note:  two  '; echo 'not miab-note: x'"
+    code, events = box.apply([command_action("command:n", "n", says, unless="false")])
+    assert code == 0, events
+    assert [e["event"] for e in events if e["event"] != "hb"] == ["start", "note", "note", "done", "end"]
+    assert [e["text"] for e in events_of(events, "note")] == ["left out: a.example.test", "two"]
+    code, events = box.apply([command_action("command:n", "n", "echo 'miab-note: why'; exit 3", unless="false")])
+    assert code == wire.FAILED
+    assert [e["text"] for e in events_of(events, "note")] == ["why"]
+    assert "command failed (exit 3)" in events_of(events, "fail")[0]["error"]
+
+
+def test_the_converge_puts_a_commands_notes_in_the_deploys_notes_masked(box: Box) -> None:
+    """engine/converge.py's apply run, with apply.py run here as shipped instead of over SSH."""
+
+    class Here:
+        def run_script(self, name: str, payload: bytes, *, on_line: Callable[[bytes], None]) -> Result:
+            head, _, content = payload.partition(b"\n")
+            spec = {**json.loads(head), "stage": str(box.stage)}  # the box's /run is root's, here the folder's
+            proc = box.run(name, json.dumps(spec).encode() + b"\n" + content)
+            for line in proc.stdout.splitlines():
+                on_line(line)
+            return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    says = "echo 'miab-note: the secret s3cr3t'"
+    actions: list[wire.Action] = [command_action("command:n", "n", says, unless="false")]
+    run = HostRun("box.example.test")
+    assert _run_apply(cast(Transport, Here()), actions, {}, 5, run, lambda *_: None, SecretMask(["s3cr3t"]))
+    assert run.notes == [f"the secret {MASK}"] and run.changed == 1
 
 
 def test_the_probe_reports_files_guards_and_what_is_owed(box: Box) -> None:

@@ -27,6 +27,10 @@ class Service:
     # prove that key login works, and after it, a fresh connection must still get in, so that a deploy
     # never locks the operator out.
     carries_access: bool = False
+    # Notifiers (ids) whose change a reload does not apply, so they restart it even with reload=True: nsd
+    # reloads its zone files on SIGHUP, but reads nsd.conf (a new zone, a key) only when it starts. Owed
+    # from an interrupted run, such a service is restarted too (which change it was is not known).
+    restart_on: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -79,7 +83,8 @@ class ServiceKind(Kind[Service]):
             validator = r.validator
             rollback = [files[n] for n in by if n in files]
             if r.running:
-                restart = "reload" if r.reload and active else "restart"
+                config = bool(r.restart_on) and (owed or any(n in r.restart_on for n in by))
+                restart = "reload" if r.reload and active and not config else "restart"
                 settles = [r.id]
                 causes = ([f"changed: {', '.join(by)}"] if by else []) + ([PENDING] if owed else [])
                 todo.append(f"{restart} ({'; '.join(causes)})")
@@ -107,7 +112,8 @@ class ServiceKind(Kind[Service]):
         files = [
             n.path for n in ctx.resources if isinstance(n, File) and n.id in ctx.members and r.id in n.notify
         ]
-        verb: Literal["reload", "restart"] = "reload" if r.reload else "restart"
+        config = any(n in ctx.members for n in r.restart_on)  # the box runs it only if a notifier changed
+        verb: Literal["reload", "restart"] = "reload" if r.reload and not config else "restart"
         item = _action(r, f"{verb} {r.name}", verb, r.validator, files, False, [r.id])
         item["if_changed"] = by
         return item

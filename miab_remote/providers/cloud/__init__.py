@@ -267,8 +267,14 @@ class CloudProvider:
             state = self.adapter.node(self._connect(node), node).state
         return {"running": "running", "gone": "absent"}.get(state, "stopped")  # type: ignore[return-value]
 
+    def before_deploy(self, host: Host) -> list[str]:
+        return []
+
     def after_deploy(self, host: Host) -> list[str]:
         return []
+
+    def public_resolvers(self) -> tuple[str, ...]:
+        return ()  # a cloud's boxes are on the internet: the laptop's own resolvers see them
 
     # -- the API
 

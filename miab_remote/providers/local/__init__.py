@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from miab_remote.errors import MiabError, ProviderError
+from miab_remote.fleet import peers
 from miab_remote.fleet.model import Host
-from miab_remote.mail import dnszones
+from miab_remote.mail import dnssec, dnszones
 from miab_remote.profiles import OSProfile
 from miab_remote.providers.base import BoxStatus, CreatedBox, Journal, Progress
 from miab_remote.providers.local import machine, network, resolver, rootfs, system
@@ -56,6 +57,7 @@ class SeededBox:
     name: str
     address: str
     os: str
+    ipv6: str | None = None  # its address on the bridge's IPv6 /64
 
 
 SSHD_GRACE = 15.0  # sshd is ordered after cloud-init's network stage: once cloud-init is done, it is up or broken
@@ -139,6 +141,7 @@ class LocalProvider:
             host_key_public=host_key.public_line,
             os=made.os,
             resolvers=(str(self.config().gateway),),
+            ipv6=made.ipv6,
         )
 
     def create_seeded(
@@ -206,6 +209,8 @@ class LocalProvider:
                         "address": str(address),
                         "prefixlen": cfg.subnet.prefixlen,
                         "gateway": str(cfg.gateway),
+                        "ipv6": str(cfg.ipv6_of(address)),
+                        "prefixlen6": cfg.subnet6.prefixlen,
                         "bridge": cfg.bridge,
                         "nft_table": cfg.nft_table,
                         "netns": netns,
@@ -216,7 +221,10 @@ class LocalProvider:
                         "created": machine.now(),
                     }
                     machine.write_record(paths, record)
-                    say(f"preparing bridge {cfg.bridge} ({cfg.gateway}/{cfg.subnet.prefixlen}) and NAT")
+                    say(
+                        f"preparing bridge {cfg.bridge} ({cfg.gateway}/{cfg.subnet.prefixlen}, "
+                        f"{cfg.gateway6}/{cfg.subnet6.prefixlen}) and NAT"
+                    )
                     network.ensure_host_network(cfg)
                     resolver.ensure(cfg)
 
@@ -224,7 +232,7 @@ class LocalProvider:
                 say("copying the root filesystem")
                 rootfs.copy_tree(cache, paths.rootfs)
                 prepare(cfg, profile, paths.rootfs, name, str(address), say)
-                say(f"connecting the box to {cfg.bridge} as {address}")
+                say(f"connecting the box to {cfg.bridge} as {address} and {cfg.ipv6_of(address)}")
                 network.setup_box_network(cfg, netns, veth, address)
                 say("booting")
                 pid = machine.spawn(paths, name, netns)
@@ -251,7 +259,7 @@ class LocalProvider:
                 raise
 
         say(f"up at {address}")
-        return SeededBox(name=name, address=str(address), os=profile.id)
+        return SeededBox(name=name, address=str(address), os=profile.id, ipv6=str(cfg.ipv6_of(address)))
 
     def destroy(self, name: str, node: Mapping[str, str] | None = None) -> list[str]:
         """Stop the box and remove all it owns; idempotent. Returns one human line per thing removed."""
@@ -268,7 +276,7 @@ class LocalProvider:
                 )
             except OSError as exc:
                 raise ProviderError(str(exc)) from exc
-        if machine.box_dirs(cfg) and resolver.publish(cfg, name, [], ""):
+        if machine.box_dirs(cfg) and resolver.publish(cfg, name, [], []):
             lines.append("withdrew its zones from the local resolver")
         return lines or ["nothing to remove"]
 
@@ -286,10 +294,34 @@ class LocalProvider:
         """Names of the boxes that have a folder in the state dir (running or not)."""
         return [path.name for path in machine.box_dirs(self.config())]
 
+    def before_deploy(self, host: Host) -> list[str]:
+        """As after, but the DS records published stay: the box's ACME order (during the deploy) needs its
+        names delegated already; its keys are read once it is deployed."""
+        return self._publish(host, with_keys=False)
+
     def after_deploy(self, host: Host) -> list[str]:
-        """The registrar's part: the local resolver delegates the box's zones to its nsd."""
-        serves = host.options["dns"] == "nsd" and "nsd" in host.recipes
+        """The registrar's part: the local resolver delegates the box's zones to its nsd (and its [dns]
+        secondaries') and answers their DS records, as a registrar does once the operator entered them
+        (`miab-remote dns`); and the cloud's: it answers the reverse lookups of the box's addresses with its
+        hostname."""
+        return self._publish(host, with_keys=True)
+
+    def _publish(self, host: Host, with_keys: bool) -> list[str]:
+        serves = host.serves_dns
         zones = dnszones.zones_of(host) if serves else []
-        if resolver.publish(self.config(), host.name, zones, host.address):
-            return [f"local resolver now delegates {', '.join(zones) or 'nothing'} to {host.address}"]
+        addresses = [host.address, *(peer.address for peer in peers.secondaries_of(host))]
+        reverse = {ip: host.hostname for ip in dnszones.addresses(host) if ip}
+        ds = None  # keep the DS records published: before a deploy, or for a Host without a box to ask
+        if with_keys and host.has_box:
+            ds = {zone: key.ds for zone, key in dnssec.keys_from_box(host).items()} if serves else {}
+        if resolver.publish(self.config(), host.name, zones, addresses, ds, reverse):
+            return [
+                f"local resolver now delegates {', '.join(zones) or 'nothing'} to {', '.join(addresses)}, "
+                f"and answers PTR {host.hostname} for {' and '.join(reverse)}"
+            ]
         return []
+
+    def public_resolvers(self) -> tuple[str, ...]:
+        """Where the laptop asks the local boxes' internet (their delegations and reverse DNS): the bridge's
+        resolver, which this machine, the laptop of its boxes, reaches."""
+        return (str(self.config().gateway),)

@@ -3,6 +3,7 @@ and what a create accepts as a box name and an operator key: checked before anyt
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -29,6 +30,13 @@ _NAME_RE = names.HOST_NAME_RE  # the inventory's rule for a box name
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
+def derived_subnet6(bridge: str) -> ipaddress.IPv6Network:
+    """The bridge's own ULA /64 (RFC 4193: fd00::/8 and a 40-bit global id), from a hash of its name: stable across
+    runs, and different for each bridge, so several configurations (the e2e lanes) never share a prefix."""
+    global_id = hashlib.sha256(f"miab-remote/{bridge}".encode()).digest()[:5]
+    return ipaddress.IPv6Network((int.from_bytes(b"\xfd" + global_id + b"\0\0", "big") << 64, 64))
+
+
 @dataclass(frozen=True)
 class LocalConfig:
     """Where local boxes live and how they are networked; tests pass their own to stay apart."""
@@ -39,6 +47,7 @@ class LocalConfig:
     bridge: str = DEFAULT_BRIDGE
     mirror: str = DEFAULT_MIRROR
     apt_proxy: str | None = None
+    subnet6_given: ipaddress.IPv6Network | None = None  # None: derived from the bridge's name (derived_subnet6)
 
     @classmethod
     def from_env(cls) -> LocalConfig:
@@ -49,6 +58,16 @@ class LocalConfig:
             subnet = ipaddress.IPv4Network(subnet_text, strict=True)
         except ValueError as exc:
             raise InputError(f"MIAB_REMOTE_LOCAL_SUBNET={subnet_text!r} is not an IPv4 network: {exc}") from None
+        subnet6_text = env.get("MIAB_REMOTE_LOCAL_SUBNET6")
+        subnet6 = None
+        if subnet6_text:
+            try:
+                subnet6 = ipaddress.IPv6Network(subnet6_text, strict=True)
+            except ValueError as exc:
+                raise InputError(
+                    f"MIAB_REMOTE_LOCAL_SUBNET6={subnet6_text!r} is not an IPv6 network: {exc} "
+                    "(e.g. fd12:3456:789a:1::/64)"
+                ) from None
         config = cls(
             state_dir=Path(env.get("MIAB_REMOTE_LOCAL_DIR") or DEFAULT_STATE_DIR).absolute(),
             cache_dir=Path(env.get("MIAB_REMOTE_CACHE_DIR") or DEFAULT_CACHE_DIR).absolute(),
@@ -56,6 +75,7 @@ class LocalConfig:
             bridge=env.get("MIAB_REMOTE_LOCAL_BRIDGE") or DEFAULT_BRIDGE,
             mirror=env.get("MIAB_REMOTE_DEBIAN_MIRROR") or DEFAULT_MIRROR,
             apt_proxy=env.get("MIAB_REMOTE_APT_PROXY") or None,
+            subnet6_given=subnet6,
         )
         config.validate()
         return config
@@ -68,6 +88,12 @@ class LocalConfig:
             )
         if not isinstance(self.subnet, ipaddress.IPv4Network) or self.subnet.prefixlen > 29:
             raise InputError(f"subnet {self.subnet}: need an IPv4 network of /29 or larger (MIAB_REMOTE_LOCAL_SUBNET)")
+        six = self.subnet6
+        if not isinstance(six, ipaddress.IPv6Network) or six.prefixlen > 64 or not _unicast(six):
+            raise InputError(
+                f"subnet {six}: need a unicast IPv6 network of /64 or larger, such as a ULA prefix "
+                "fd12:3456:789a:1::/64 (MIAB_REMOTE_LOCAL_SUBNET6)"
+            )
         _check_url(self.mirror, "MIAB_REMOTE_DEBIAN_MIRROR")
         if self.apt_proxy is not None:
             _check_url(self.apt_proxy, "MIAB_REMOTE_APT_PROXY")
@@ -76,6 +102,21 @@ class LocalConfig:
     def gateway(self) -> ipaddress.IPv4Address:
         """The host's address on the bridge: the subnet's first address, the boxes' default route."""
         return self.subnet.network_address + 1
+
+    @property
+    def subnet6(self) -> ipaddress.IPv6Network:
+        """The boxes' IPv6 /64 on the bridge: MIAB_REMOTE_LOCAL_SUBNET6, else the bridge's derived ULA prefix."""
+        return self.subnet6_given or derived_subnet6(self.bridge)
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address:
+        """The host's IPv6 address on the bridge, the same offset in subnet6 as `gateway` in subnet."""
+        return self.ipv6_of(self.gateway)
+
+    def ipv6_of(self, address: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
+        """A box's IPv6 address: its IPv4 host part in subnet6 (10.77.0.5 -> PREFIX::5), so it needs no
+        allocation of its own and is as unique as the IPv4 one."""
+        return self.subnet6.network_address + (int(address) - int(self.subnet.network_address))
 
     @property
     def nft_table(self) -> str:
@@ -118,6 +159,11 @@ def check_authorized_key(line: str) -> str:
         raise InputError("the authorized key must be a single public key line")
     parse_public_line(line)
     return line
+
+
+def _unicast(net: ipaddress.IPv6Network) -> bool:
+    address = net.network_address
+    return not (address.is_multicast or address.is_link_local or address.is_loopback or address.is_unspecified)
 
 
 def _check_url(url: str, variable: str) -> None:

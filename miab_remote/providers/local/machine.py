@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,9 @@ from miab_remote.providers.local import network, resolver
 from miab_remote.providers.local.config import LocalConfig, is_box_name
 from miab_remote.providers.local.system import lock_dir, locked, which
 
-STOP_TIMEOUT = 30.0  # nspawn turns SIGTERM into a clean systemd shutdown; on a busy 2-core host it took >15 s
+# nspawn turns SIGTERM into a clean systemd shutdown. On a busy 2-core host it took more than 15 s, once more
+# than 30 s; systemd itself gives a unit 90 s to stop (DefaultTimeoutStopSec) before it kills it.
+STOP_TIMEOUT = 100.0
 KILL_TIMEOUT = 5.0
 BOX_LOCK_TIMEOUT = 5.0
 
@@ -207,7 +210,10 @@ def stop(paths: BoxPaths, pids: list[int], netns_names: Sequence[str], lines: li
             _signal(alive, signal.SIGKILL)
             if _wait_gone(alive, lambda pid: _is_nspawn_of(pid, rootfs), KILL_TIMEOUT):
                 raise ProviderError(f"systemd-nspawn (pid {pid_list}) survived SIGKILL")
-            lines.append(f"killed the box (systemd-nspawn pid {pid_list} did not stop within {STOP_TIMEOUT:.0f} s)")
+            lines.append(
+                f"killed the box (systemd-nspawn pid {pid_list} did not stop within {STOP_TIMEOUT:.0f} s"
+                f"{_waiting_for(paths)})"
+            )
         elif graceful:
             lines.append(f"stopped the box (systemd-nspawn pid {pid_list})")
         else:
@@ -268,6 +274,16 @@ def spawn(paths: BoxPaths, name: str, netns: str) -> int:
             break
         time.sleep(0.02)
     return pid
+
+
+def _waiting_for(paths: BoxPaths) -> str:
+    """What the box's shutdown was waiting for, from its console's last "A stop job is running" line."""
+    with contextlib.suppress(OSError):
+        text = paths.console.read_text(errors="replace")
+        jobs = [line for line in text.splitlines() if "stop job is running" in line]
+        if jobs:
+            return "; its console: " + re.sub(r"\x1b\[[0-9;]*m", "", jobs[-1]).strip()
+    return ""
 
 
 def _console_tail(paths: BoxPaths, lines: int = 30) -> str:

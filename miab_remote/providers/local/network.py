@@ -54,25 +54,30 @@ def _ours(value: object, prefix: str) -> list[str]:
 
 
 def check_subnet_free(cfg: LocalConfig) -> None:
-    """Refuse a subnet that overlaps one of the host's own routes: boxes would hijack real traffic."""
-    out = run(["ip", "-j", "-4", "route", "show"]).stdout
+    """Refuse a subnet (IPv4 or IPv6) that overlaps one of the host's own routes: boxes would hijack real traffic."""
+    for family, subnet, variable in (("-4", cfg.subnet, "SUBNET"), ("-6", cfg.subnet6, "SUBNET6")):
+        for dst, dev in _routes(family):
+            if dst in (None, "default") or dev == cfg.bridge:
+                continue
+            try:
+                net = ipaddress.ip_network(dst, strict=False)
+            except ValueError:
+                continue
+            if net.version == subnet.version and net.overlaps(subnet):
+                raise ProviderError(
+                    f"subnet {subnet} collides with the host's route `{dst} dev {dev}`; "
+                    f"choose another one with MIAB_REMOTE_LOCAL_{variable}"
+                )
+
+
+def _routes(family: str) -> list[tuple[str | None, str | None]]:
+    """(destination, device) of the host's routes of one family (`ip -j -4|-6 route show`)."""
+    out = run(["ip", "-j", family, "route", "show"]).stdout
     try:
         routes = json.loads(out or "[]")
     except ValueError:
-        raise ProviderError(f"could not read `ip -j -4 route show`: {out[:200]!r}") from None
-    for route in routes:
-        dst, dev = route.get("dst"), route.get("dev")
-        if dst in (None, "default") or dev == cfg.bridge:
-            continue
-        try:
-            net = ipaddress.ip_network(dst, strict=False)
-        except ValueError:
-            continue
-        if isinstance(net, ipaddress.IPv4Network) and net.overlaps(cfg.subnet):
-            raise ProviderError(
-                f"subnet {cfg.subnet} collides with the host's route `{dst} dev {dev}`; "
-                "choose another one with MIAB_REMOTE_LOCAL_SUBNET"
-            )
+        raise ProviderError(f"could not read `ip -j {family} route show`: {out[:200]!r}") from None
+    return [(route.get("dst"), route.get("dev")) for route in routes]
 
 
 def link_exists(dev: str) -> bool:
@@ -90,9 +95,15 @@ def _bridge_is_ours(bridge: str) -> bool:
         return False
 
 
-def _ipv4_addresses(dev: str) -> list[str]:
-    data = json.loads(run(["ip", "-j", "-4", "addr", "show", "dev", dev]).stdout or "[]")
-    return [f"{a['local']}/{a['prefixlen']}" for link in data for a in link.get("addr_info", []) if "local" in a]
+def _addresses(dev: str, family: str = "-4") -> list[str]:
+    """The device's addresses of one family (IPv6: global scope only, not its link-local one)."""
+    data = json.loads(run(["ip", "-j", family, "addr", "show", "dev", dev]).stdout or "[]")
+    return [
+        f"{a['local']}/{a['prefixlen']}"
+        for link in data
+        for a in link.get("addr_info", [])
+        if "local" in a and a.get("scope") != "link"
+    ]
 
 
 def nft_table_exists(cfg: LocalConfig) -> bool:
@@ -101,11 +112,12 @@ def nft_table_exists(cfg: LocalConfig) -> bool:
 
 
 def _nft_script(cfg: LocalConfig) -> str:
-    """Masquerade the boxes, and let them out only to DNS and http(s): they can never send mail outside."""
+    """Masquerade the boxes, and let them out only to DNS and http(s): they can never send mail outside;
+    over IPv6 they are not let out at all."""
     out = f'ip saddr {cfg.subnet} oifname != "{cfg.bridge}"'
     tcp = ", ".join(str(p) for p in ALLOWED_TCP_PORTS)
     udp = ", ".join(str(p) for p in ALLOWED_UDP_PORTS)
-    table = f"ip {cfg.nft_table}"
+    table, table6 = f"ip {cfg.nft_table}", f"ip6 {cfg.nft_table}"
     # "add" then "delete" makes the replacement work whether or not the table exists, in one transaction.
     return (
         f"add table {table}\n"
@@ -123,6 +135,17 @@ def _nft_script(cfg: LocalConfig) -> str:
         f"    {out} counter drop\n"
         "  }\n"
         "}\n"
+        # IPv6 reaches the other boxes and this machine only: nothing is forwarded to or from the boxes' /64
+        # beyond the bridge, whatever this machine's own forwarding says (a box may add its own route).
+        f"add table {table6}\n"
+        f"delete table {table6}\n"
+        f"table {table6} {{\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f'    ip6 saddr {cfg.subnet6} oifname != "{cfg.bridge}" counter drop\n'
+        f'    ip6 daddr {cfg.subnet6} iifname != "{cfg.bridge}" counter drop\n'
+        "  }\n"
+        "}\n"
     )
 
 
@@ -134,14 +157,18 @@ def ensure_host_network(cfg: LocalConfig) -> None:
         run(["ip", "link", "set", "dev", cfg.bridge, "alias", BRIDGE_MARK])
     elif not Path("/sys/class/net", cfg.bridge, "bridge").is_dir():
         raise ProviderError(f"{cfg.bridge} exists on this machine and is not a bridge; set MIAB_REMOTE_LOCAL_BRIDGE")
-    addresses = _ipv4_addresses(cfg.bridge)
-    if gateway not in addresses:
+    gateway6 = f"{cfg.gateway6}/{cfg.subnet6.prefixlen}"
+    for family, want, variable in (("-4", gateway, "SUBNET"), ("-6", gateway6, "SUBNET6")):
+        addresses = _addresses(cfg.bridge, family)
+        if want in addresses:
+            continue
         if addresses:
             raise ProviderError(
-                f"bridge {cfg.bridge} already has {', '.join(addresses)}, not {gateway}: "
-                "another configuration uses it; set MIAB_REMOTE_LOCAL_BRIDGE or MIAB_REMOTE_LOCAL_SUBNET"
+                f"bridge {cfg.bridge} already has {', '.join(addresses)}, not {want}: "
+                f"another configuration uses it; set MIAB_REMOTE_LOCAL_BRIDGE or MIAB_REMOTE_LOCAL_{variable}"
             )
-        run(["ip", "addr", "add", gateway, "dev", cfg.bridge])
+        # nodad: the address is usable at once (duplicate address detection would hold it back a second or two).
+        run(["ip", "addr", "add", want, "dev", cfg.bridge, *(["nodad"] if family == "-6" else [])])
     run(["ip", "link", "set", "dev", cfg.bridge, "up"])
     try:
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
@@ -161,12 +188,16 @@ def allocate_address(cfg: LocalConfig, taken: Iterable[ipaddress.IPv4Address]) -
 
 
 def setup_box_network(cfg: LocalConfig, netns: str, veth: str, address: ipaddress.IPv4Address) -> None:
-    """The box's own namespace with eth0 on the bridge and a default route via the host."""
+    """The box's own namespace with eth0 on the bridge and a default route via the host, and its IPv6 address
+    (cfg.ipv6_of) on the bridge's /64 without a default route: over IPv6 a box reaches the other boxes and this
+    machine only, never the outside (our ip6 table drops what would be forwarded beyond the bridge)."""
     remove_box_network([netns], [veth], [])  # leftovers of a box of the same name that nobody recorded
     run(["ip", "netns", "add", netns])
     run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
     run(["ip", "link", "set", "dev", veth, "master", cfg.bridge, "up"])
     run(["ip", "-n", netns, "addr", "add", f"{address}/{cfg.subnet.prefixlen}", "dev", "eth0"])
+    six = f"{cfg.ipv6_of(address)}/{cfg.subnet6.prefixlen}"
+    run(["ip", "-n", netns, "addr", "add", six, "dev", "eth0", "nodad"])
     run(["ip", "-n", netns, "link", "set", "dev", "lo", "up"])
     run(["ip", "-n", netns, "link", "set", "dev", "eth0", "up"])
     run(["ip", "-n", netns, "route", "add", "default", "via", str(cfg.gateway)])
@@ -198,3 +229,6 @@ def remove_shared_network(cfg: LocalConfig, lines: list[str]) -> None:
     if nft_table_exists(cfg):
         run(["nft", "delete", "table", "ip", cfg.nft_table])
         lines.append(f"removed nft table ip {cfg.nft_table}")
+    if run(["nft", "list", "table", "ip6", cfg.nft_table], check=False).returncode == 0:
+        run(["nft", "delete", "table", "ip6", cfg.nft_table])
+        lines.append(f"removed nft table ip6 {cfg.nft_table}")

@@ -4,21 +4,30 @@ It sends the queries for each box's zones to that box's own nsd, the way registr
 internet, and everything else to this machine's resolvers (so apt in a box still finds the mirror). Boxes
 use it as their only nameserver; that is how two local boxes find each other's MX and DKIM keys.
 A box's zones are published after each deploy (`publish`) and withdrawn when it is destroyed.
+
+It also answers the reverse (PTR) lookups of each box's addresses with the box's hostname, as a cloud's
+reverse DNS does once the operator has set it: the stand-in that lets `check`'s PTR items say ok.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miab_remote.errors import ProviderError
 from miab_remote.fsutil import atomic_write
 from miab_remote.providers.local.config import LocalConfig, check_name
 from miab_remote.providers.local.network import network_lock
 from miab_remote.providers.local.system import which
+
+if TYPE_CHECKING:
+    from dns.rdtypes.ANY.DS import DS
 
 
 def _dir(cfg: LocalConfig) -> Path:
@@ -100,13 +109,31 @@ def ensure(cfg: LocalConfig) -> None:
     _restart(cfg)
 
 
-def publish(cfg: LocalConfig, name: str, zones: list[str], address: str) -> bool:
-    """Delegate `zones` to the box at `address` (an empty list withdraws them). True if anything changed."""
+def publish(
+    cfg: LocalConfig,
+    name: str,
+    zones: list[str],
+    addresses: Sequence[str],
+    ds: Mapping[str, DS] | None = None,
+    reverse: Mapping[str, str] | None = None,
+) -> bool:
+    """Delegate `zones` to the nameservers at `addresses`, the box's first, then its [dns] secondaries' (as a
+    registrar lists every NS: dnsmasq asks another when one does not answer); an empty list withdraws them.
+    Each zone's DS record in `ds` is answered here, as the parent's (dnsmasq's dns-rr: type 43, the rdata
+    in hex; None keeps the DS records published for those zones), and PTR for each address of `reverse`
+    with its name. Nothing: the box's part is withdrawn. True if anything changed."""
     name = check_name(name)
     path = _dir(cfg) / "delegations" / f"{name}.conf"
-    text = "".join(f"server=/{zone}/{address}\n" for zone in zones)
+    text = "".join(f"server=/{zone}/{address}\n" for zone in zones for address in addresses)
+    for ip, target in sorted((reverse or {}).items()):
+        text += f"ptr-record={ipaddress.ip_address(ip).reverse_pointer},{check_name(target)}\n"
     with network_lock(cfg):
         current = path.read_text() if path.exists() else ""
+        if ds is None:
+            kept = [line for line in current.splitlines(True) if line.startswith("dns-rr=")]
+            text += "".join(line for line in kept if line[len("dns-rr=") :].partition(",")[0] in zones)
+        else:
+            text += "".join(f"dns-rr={z},43,{ds[z].to_digestable().hex()}\n" for z in zones if z in ds)
         if current == text and _pid(cfg) is not None:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ $tls = [
         'verify_peer' => true,
         'verify_peer_name' => true,
         'peer_name' => '{{ host.hostname }}',
-        'cafile' => '{{ layout.TLS_CERT }}',
+        'cafile' => '{{ roundcube_cafile }}',
         'crypto_method' => STREAM_CRYPTO_METHOD_TLSv1_2_CLIENT | STREAM_CRYPTO_METHOD_TLSv1_3_CLIENT,
     ],
 ];
