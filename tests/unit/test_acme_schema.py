@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote.errors import InputError
 from miab_remote.fleet.model import Acme
 from miab_remote.fleet.schema import validate
+from tests.unit.test_inventory import errors_of
 
 NAME = "box1.acme.test"
 P = f"hosts/{NAME}.toml"
@@ -25,12 +25,6 @@ UNKNOWN_CAA = (
 def acme(*lines: str, head: str = HEAD) -> str:
     return head + "[acme]\n" + "".join(f"{line}\n" for line in lines)
 
-
-def errors_of(text: str) -> str:
-    with pytest.raises(InputError) as info:
-        validate(text, Path(P))
-    assert info.value.exit_code == 2
-    return str(info.value)
 
 
 SCHEMA_CASES: list[tuple[str, str, str]] = [
@@ -62,7 +56,7 @@ SCHEMA_CASES: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in SCHEMA_CASES], ids=[c[0] for c in SCHEMA_CASES])
 def test_schema_errors(text: str, expected: str) -> None:
-    assert errors_of(text) == expected
+    assert errors_of(text, P) == expected
 
 
 GOOD_CASES: list[tuple[str, list[str], Acme]] = [

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from miab_remote.errors import InputError
 from miab_remote.fleet.model import Backup
 from miab_remote.fleet.schema import validate
 from miab_remote.transport.sshkeys import generate_ed25519
+from tests.unit.test_inventory import errors_of
 
 NAME = "box1.backup.test"
 P = f"hosts/{NAME}.toml"
@@ -31,12 +31,6 @@ KEEP = "a table like { daily = 7, weekly = 5, monthly = 12 }, each 0..1000"
 def backup(*lines: str) -> str:
     return HEAD + "[backup]\n" + "".join(f"{line}\n" for line in lines)
 
-
-def errors_of(text: str) -> str:
-    with pytest.raises(InputError) as info:
-        validate(text, Path(P))
-    assert info.value.exit_code == 2
-    return str(info.value)
 
 
 SCHEMA_CASES: list[tuple[str, str, str]] = [
@@ -129,11 +123,11 @@ SCHEMA_CASES: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in SCHEMA_CASES], ids=[c[0] for c in SCHEMA_CASES])
 def test_schema_errors(text: str, expected: str) -> None:
-    assert errors_of(text) == expected
+    assert errors_of(text, P) == expected
 
 
 def test_a_credential_in_the_inventory_is_never_echoed() -> None:
-    assert "hunter2-secret" not in errors_of(backup('target = "local:/srv/b"', 'password = "hunter2-secret"'))
+    assert "hunter2-secret" not in errors_of(backup('target = "local:/srv/b"', 'password = "hunter2-secret"'), P)
 
 
 GOOD_CASES: list[tuple[str, list[str], Backup]] = [

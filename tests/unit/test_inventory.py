@@ -84,9 +84,11 @@ destinations = [
 
 
 def errors_of(text: str, path: str = P) -> str:
-    """The message validate() raises for `text` (the test fails if it validates)."""
+    """The message validate() raises for `text` read from `path` (the test fails if it validates), bad input
+    (exit 2). The schema tests of the other tables use it too."""
     with pytest.raises(InputError) as info:
         validate(text, Path(path))
+    assert info.value.exit_code == 2
     return str(info.value)
 
 

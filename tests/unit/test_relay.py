@@ -31,17 +31,13 @@ from miab_remote.fleet.store import Inventory, new_document
 from miab_remote.mail import relay
 from miab_remote.profiles import DEBIAN_13, PROFILES, OSProfile
 from miab_remote.transport.sshkeys import generate_ed25519
+from tests.unit.test_inventory import errors_of
 
 NAME = "box1.relay.test"
 P = f"hosts/{NAME}.toml"
 HEAD = f'hostname = "{NAME}"\naddress = "192.0.2.10"\n'
 RELAY = HEAD + '[relay]\nhost = "smtp.example.net"\nport = 587\nuser = "apikey"\n'
 
-
-def errors_of(text: str) -> str:
-    with pytest.raises(InputError) as info:
-        validate(text, Path(P))
-    return str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------- schema
@@ -84,11 +80,11 @@ SCHEMA_CASES: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in SCHEMA_CASES], ids=[c[0] for c in SCHEMA_CASES])
 def test_schema_errors(text: str, expected: str) -> None:
-    assert errors_of(text) == expected
+    assert errors_of(text, P) == expected
 
 
 def test_a_password_in_the_inventory_is_never_echoed() -> None:
-    assert "hunter2-secret" not in errors_of(RELAY + 'password = "hunter2-secret"\n')
+    assert "hunter2-secret" not in errors_of(RELAY + 'password = "hunter2-secret"\n', P)
 
 
 def test_relay_is_read_and_normalised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
